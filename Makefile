@@ -1,0 +1,29 @@
+# Set-up is part of every target: a fresh clone needs only `make example` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup example test lint benchmarks
+
+setup: $(VENV)/.installed
+
+# torch first, pinned to the CPU wheel, so that the package's bare `torch`
+# requirement is already met and pip does not fetch a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+example: setup
+	$(BIN)/python lightning_examples/poisson_2d.py
+
+lint: setup
+	$(BIN)/ruff check diffops tests benchmarks lightning_examples
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+benchmarks: setup
+	$(BIN)/python benchmarks/run_all.py

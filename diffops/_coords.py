@@ -1,0 +1,65 @@
+"""Coordinate names and multi-indices: ``wrt="t"`` or ``(0, 0, 1)`` -> sorted index tuples."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+MultiIndexSpec = Any  # int | str | tuple of int/str
+
+
+def check_coords(name: str, coords: Any) -> tuple[str, ...] | None:
+    if coords is None:
+        return None
+    if isinstance(coords, str) or not isinstance(coords, Sequence):
+        raise TypeError(f"{name}: coords must be a tuple of coordinate names such as ('x', 't'), got {coords!r}")
+    coords = tuple(coords)
+    if not all(isinstance(c, str) and c for c in coords) or len(set(coords)) != len(coords):
+        raise ValueError(f"{name}: coords must be distinct non-empty strings, got {coords!r}")
+    return coords
+
+
+def coordinate(name: str, item: Any, coords: tuple[str, ...] | None) -> int:
+    """One coordinate as an index >= 0 (upper bound checked later, when d is known)."""
+    if isinstance(item, str):
+        if coords is None:
+            raise ValueError(f"{name}: coordinate {item!r} is a name, but no coords=(...) were given to name them")
+        if item not in coords:
+            raise ValueError(f"{name}: unknown coordinate {item!r}; expected one of {coords}")
+        return coords.index(item)
+    if isinstance(item, bool) or not isinstance(item, int):
+        raise TypeError(f"{name}: a coordinate must be an int index or a name, got {item!r}")
+    if item < 0:
+        raise ValueError(f"{name}: coordinate index must be >= 0, got {item}")
+    return item
+
+
+def multi_index(name: str, spec: MultiIndexSpec, coords: tuple[str, ...] | None) -> tuple[int, ...]:
+    """``(0, 0, 1)``, ``("x", "x", "t")``, ``1`` or ``"t"`` -> sorted tuple of indices."""
+    items = spec if isinstance(spec, (tuple, list)) else (spec,)
+    return tuple(sorted(coordinate(name, item, coords) for item in items))
+
+
+def check_range(name: str, index: tuple[int, ...], d: int, coords: tuple[str, ...] | None) -> None:
+    if coords is not None and len(coords) != d:
+        raise ValueError(f"{name}: coords names {len(coords)} coordinates {coords}, but the input has d={d}")
+    if index and max(index) >= d:
+        raise ValueError(f"{name}: coordinate index {max(index)} is out of range for d={d} coordinates (0..{d - 1})")
+
+
+_SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def coordinate_name(index: int, coords: tuple[str, ...] | None) -> str:
+    return coords[index] if coords is not None and index < len(coords) else f"x{index}".translate(_SUBSCRIPTS)
+
+
+def partial_symbol(index: tuple[int, ...], coords: tuple[str, ...] | None, target: str = "u") -> str:
+    """``(0, 0, 1)`` -> ``∂³u/∂x₀²∂x₁``."""
+    if not index:
+        return target
+    power = lambda k: str(k).translate(_SUPERSCRIPTS) if k > 1 else ""  # noqa: E731
+    denominator = "".join(
+        f"∂{coordinate_name(i, coords)}{power(index.count(i))}" for i in sorted(set(index))
+    )
+    return f"∂{power(len(index))}{target}/{denominator}"

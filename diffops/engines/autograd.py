@@ -1,0 +1,79 @@
+"""The fallback engine: nested ``torch.autograd.grad``, one output component at a time.
+
+It handles what ``vmap`` and forward mode cannot (BatchNorm in training mode,
+in-place updates of captured buffers, data-dependent control flow).  Every
+derivative is a gradient of a lower one, memoised by (component, multi-index),
+so a Hessian, a Laplacian and the partials of one request share their work.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import BatchedFn, Request
+
+
+def _grad(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(N, d)`` per-sample gradient of ``y: (N,)``; zeros where ``y`` does not depend on ``x``."""
+    if not y.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True, allow_unused=True, materialize_grads=True)
+    return g
+
+
+class _Derivatives:
+    """Memoised ``grad of d^alpha y_m`` for each output component ``m``: ``(N, d)`` each."""
+
+    def __init__(self, components: torch.Tensor, x: torch.Tensor):
+        self.components = components  # (N, M)
+        self.x = x
+        self.memo: dict = {}
+
+    def partial(self, m: int, index: tuple[int, ...]) -> torch.Tensor:
+        """``(N,)``: d^index y_m."""
+        if not index:
+            return self.components[:, m]
+        return self.gradient(m, index[:-1])[:, index[-1]]
+
+    def gradient(self, m: int, index: tuple[int, ...]) -> torch.Tensor:
+        """``(N, d)``: the gradient of d^index y_m."""
+        key = (m, index)
+        if key not in self.memo:
+            self.memo[key] = _grad(self.partial(m, index), self.x)
+        return self.memo[key]
+
+
+class AutogradEngine:
+    """``method="autograd"``."""
+
+    name = "autograd"
+
+    def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            value = fn(x)
+            n, d = x.shape
+            out_shape = value.shape[1:]
+            derivatives = _Derivatives(value.reshape(n, -1), x)
+            components = range(derivatives.components.shape[1])
+
+            def per_component(make) -> torch.Tensor:
+                parts = [make(m) for m in components]
+                stacked = torch.stack(parts, dim=1)  # (N, M, ...)
+                return stacked.reshape(n, *out_shape, *stacked.shape[2:])
+
+            results: dict = {(): value}
+            for index in request.partials:
+                results[index] = per_component(lambda m: derivatives.partial(m, index))
+            if "jacobian" in request.full:
+                results["jacobian"] = per_component(lambda m: derivatives.gradient(m, ()))
+            if "hessian" in request.full:
+                results["hessian"] = per_component(
+                    lambda m: torch.stack([derivatives.gradient(m, (i,)) for i in range(d)], dim=-1)
+                )
+            if "laplacian" in request.full:
+                results["laplacian"] = per_component(
+                    lambda m: sum(derivatives.gradient(m, (i,))[:, i] for i in range(d))
+                )
+        return results

@@ -1,0 +1,82 @@
+"""The general engine: ``torch.func`` transforms on the batched function.
+
+Pure and mixed partials are nested ``jvp`` along coordinate directions, so a
+k-th partial never builds a d^k tensor (it costs 2^k forward passes; the Taylor
+engine is the fast path).  Whole Jacobians, Hessians and Laplacians vmap those
+directional derivatives over the d coordinate directions.  Because ``fn`` runs
+on the whole batch at once, networks that index their input (``x[:, :1]``) work
+unchanged; rows must be independent samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import jvp, vjp, vmap
+
+from .base import BatchedFn, MultiIndex, Request, basis
+
+
+def directional_chain(fn: BatchedFn, directions: list[torch.Tensor]) -> BatchedFn:
+    """``x -> (f, D_1 f, D_2 D_1 f, ...)``: nested directional derivatives.
+
+    Each direction is an ``(N, d)`` tangent; the returned tuple has
+    ``len(directions) + 1`` tensors of shape ``(N, *out)``.
+    """
+    if not directions:
+        return lambda x: (fn(x),)
+    inner = directional_chain(fn, directions[:-1])
+
+    def chain(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        primals, tangents = jvp(inner, (x,), (directions[-1],))
+        return primals + (tangents[-1],)
+
+    return chain
+
+
+def maximal_chains(indices: frozenset[MultiIndex]) -> list[MultiIndex]:
+    """The multi-indices that are not a prefix of another: one nested jvp each."""
+    return [i for i in indices if not any(j != i and j[: len(i)] == i for j in indices)]
+
+
+def jacobian(fn: BatchedFn, x: torch.Tensor, out_shape: torch.Size) -> torch.Tensor:
+    """``(N, *out, d)``: forward mode if d <= per-sample outputs, else reverse mode."""
+    n, d = x.shape
+    m = math.prod(out_shape)
+    if d <= m:
+        tangents = vmap(lambda v: jvp(fn, (x,), (v,))[1])(basis(x))
+        return tangents.movedim(0, -1)
+    value, vjp_fn = vjp(fn, x)
+    eye = torch.eye(m, dtype=value.dtype, device=value.device)
+    cotangents = eye.reshape(m, 1, *out_shape).expand(m, n, *out_shape)
+    (rows,) = vmap(vjp_fn)(cotangents)  # (m, N, d)
+    return rows.movedim(0, 1).reshape(n, *out_shape, d)
+
+
+class FuncEngine:
+    """``method="func"``."""
+
+    name = "func"
+
+    def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        results: dict = {}
+        directions = basis(x)
+        for chain in maximal_chains(request.partials):
+            derivatives = directional_chain(fn, [directions[i] for i in chain])(x)
+            for k, derivative in enumerate(derivatives):
+                if chain[:k] in request.partials or k == 0:
+                    results[chain[:k]] = derivative
+        if () not in results:
+            results[()] = fn(x)
+        out_shape = results[()].shape[1:]
+        if "jacobian" in request.full:
+            results["jacobian"] = jacobian(fn, x, out_shape)
+        if "hessian" in request.full:
+            jac = lambda y: jacobian(fn, y, out_shape)  # noqa: E731
+            rows = vmap(lambda v: jvp(jac, (x,), (v,))[1])(directions)
+            results["hessian"] = rows.movedim(0, -1)
+        if "laplacian" in request.full:
+            pure = vmap(lambda v: directional_chain(fn, [v, v])(x)[2])(directions)
+            results["laplacian"] = pure.sum(0)
+        return results

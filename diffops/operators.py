@@ -1,0 +1,215 @@
+"""The built-in differential operators of the public API.
+
+Shapes, for inputs ``(*batch, d)`` (the differentiated coordinates) and an
+output ``u(x): (*batch, *out)``:
+
+==================================  =============================
+``Jacobian(u)(x)``                  ``(*batch, *out, d)``
+``Gradient(u)(x)``                  ``(*batch, d)``, scalar ``u``
+``Hessian(u)(x)``                   ``(*batch, *out, d, d)``
+``Laplacian(u)(x)``                 ``(*batch, *out)``
+``Derivative(u, wrt, order)(x)``    ``(*batch, *out)``
+``Divergence(u)(x)``                ``(*batch, 1)``, ``out == (d,)``
+``Curl(u)(x)``                      ``(*batch, 3)``, ``out == (3,)``, ``d == 3``
+``Derivatives(u, **spec)(x)``       ``{name: (*batch, *out)}``
+==================================  =============================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ._coords import coordinate, multi_index, partial_symbol
+from .engines import Request
+from .operator import BuiltinOperator, Computed, DifferentialOperator
+
+
+class Jacobian(BuiltinOperator):
+    """All first partials: ``(*batch, *out, d)``."""
+
+    def _request(self, d: int) -> Request:
+        return Request(full=frozenset({"jacobian"}))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        return computed.results["jacobian"]
+
+    def _symbol(self) -> str:
+        return "J[u]"
+
+
+class Gradient(BuiltinOperator):
+    """First partials of a scalar-valued ``u`` (per-sample output ``()`` or ``(1,)``): ``(*batch, d)``."""
+
+    def _request(self, d: int) -> Request:
+        return Request(full=frozenset({"jacobian"}))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        if math.prod(computed.out_shape) != 1:
+            raise ValueError(
+                f"Gradient: u must be scalar-valued (per-sample output () or (1,)), but its per-sample "
+                f"output has shape {tuple(computed.out_shape)}; use Jacobian for a vector-valued u"
+            )
+        return computed.results["jacobian"].reshape(*computed.batch_shape, computed.d)
+
+    def _symbol(self) -> str:
+        return "∇u"
+
+
+class Hessian(BuiltinOperator):
+    """All second partials: ``(*batch, *out, d, d)``."""
+
+    def _request(self, d: int) -> Request:
+        return Request(full=frozenset({"hessian"}))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        return computed.results["hessian"]
+
+    def _symbol(self) -> str:
+        return "H[u]"
+
+
+class Laplacian(BuiltinOperator):
+    """Sum of the pure second partials, per output component: shaped like ``u(x)``."""
+
+    def _request(self, d: int) -> Request:
+        return Request(full=frozenset({"laplacian"}))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        return computed.results["laplacian"]
+
+    def _symbol(self) -> str:
+        return "Δu"
+
+
+class Derivative(BuiltinOperator):
+    """A k-th partial along one coordinate, or a mixed partial; shaped like ``u(x)``.
+
+    ``Derivative(u, wrt=1, order=3)`` is d^3u/dx_1^3; ``Derivative(u, wrt=("x", "x", "t"),
+    coords=("x", "t"))`` is d^3u/dx^2dt.  ``order=0`` is ``u`` itself.
+    """
+
+    def __init__(
+        self,
+        u: Callable,
+        /,
+        wrt: int | str | tuple = 0,
+        order: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(u, **options)
+        if isinstance(wrt, (tuple, list)):
+            if order is not None and order != len(wrt):
+                raise ValueError(
+                    f"Derivative: order={order!r} disagrees with the mixed partial wrt={tuple(wrt)!r} of order "
+                    f"{len(wrt)}; give either wrt=(i, j, ...) alone or wrt=i with order=k"
+                )
+            self.index = multi_index("Derivative", tuple(wrt), self.coords)
+            return
+        order = 1 if order is None else order
+        if isinstance(order, bool) or not isinstance(order, int):
+            raise TypeError(f"Derivative: order must be a non-negative int, got {order!r}")
+        if order < 0:
+            raise ValueError(f"Derivative: order must be a non-negative int, got {order}")
+        self.index = (coordinate("Derivative", wrt, self.coords),) * order
+
+    def _request(self, d: int) -> Request:
+        return Request(frozenset({self.index}))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        return computed.results[self.index]
+
+    def _symbol(self) -> str:
+        return partial_symbol(self.index, self.coords)
+
+
+class Divergence(BuiltinOperator):
+    """``sum_i du_i/dx_i`` of a field with per-sample output ``(d,)``: ``(*batch, 1)``."""
+
+    def _request(self, d: int) -> Request:
+        return Request(full=frozenset({"jacobian"}))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        if tuple(computed.out_shape) != (computed.d,):
+            raise ValueError(
+                f"Divergence: u must be a square field, with per-sample output ({computed.d},) for d={computed.d} "
+                f"coordinates, but its per-sample output has shape {tuple(computed.out_shape)}"
+            )
+        return computed.results["jacobian"].diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+
+    def _symbol(self) -> str:
+        return "∇·u"
+
+
+class Curl(BuiltinOperator):
+    """Curl of a 3-D field (per-sample output ``(3,)``, ``d == 3``): ``(*batch, 3)``."""
+
+    def _request(self, d: int) -> Request:
+        return Request(full=frozenset({"jacobian"}))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        if tuple(computed.out_shape) != (3,) or computed.d != 3:
+            raise ValueError(
+                f"Curl: u must be a 3-D field, with per-sample output (3,) and d=3 coordinates; got per-sample "
+                f"output {tuple(computed.out_shape)} and d={computed.d}"
+            )
+        j = computed.results["jacobian"]  # j[..., i, k] = du_i/dx_k
+        return torch.stack(
+            [j[..., 2, 1] - j[..., 1, 2], j[..., 0, 2] - j[..., 2, 0], j[..., 1, 0] - j[..., 0, 1]], dim=-1
+        )
+
+    def _symbol(self) -> str:
+        return "∇×u"
+
+
+class Derivatives(DifferentialOperator):
+    """Several named partials from one shared computation: ``{name: (*batch, *out)}``.
+
+    ``Derivatives(u, u=(), u_x=(0,), u_xx=(0, 0), u_t=(1,))`` or
+    ``Derivatives(u, {"u": (), "u_x": (0,)})``; ``()`` is the value itself.
+    """
+
+    def __init__(
+        self,
+        u: Callable,
+        spec: Mapping[str, Any] | None = None,
+        /,
+        *,
+        argnums: int | tuple[int, ...] = 0,
+        coords: tuple[str, ...] | None = None,
+        method: str = "auto",
+        chunk_size: int | None = None,
+        **named: Any,
+    ) -> None:
+        super().__init__(u, argnums=argnums, coords=coords, method=method, chunk_size=chunk_size)
+        if spec is not None and not isinstance(spec, Mapping):
+            raise TypeError(f"Derivatives: the second argument must be a dict name -> multi-index, got {spec!r}")
+        wanted = dict(spec or {})
+        clash = set(wanted) & set(named)
+        if clash:
+            raise ValueError(f"Derivatives: derivative names {sorted(clash)} are given twice")
+        wanted.update(named)
+        if not wanted:
+            raise ValueError("Derivatives: name at least one derivative, e.g. Derivatives(u, u_x=(0,))")
+        self.spec = {key: multi_index("Derivatives", value, self.coords) for key, value in wanted.items()}
+
+    def forward(self, *inputs: Any) -> dict[str, torch.Tensor]:
+        return self.derivatives(*inputs, spec=self.spec)
+
+    def _symbol(self) -> str:
+        parts = [f"{key}: {partial_symbol(index, self.coords)}" for key, index in self.spec.items()]
+        return "{" + ", ".join(parts) + "}"
+
+
+__all__ = [
+    "Curl",
+    "Derivative",
+    "Derivatives",
+    "Divergence",
+    "Gradient",
+    "Hessian",
+    "Jacobian",
+    "Laplacian",
+]
