@@ -61,13 +61,13 @@ class Rows:
 
         return fn
 
-    def chunks(self, u: Callable, chunk_size: int | None) -> Iterator[tuple[torch.Tensor, Callable]]:
-        """``(x_rows, fn)`` pairs over blocks of at most ``chunk_size`` rows."""
+    def chunks(self, u: Callable, chunk_size: int | None) -> Iterator[tuple[slice, torch.Tensor, Callable]]:
+        """``(rows, x[rows], fn)`` over blocks of at most ``chunk_size`` rows."""
         n = self.x.shape[0]
         step = n if chunk_size is None else chunk_size
         for start in range(0, max(n, 1), max(step, 1)):
             rows = slice(start, start + step)
-            yield self.x[rows], self.function(u, rows)
+            yield rows, self.x[rows], self.function(u, rows)
 
     def unflatten(self, tensor: torch.Tensor) -> torch.Tensor:
         """``(N, *rest)`` -> ``(*batch, *rest)``."""

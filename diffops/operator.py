@@ -123,20 +123,40 @@ class DifferentialOperator(nn.Module):
         for index in request.partials:
             check_range(name, index, d, self.coords)
         check_range(name, (), d, self.coords)
-        results = self._run_engines(rows, request)
-        if not torch.is_grad_enabled():
-            results = {key: value.detach() for key, value in results.items()}
-        results = {key: rows.unflatten(value) for key, value in results.items()}
+        work = lambda engine, rows_slice, x, fn: engine.compute(fn, x, request)  # noqa: E731
+        results = self._run_engines(rows, candidates(self.method, request, d), work)
         return Computed(results, rows.batch_shape, d)
 
-    def _run_engines(self, rows, request: Request) -> dict:
+    def _directional(
+        self, inputs: tuple, make_directions: Callable[[torch.Tensor], torch.Tensor], order: int
+    ) -> torch.Tensor:
+        """``(*batch, S, *out)``: d^order/dt^order u(x + t v) for directions ``make_directions(x)``.
+
+        ``make_directions`` maps the flattened ``x: (N, d)`` to ``(S, N, d)``; the
+        primitive of the stochastic estimators.
+        """
+        rows = flatten_inputs(type(self).__name__, inputs, self.argnums)
+        directions = make_directions(rows.x)
+
+        def work(engine, rows_slice, x, fn):
+            along = engine.directional(fn, x, directions[:, rows_slice], order)
+            return {"directional": along.movedim(0, 1)}
+
+        request = Request(frozenset({(0,) * order}))
+        return self._run_engines(rows, candidates(self.method, request, rows.num_coordinates), work)["directional"]
+
+    def _run_engines(self, rows, engine_names: tuple[str, ...], work: Callable) -> dict:
+        """``work(engine, rows_slice, x_rows, fn) -> {key: (n, ...)}`` over chunks, with fallback.
+
+        Returns the chunks' results concatenated and unflattened to ``(*batch, ...)``.
+        """
         name = type(self).__name__
-        tried = [n for n in candidates(self.method, request, rows.num_coordinates) if n not in self._failed_engines]
+        tried = [n for n in engine_names if n not in self._failed_engines] or list(engine_names[-1:])
         first_error = None
         for position, engine_name in enumerate(tried):
             engine = ENGINES[engine_name]
             try:
-                chunks = [engine.compute(fn, x, request) for x, fn in rows.chunks(self.u, self.chunk_size)]
+                chunks = [work(engine, *chunk) for chunk in rows.chunks(self.u, self.chunk_size)]
             except torch.OutOfMemoryError:
                 raise
             except (EngineUnsupported, RuntimeError, NotImplementedError) as error:
@@ -156,9 +176,10 @@ class DifferentialOperator(nn.Module):
                     f"{first_error[1]}",
                     stacklevel=4,
                 )
-            if len(chunks) == 1:
-                return chunks[0]
-            return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+            merged = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+            if not torch.is_grad_enabled():
+                merged = {key: value.detach() for key, value in merged.items()}
+            return {key: rows.unflatten(value) for key, value in merged.items()}
         raise RuntimeError(f"{name}: no engine left to try")  # pragma: no cover
 
     # -- expressions ------------------------------------------------------------------

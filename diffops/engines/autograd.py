@@ -77,3 +77,20 @@ class AutogradEngine:
                     lambda m: sum(derivatives.gradient(m, (i,))[:, i] for i in range(d))
                 )
         return results
+
+    def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            value = fn(x)
+            components = value.reshape(value.shape[0], -1)
+            per_direction = []
+            for v in directions:  # (N, d)
+                columns = []
+                for m in range(components.shape[1]):
+                    y = components[:, m]
+                    for _ in range(order):
+                        y = (_grad(y, x) * v).sum(-1)
+                    columns.append(y)
+                per_direction.append(torch.stack(columns, dim=1).reshape(value.shape))
+        return torch.stack(per_direction)

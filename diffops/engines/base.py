@@ -70,6 +70,14 @@ class Engine(Protocol):
         """``x``: ``(N, d)``. Returns the dict described in the module docstring."""
         ...
 
+    def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
+        """``(S, N, *out)``: d^order/dt^order fn(x + t v) at t = 0 for each direction.
+
+        ``directions``: ``(S, N, d)``, one direction per sample and row (the
+        primitive of the stochastic estimators).
+        """
+        ...
+
 
 def basis(x: torch.Tensor) -> torch.Tensor:
     """Coordinate directions broadcast over the batch: ``(d, N, d)`` for ``x`` of ``(N, d)``."""

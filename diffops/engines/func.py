@@ -80,3 +80,6 @@ class FuncEngine:
             pure = vmap(lambda v: directional_chain(fn, [v, v])(x)[2])(directions)
             results["laplacian"] = pure.sum(0)
         return results
+
+    def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
+        return vmap(lambda v: directional_chain(fn, [v] * order)(x)[order])(directions)
