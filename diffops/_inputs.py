@@ -9,8 +9,9 @@ concatenated into ``x: (N, d)``; engines differentiate the batched function
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 

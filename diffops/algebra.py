@@ -10,7 +10,8 @@ broadcasts silently, except a plain scalar.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -10,8 +10,9 @@ of several operators on the same ``u`` is computed in one engine call.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn

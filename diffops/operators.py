@@ -18,7 +18,8 @@ output ``u(x): (*batch, *out)``:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 

@@ -65,7 +65,7 @@ class AutogradEngine:
 
             results: dict = {(): value}
             for index in request.partials:
-                results[index] = per_component(lambda m: derivatives.partial(m, index))
+                results[index] = per_component(lambda m, index=index: derivatives.partial(m, index))
             if "jacobian" in request.full:
                 results["jacobian"] = per_component(lambda m: derivatives.gradient(m, ()))
             if "hessian" in request.full:

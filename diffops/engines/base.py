@@ -22,8 +22,9 @@ with respect to whatever ``fn`` closes over (the network's parameters) and to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
