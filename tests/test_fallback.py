@@ -1,4 +1,4 @@
-"""Networks torch.func cannot transform either work through a fallback or fail with a message that says what to change."""
+"""Networks torch.func cannot transform work through a fallback or fail with a message saying what to change."""
 
 from __future__ import annotations
 

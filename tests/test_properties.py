@@ -90,7 +90,11 @@ def test_partials_up_to_order_four(problem, method, data):
 
 
 @SETTINGS
-@given(problem=problems(), method=st.sampled_from(METHODS), operator=st.sampled_from(["jacobian", "hessian", "laplacian"]))
+@given(
+    problem=problems(),
+    method=st.sampled_from(METHODS),
+    operator=st.sampled_from(["jacobian", "hessian", "laplacian"]),
+)
 def test_whole_operators(problem, method, operator):
     net, x = problem
     cls = {"jacobian": do.Jacobian, "hessian": do.Hessian, "laplacian": do.Laplacian}[operator]
