@@ -123,8 +123,8 @@ class SampledCoordinates(Estimator):
                 f"has only d={d}; use samples <= d (samples == d is the exact Laplacian)"
             )
         chosen = torch.multinomial(torch.ones(n, d, device=device), s, replacement=False, generator=self.generator)
-        one_hot = torch.zeros(s, n, d, dtype=dtype, device=device)
-        return one_hot.scatter_(2, chosen.T.unsqueeze(-1), 1.0)
+        # a comparison, not an in-place scatter, so that the draw also runs under vmap
+        return (chosen.T.unsqueeze(-1) == torch.arange(d, device=device)).to(dtype)
 
 
 class GaussianQuartic(Estimator):

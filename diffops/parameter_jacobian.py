@@ -51,6 +51,23 @@ def _batch_shape(inputs: tuple) -> torch.Size:
     return batch_shape
 
 
+def _parameter_paths(op: DifferentialOperator, names: dict[int, str]) -> dict[str, str]:
+    """Each (module, attribute) path holding a parameter, mapped to the parameter's key in ``names``.
+
+    A network shared by several terms of an expression is one module reached by
+    several paths; ``functional_call(tie_weights=True)`` would swap it once per
+    path and restore the wrong tensor, so every module is listed once
+    (``named_modules`` drops repeats) and swapped with ``tie_weights=False``.
+    A parameter tied between distinct modules still gets one path per module.
+    """
+    paths = {}
+    for prefix, module in op.named_modules():
+        for attribute, p in module.named_parameters(recurse=False):
+            if id(p) in names:
+                paths[f"{prefix}.{attribute}" if prefix else attribute] = names[id(p)]
+    return paths
+
+
 def parameter_jacobian(
     op: DifferentialOperator, *inputs: Any, chunk_size: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -66,17 +83,19 @@ def parameter_jacobian(
     """
     if not isinstance(op, DifferentialOperator):
         raise TypeError(f"{NAME}: op must be a diffops DifferentialOperator, got {type(op).__name__}")
-    params = {name: p.detach() for name, p in op.named_parameters() if p.requires_grad}
-    if not params:
+    trainable = {name: p for name, p in op.named_parameters() if p.requires_grad}
+    if not trainable:
         raise ValueError(f"{NAME}: {op} has no trainable parameters to differentiate")
-    buffers = dict(op.named_buffers())
+    paths = _parameter_paths(op, {id(p): name for name, p in trainable.items()})
+    params = {name: p.detach() for name, p in trainable.items()}
     batch_shape = _batch_shape(inputs)
     n = math.prod(batch_shape)
     # every sample is evaluated as a batch of one: (1, d_i)
     rows = tuple(v.reshape(n, 1, v.shape[-1]) if isinstance(v, torch.Tensor) else v for v in inputs)
 
     def one_sample(params: dict, *sample: Any) -> torch.Tensor:
-        out = functional_call(op, (params, buffers), sample)
+        swapped = {path: params[name] for path, name in paths.items()}
+        out = functional_call(op, swapped, sample, tie_weights=False)
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"{NAME}: {op} returns {type(out).__name__}, expected a tensor; differentiate one operator "
