@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import diffops as do
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import diffops as do  # noqa: E402
 from _measure import peak_bytes, seconds  # noqa: E402
 
 
