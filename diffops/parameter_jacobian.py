@@ -83,6 +83,12 @@ def parameter_jacobian(
     """
     if not isinstance(op, DifferentialOperator):
         raise TypeError(f"{NAME}: op must be a diffops DifferentialOperator, got {type(op).__name__}")
+    nested = [m for m in op.modules() if isinstance(m, DifferentialOperator) and m.method == "autograd"]
+    if nested:
+        raise ValueError(
+            f"{NAME}: {nested[0]} uses method='autograd', whose torch.autograd.grad calls cannot run inside "
+            "vmap; use method='auto' or 'func'"
+        )
     trainable = {name: p for name, p in op.named_parameters() if p.requires_grad}
     if not trainable:
         raise ValueError(f"{NAME}: {op} has no trainable parameters to differentiate")

@@ -117,5 +117,7 @@ def test_bad_arguments_raise():
         do.parameter_jacobian(do.Derivatives(u, u=(), u_x=(0,)), x)
     with pytest.raises(ValueError, match="no trainable parameters"):
         do.parameter_jacobian(do.Laplacian(lambda y: y.sin().sum(-1, keepdim=True)), x)
+    with pytest.raises(ValueError, match="parameter_jacobian: Δu uses method='autograd'"):
+        do.parameter_jacobian(do.Laplacian(u, method="autograd") + 1.0, x)
     with pytest.raises(ValueError, match="batch shape"):
         do.parameter_jacobian(do.Laplacian(u), x, torch.ones(4, 1, dtype=torch.float64))
