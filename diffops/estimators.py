@@ -38,13 +38,17 @@ if TYPE_CHECKING:
     from .operator import DifferentialOperator
 
 
-def rademacher(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
+def rademacher(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
     """Independent ±1 entries."""
     bits = torch.randint(0, 2, shape, generator=generator, device=device)
     return bits.to(dtype) * 2 - 1
 
 
-def gaussian(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator) -> torch.Tensor:
+def gaussian(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
     """Independent standard normal entries."""
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
