@@ -16,22 +16,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds(work: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Best wall-clock seconds of ``work()`` over ``repeats`` runs after ``warmup`` runs.
+def best_seconds(
+    works: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Best wall-clock seconds of each ``work()`` over ``repeats`` rounds, after ``warmup`` rounds.
 
-    The minimum, not the mean, because other processes sharing the machine only
-    ever add time.
+    The works take turns within each round, so that load from other processes
+    falls on all of them alike; the minimum is kept because such load only
+    ever adds time.
     """
-    for _ in range(warmup):
-        work()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        work()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    best = dict.fromkeys(works, float("inf"))
+    for round_ in range(warmup + repeats):
+        for name, work in works.items():
+            synchronize(device)
+            start = time.perf_counter()
+            work()
+            synchronize(device)
+            if round_ >= warmup:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 class _LiveStorage(TorchDispatchMode):

@@ -22,7 +22,7 @@ from torch import nn
 import diffops as do
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import peak_bytes, seconds  # noqa: E402
+from _measure import best_seconds, peak_bytes  # noqa: E402
 
 
 def mlp(d: int, width: int, depth: int) -> nn.Module:
@@ -50,10 +50,9 @@ def measure(d: int, args: argparse.Namespace, device: torch.device) -> dict:
     if d <= args.exact_max_d:
         exact = do.Laplacian(u, method=args.method)
         losses["exact"] = lambda: exact(x).square().mean()
-    row = {"d": d}
-    for name, loss in losses.items():
-        step = lambda loss=loss: training_step(u, loss)  # noqa: E731
-        row[name] = seconds(step, device, args.repeats)
+    steps = {name: (lambda loss=loss: training_step(u, loss)) for name, loss in losses.items()}
+    row = {"d": d, **best_seconds(steps, device, args.repeats)}
+    for name, step in steps.items():
         row[name + " peak"] = peak_bytes(step, device)
     return row
 
@@ -98,7 +97,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=3, help="hidden layers")
     parser.add_argument("--samples", type=int, default=16, help="Hutchinson directions S")
     parser.add_argument("--exact-max-d", type=int, default=1000, help="largest d for the exact Laplacian")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test of the script")
     args = parser.parse_args(argv)
     if args.quick:

@@ -29,7 +29,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 import diffops as do
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import seconds  # noqa: E402
+from _measure import best_seconds  # noqa: E402
 
 
 def source(x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--steps", type=int, default=15, help="Gauss-Newton steps")
     parser.add_argument("--damping", type=float, default=1e-3, help="initial λ")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test of the script")
     args = parser.parse_args(argv)
     if args.quick:
@@ -122,11 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
     x = torch.rand(args.points, 2, dtype=torch.float64, device=device)
     test = torch.rand(4 * args.points, 2, dtype=torch.float64, device=device)
 
-    vmapped, looped = jacobian_matrix(residual, x), jacobian_by_loop(residual, x)
-    timings = {
-        "parameter_jacobian": seconds(lambda: jacobian_matrix(residual, x), device, args.repeats, warmup=1),
-        "autograd.grad loop": seconds(lambda: jacobian_by_loop(residual, x), device, args.repeats, warmup=0),
+    vmapped, looped = jacobian_matrix(residual, x), jacobian_by_loop(residual, x)  # also the warm-up
+    works = {
+        "parameter_jacobian": lambda: jacobian_matrix(residual, x),
+        "autograd.grad loop": lambda: jacobian_by_loop(residual, x),
     }
+    timings = best_seconds(works, device, args.repeats, warmup=0)
     print(f"J of the residual {residual}: {tuple(vmapped.shape)} (N samples x P parameters), {device}")
     print(f"max |J_vmap - J_loop| = {(vmapped - looped).abs().max().item():.2e}")
     for name, value in timings.items():
