@@ -55,8 +55,11 @@ class _LiveStorage(TorchDispatchMode):
         for tensor in tree_flatten(out)[0]:
             if not isinstance(tensor, torch.Tensor):
                 continue
-            storage = tensor.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
+            try:
+                storage = tensor.untyped_storage()
+                key, nbytes = storage.data_ptr(), storage.nbytes()
+            except RuntimeError:  # the zero tangents of forward-mode AD have no storage
+                continue
             if nbytes == 0 or key in self.seen:  # views share their base's storage
                 continue
             self.seen.add(key)
