@@ -6,11 +6,23 @@
 """
 
 from .operator import DifferentialOperator
-from .operators import Curl, Derivative, Derivatives, Divergence, Gradient, Hessian, Jacobian, Laplacian
+from .operators import (
+    Biharmonic,
+    Curl,
+    Derivative,
+    Derivatives,
+    Divergence,
+    Gradient,
+    Hessian,
+    Jacobian,
+    Laplacian,
+)
+from .parameter_jacobian import parameter_jacobian
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Biharmonic",
     "Curl",
     "Derivative",
     "Derivatives",
@@ -20,4 +32,5 @@ __all__ = [
     "Hessian",
     "Jacobian",
     "Laplacian",
+    "parameter_jacobian",
 ]

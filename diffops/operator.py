@@ -253,8 +253,12 @@ class BuiltinOperator(DifferentialOperator):
         """This operator's result from the engine's results."""
         raise NotImplementedError
 
-    def _share_key(self) -> tuple:
-        """Leaves with equal keys are computed in one engine call."""
+    def _share_key(self) -> tuple | None:
+        """Leaves with equal keys are computed in one engine call.
+
+        ``None`` marks a leaf that computes on its own in ``_evaluate`` (a
+        stochastic estimate, which cannot reuse the exact engine results).
+        """
         return (id(self.u), self.argnums, self.coords, self.method, self.chunk_size)
 
     def forward(self, *inputs: Any) -> torch.Tensor:
@@ -268,8 +272,9 @@ def evaluate(root: DifferentialOperator, inputs: tuple) -> Any:
     """Evaluate an operator expression with one engine call per group of leaves that share ``u``."""
     groups: dict[tuple, list[BuiltinOperator]] = {}
     for leaf in root._leaves():
-        if isinstance(leaf, BuiltinOperator):
-            groups.setdefault(leaf._share_key(), []).append(leaf)
+        key = leaf._share_key() if isinstance(leaf, BuiltinOperator) else None
+        if key is not None:
+            groups.setdefault(key, []).append(leaf)
     shared = {}
     for key, members in groups.items():
 

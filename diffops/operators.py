@@ -8,6 +8,7 @@ output ``u(x): (*batch, *out)``:
 ``Gradient(u)(x)``                  ``(*batch, d)``, scalar ``u``
 ``Hessian(u)(x)``                   ``(*batch, *out, d, d)``
 ``Laplacian(u)(x)``                 ``(*batch, *out)``
+``Biharmonic(u)(x)``                ``(*batch, *out)``
 ``Derivative(u, wrt, order)(x)``    ``(*batch, *out)``
 ``Divergence(u)(x)``                ``(*batch, 1)``, ``out == (d,)``
 ``Curl(u)(x)``                      ``(*batch, 3)``, ``out == (3,)``, ``d == 3``
@@ -25,6 +26,7 @@ import torch
 
 from ._coords import coordinate, multi_index, partial_symbol
 from .engines import Request
+from .estimators import make_estimator
 from .operator import BuiltinOperator, Computed, DifferentialOperator
 
 
@@ -72,8 +74,47 @@ class Hessian(BuiltinOperator):
         return "H[u]"
 
 
-class Laplacian(BuiltinOperator):
-    """Sum of the pure second partials, per output component: shaped like ``u(x)``."""
+class _Estimable(BuiltinOperator):
+    """A built-in operator that may return an unbiased stochastic estimate instead (exact by default).
+
+    ``estimator``, ``samples``, ``generator`` and ``distribution`` are described
+    in :mod:`diffops.estimators`.  An estimate draws its own directions, so it is
+    computed apart from the shared engine call of an expression.
+    """
+
+    def __init__(
+        self,
+        u: Callable,
+        /,
+        *,
+        estimator: str | None = None,
+        samples: int | None = None,
+        generator: torch.Generator | None = None,
+        distribution: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(u, **options)
+        self.estimator = make_estimator(type(self).__name__, estimator, samples, generator, distribution)
+
+    def _share_key(self) -> tuple | None:
+        return super()._share_key() if self.estimator is None else None
+
+    def _evaluate(self, inputs: tuple, shared: dict) -> torch.Tensor:
+        if self.estimator is None:
+            return super()._evaluate(inputs, shared)
+        return self.estimator.estimate(self, inputs)
+
+    def extra_repr(self) -> str:
+        return "" if self.estimator is None else f"estimator={self.estimator!r}"
+
+
+class Laplacian(_Estimable):
+    """Sum of the pure second partials, per output component: shaped like ``u(x)``.
+
+    ``Laplacian(u, estimator="hutchinson", samples=S)`` (Rademacher or, with
+    ``distribution="gaussian"``, Gaussian directions) or ``estimator="coordinates"``
+    returns an unbiased estimate at the cost of S second-order directional passes.
+    """
 
     def _request(self, d: int) -> Request:
         return Request(full=frozenset({"laplacian"}))
@@ -83,6 +124,25 @@ class Laplacian(BuiltinOperator):
 
     def _symbol(self) -> str:
         return "Δu"
+
+
+class Biharmonic(_Estimable):
+    """``Δ²u = sum_ij d^4u/dx_i^2 dx_j^2``, per output component: shaped like ``u(x)``.
+
+    Exact from the d(d+1)/2 mixed partials ``(i, i, j, j)``; ``estimator="stde"``
+    with ``samples=S`` averages S Gaussian fourth-order directional derivatives.
+    """
+
+    def _request(self, d: int) -> Request:
+        return Request(frozenset((i, i, j, j) for i in range(d) for j in range(i, d)))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        d, results = computed.d, computed.results
+        # (i, i, j, j) stands for both orderings of i != j
+        return sum((1 if i == j else 2) * results[(i, i, j, j)] for i in range(d) for j in range(i, d))
+
+    def _symbol(self) -> str:
+        return "Δ²u"
 
 
 class Derivative(BuiltinOperator):
@@ -205,6 +265,7 @@ class Derivatives(DifferentialOperator):
 
 
 __all__ = [
+    "Biharmonic",
     "Curl",
     "Derivative",
     "Derivatives",

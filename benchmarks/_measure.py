@@ -1,0 +1,83 @@
+"""Wall-clock time and peak tensor memory of a piece of work, on CPU or CUDA."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(
+    works: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Best wall-clock seconds of each ``work()`` over ``repeats`` rounds, after ``warmup`` rounds.
+
+    The works take turns within each round, so that load from other processes
+    falls on all of them alike; the minimum is kept because such load only
+    ever adds time.
+    """
+    best = dict.fromkeys(works, float("inf"))
+    for round_ in range(warmup + repeats):
+        for name, work in works.items():
+            synchronize(device)
+            start = time.perf_counter()
+            work()
+            synchronize(device)
+            if round_ >= warmup:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Tracks the bytes of tensor storage created while active and still alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            try:
+                storage = tensor.untyped_storage()
+                key, nbytes = storage.data_ptr(), storage.nbytes()
+            except RuntimeError:  # the zero tangents of forward-mode AD have no storage
+                continue
+            if nbytes == 0 or key in self.seen:  # views share their base's storage
+                continue
+            self.seen.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key, nbytes)
+        return out
+
+
+def peak_bytes(work: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of the tensors ``work()`` allocates beyond those alive before it."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        work()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with _LiveStorage() as tracker:
+        work()
+    return tracker.peak

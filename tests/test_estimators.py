@@ -1,0 +1,223 @@
+"""Stochastic operator estimators: unbiasedness, variance, reproducibility, gradients, errors."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import diffops as do
+
+D = 4
+REPEATS = 4000  # independent estimates per point
+POINTS = 3
+
+
+def mlp(d_in: int = D, d_out: int = 1) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(d_in, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, d_out)).double()
+
+
+def repeated_points(d: int = D) -> torch.Tensor:
+    """``(REPEATS, POINTS, d)``: each point repeated, so each row gets its own directions."""
+    points = torch.randn(POINTS, d, dtype=torch.float64)
+    return points.expand(REPEATS, POINTS, d).clone()
+
+
+def hessians(u: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(POINTS, d, d)`` exact Hessians of a scalar ``u`` at the distinct points."""
+    return do.Hessian(u)(x[0])[:, 0].detach()
+
+
+def assert_within_standard_errors(estimates: torch.Tensor, exact: torch.Tensor, k: float = 4.0) -> None:
+    """Mean over dim 0 within ``k`` standard errors of ``exact``, for every point."""
+    mean = estimates.mean(0)
+    standard_error = estimates.std(0) / estimates.shape[0] ** 0.5
+    assert standard_error.min() > 0, "an estimator with zero variance cannot be checked this way"
+    assert ((mean - exact).abs() <= k * standard_error + 1e-12).all(), (mean, exact, standard_error)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(estimator="hutchinson"),
+        dict(estimator="hutchinson", distribution="gaussian"),
+        dict(estimator="coordinates"),
+    ],
+)
+@pytest.mark.parametrize("samples", [1, 3])
+def test_laplacian_estimators_are_unbiased(options, samples):
+    u, x = mlp(), repeated_points()
+    estimates = do.Laplacian(u, samples=samples, **options)(x).detach()
+    exact = do.Laplacian(u)(x[0]).detach()
+    assert estimates.shape == (REPEATS, POINTS, 1)
+    assert_within_standard_errors(estimates, exact)
+
+
+def test_vector_valued_laplacian_estimate_is_unbiased():
+    u, x = mlp(d_out=2), repeated_points()
+    estimates = do.Laplacian(u, estimator="hutchinson", samples=2)(x).detach()
+    assert estimates.shape == (REPEATS, POINTS, 2)
+    assert_within_standard_errors(estimates, do.Laplacian(u)(x[0]).detach())
+
+
+def test_biharmonic_stde_is_unbiased():
+    u, x = mlp(d_in=3), repeated_points(3)
+    estimates = do.Biharmonic(u, estimator="stde", samples=2)(x).detach()
+    assert_within_standard_errors(estimates, do.Biharmonic(u)(x[0]).detach())
+
+
+def test_exact_biharmonic_matches_nested_laplacians():
+    u = mlp(d_in=3)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    laplacian = do.Laplacian(u, method="autograd")
+    bilaplacian = do.Laplacian(lambda y: laplacian(y), method="autograd")(x)
+    torch.testing.assert_close(do.Biharmonic(u)(x), bilaplacian)
+    assert str(do.Biharmonic(u)) == "Δ²u"
+
+
+def hutchinson_variance(h: torch.Tensor, distribution: str) -> torch.Tensor:
+    """Variance of one direction's ``v^T H v``: the cross terms, plus the diagonal for Gaussian ``v``."""
+    frobenius = (h**2).sum((-2, -1))
+    diagonal = (h.diagonal(dim1=-2, dim2=-1) ** 2).sum(-1)
+    return 2 * frobenius if distribution == "gaussian" else 2 * (frobenius - diagonal)
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_hutchinson_variance_matches_theory(distribution):
+    u, x = mlp(), repeated_points()
+    samples = 2
+    op = do.Laplacian(u, estimator="hutchinson", samples=samples, distribution=distribution)
+    observed = op(x).detach()[..., 0].var(0)
+    expected = hutchinson_variance(hessians(u, x), distribution) / samples
+    torch.testing.assert_close(observed, expected, rtol=0.25, atol=0)
+
+
+def test_coordinate_variance_matches_sampling_without_replacement():
+    u, x = mlp(), repeated_points()
+    samples = 2
+    observed = do.Laplacian(u, estimator="coordinates", samples=samples)(x).detach()[..., 0].var(0)
+    pure = hessians(u, x).diagonal(dim1=-2, dim2=-1)  # (POINTS, d)
+    spread = pure.var(-1, unbiased=False)
+    expected = D**2 * spread / samples * (D - samples) / (D - 1)
+    torch.testing.assert_close(observed, expected, rtol=0.25, atol=0)
+
+
+def test_all_coordinates_give_the_exact_laplacian_and_its_gradients():
+    u = mlp()
+    x = torch.randn(6, D, dtype=torch.float64)
+    estimate = do.Laplacian(u, estimator="coordinates", samples=D)(x)
+    exact = do.Laplacian(u)(x)
+    torch.testing.assert_close(estimate, exact)
+    weights = [p for p in u.parameters() if p.dim() == 2]  # a Laplacian does not depend on the last bias
+    grads = torch.autograd.grad(estimate.square().sum(), weights)
+    expected = torch.autograd.grad(exact.square().sum(), weights)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_seeded_generator_reproduces_the_estimate():
+    u = mlp()
+    x = torch.randn(8, D, dtype=torch.float64)
+    make = lambda seed: do.Laplacian(  # noqa: E731
+        u, estimator="hutchinson", samples=4, generator=torch.Generator().manual_seed(seed)
+    )
+    first, again, other = make(0), make(0), make(1)
+    a = first(x)
+    torch.testing.assert_close(a, again(x))
+    assert not torch.allclose(a, other(x))
+    assert not torch.allclose(a, first(x)), "each call must draw fresh directions"
+
+
+def test_the_global_seed_reproduces_the_estimate_without_a_generator():
+    u = mlp()
+    x = torch.randn(8, D, dtype=torch.float64)
+    op = do.Laplacian(u, estimator="coordinates", samples=2)
+    torch.manual_seed(5)
+    a = op(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(a, op(x))
+
+
+def test_estimate_gradients_flow_to_parameters():
+    u = mlp()
+    x = torch.randn(8, D, dtype=torch.float64)
+    op = do.Biharmonic(u, estimator="stde", samples=2)
+    op(x).square().mean().backward()
+    for p in u.parameters():
+        if p.dim() == 2:  # the last bias drops out of any derivative
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert u[0].weight.grad.abs().sum() > 0
+
+
+def test_estimated_laplacian_in_an_expression():
+    u = mlp()
+    x = torch.randn(2, 5, D, dtype=torch.float64)
+    f = lambda y: y[..., :1] ** 2  # noqa: E731
+    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    estimate = do.Laplacian(u, estimator="hutchinson", samples=3, generator=seeded())
+    residual = estimate + 2.0 * do.Derivative(u, wrt=1) - f
+    expected = do.Laplacian(u, estimator="hutchinson", samples=3, generator=seeded())(x)
+    expected = expected + 2.0 * do.Derivative(u, wrt=1)(x) - f(x)
+    torch.testing.assert_close(residual(x), expected)
+    assert residual(x).shape == (2, 5, 1)
+
+
+def test_estimator_with_several_inputs():
+    torch.manual_seed(2)
+    net = mlp(d_in=3)
+    u = lambda x, t: net(torch.cat([x, t], dim=-1))  # noqa: E731
+    x, t = torch.randn(7, 2, dtype=torch.float64), torch.randn(7, 1, dtype=torch.float64)
+    estimate = do.Laplacian(u, argnums=(0, 1), estimator="coordinates", samples=3)(x, t)
+    torch.testing.assert_close(estimate, do.Laplacian(u, argnums=(0, 1))(x, t))
+
+
+def test_estimated_operator_copies_and_reports_its_estimator():
+    op = do.Laplacian(mlp(), estimator="hutchinson", samples=4, generator=torch.Generator().manual_seed(0))
+    clone = copy.deepcopy(op)
+    x = torch.randn(3, D, dtype=torch.float64)
+    torch.testing.assert_close(op(x), clone(x))
+    assert "hutchinson(samples=4, distribution='rademacher')" in repr(op)
+
+
+@pytest.mark.parametrize(
+    "options, error, words",
+    [
+        (dict(estimator="hutchinsn", samples=2), ValueError, ["Laplacian", "hutchinsn", "coordinates"]),
+        (dict(estimator="stde", samples=2), ValueError, ["Laplacian", "'stde'", "hutchinson"]),
+        (dict(estimator="hutchinson"), TypeError, ["Laplacian", "samples", "None"]),
+        (dict(estimator="hutchinson", samples=0), ValueError, ["Laplacian", "positive", "0"]),
+        (dict(estimator="hutchinson", samples=2.0), TypeError, ["Laplacian", "positive int", "2.0"]),
+        (dict(estimator="hutchinson", samples=True), TypeError, ["Laplacian", "True"]),
+        (dict(estimator="hutchinson", samples=2, generator=3), TypeError, ["Laplacian", "torch.Generator", "int"]),
+        (dict(estimator="hutchinson", samples=2, distribution="uniform"), ValueError, ["'uniform'", "gaussian"]),
+        (dict(estimator="coordinates", samples=2, distribution="gaussian"), ValueError, ["coordinates", "gaussian"]),
+        (dict(samples=8), ValueError, ["Laplacian", "samples", "estimator=None"]),
+    ],
+)
+def test_bad_estimator_settings_raise(options, error, words):
+    with pytest.raises(error) as info:
+        do.Laplacian(mlp(), **options)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_biharmonic_rejects_rademacher_directions():
+    with pytest.raises(ValueError, match="Biharmonic.*'gaussian'.*rademacher"):
+        do.Biharmonic(mlp(), estimator="stde", samples=2, distribution="rademacher")
+
+
+def test_more_coordinates_than_dimensions_raise_at_call():
+    op = do.Laplacian(mlp(), estimator="coordinates", samples=D + 1)
+    with pytest.raises(ValueError, match=f"Laplacian.*samples={D + 1}.*d={D}"):
+        op(torch.randn(2, D, dtype=torch.float64))
+
+
+@pytest.mark.cuda
+def test_cpu_generator_with_cuda_inputs():
+    u = mlp()
+    x = torch.randn(8, D, dtype=torch.float64)
+    make = lambda: do.Laplacian(u, estimator="hutchinson", samples=4, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    on_cpu = make()(x)
+    on_gpu = make().to("cuda")(x.cuda())
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu)
