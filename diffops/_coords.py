@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MultiIndexSpec = Any  # int | str | tuple of int/str
@@ -38,6 +38,22 @@ def multi_index(name: str, spec: MultiIndexSpec, coords: tuple[str, ...] | None)
     """``(0, 0, 1)``, ``("x", "x", "t")``, ``1`` or ``"t"`` -> sorted tuple of indices."""
     items = spec if isinstance(spec, (tuple, list)) else (spec,)
     return tuple(sorted(coordinate(name, item, coords) for item in items))
+
+
+def derivative_spec(
+    name: str, spec: Mapping[str, Any] | None, named: Mapping[str, Any], coords: tuple[str, ...] | None
+) -> dict[str, tuple[int, ...]]:
+    """``{name: multi-index}`` from a dict and keywords, e.g. ``u_xt=("x", "t")`` -> ``{"u_xt": (0, 1)}``."""
+    if spec is not None and not isinstance(spec, Mapping):
+        raise TypeError(f"{name}: the derivatives must be given as a dict name -> multi-index, got {spec!r}")
+    wanted = dict(spec or {})
+    clash = set(wanted) & set(named)
+    if clash:
+        raise ValueError(f"{name}: derivative names {sorted(clash)} are given twice")
+    wanted.update(named)
+    if not wanted:
+        raise ValueError(f"{name}: name at least one derivative, e.g. u_x=(0,)")
+    return {key: multi_index(name, value, coords) for key, value in wanted.items()}
 
 
 def check_range(name: str, index: tuple[int, ...], d: int, coords: tuple[str, ...] | None) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._coords import check_coords, check_range, multi_index
+from ._coords import check_coords, check_range, derivative_spec
 from ._inputs import check_argnums, flatten_inputs
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
 
@@ -102,14 +102,7 @@ class DifferentialOperator(nn.Module):
         name = type(self).__name__
         if self.u is None:
             raise TypeError(f"{name}: derivatives() needs the network u given to the constructor")
-        wanted = dict(spec or {})
-        clash = set(wanted) & set(named)
-        if clash:
-            raise ValueError(f"{name}: derivative names {sorted(clash)} are given twice")
-        wanted.update(named)
-        if not wanted:
-            raise ValueError(f"{name}: name at least one derivative, e.g. u_x=(0,)")
-        indices = {key: multi_index(name, value, self.coords) for key, value in wanted.items()}
+        indices = derivative_spec(name, spec, named, self.coords)
         computed = self._compute(inputs, lambda d: Request(frozenset(indices.values())))
         return {key: computed.results[index] for key, index in indices.items()}
 

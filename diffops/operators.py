@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ._coords import coordinate, multi_index, partial_symbol
+from ._coords import coordinate, derivative_spec, multi_index, partial_symbol
 from .engines import Request
 from .estimators import make_estimator
 from .operator import BuiltinOperator, Computed, DifferentialOperator
@@ -245,16 +245,7 @@ class Derivatives(DifferentialOperator):
         **named: Any,
     ) -> None:
         super().__init__(u, argnums=argnums, coords=coords, method=method, chunk_size=chunk_size)
-        if spec is not None and not isinstance(spec, Mapping):
-            raise TypeError(f"Derivatives: the second argument must be a dict name -> multi-index, got {spec!r}")
-        wanted = dict(spec or {})
-        clash = set(wanted) & set(named)
-        if clash:
-            raise ValueError(f"Derivatives: derivative names {sorted(clash)} are given twice")
-        wanted.update(named)
-        if not wanted:
-            raise ValueError("Derivatives: name at least one derivative, e.g. Derivatives(u, u_x=(0,))")
-        self.spec = {key: multi_index("Derivatives", value, self.coords) for key, value in wanted.items()}
+        self.spec = derivative_spec("Derivatives", spec, named, self.coords)
 
     def forward(self, *inputs: Any) -> dict[str, torch.Tensor]:
         return self.derivatives(*inputs, spec=self.spec)
