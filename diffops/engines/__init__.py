@@ -9,8 +9,10 @@ from __future__ import annotations
 from .autograd import AutogradEngine
 from .base import Engine, EngineUnsupported, Request
 from .func import FuncEngine
+from .taylor import TaylorEngine
 
 ENGINES: dict[str, Engine] = {
+    "taylor": TaylorEngine(),
     "func": FuncEngine(),
     "autograd": AutogradEngine(),
 }
