@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache, reduce
+from functools import cache, lru_cache, reduce
 
 from .base import MultiIndex
 
@@ -83,7 +83,7 @@ def solve_exact(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fract
     return [rows[i][n] / rows[i][i] for i in range(n)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def local_combination(counts: Direction) -> tuple[tuple[Direction, Fraction], ...]:
     """The combination for the partial with these (positive) counts, on its support's coordinates."""
     exponents = count_vectors(sum(counts), len(counts))

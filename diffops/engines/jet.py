@@ -22,7 +22,8 @@ each call is routed to the rule registered for it in ``RULES`` (see the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.overrides import resolve_name

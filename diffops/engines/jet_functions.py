@@ -16,7 +16,7 @@ Piecewise-linear functions (ReLU) scale every coefficient by their slope at
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
