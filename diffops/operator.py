@@ -164,8 +164,9 @@ class DifferentialOperator(nn.Module):
                 first_error = first_error or (engine_name, error)
                 if position + 1 < len(tried):
                     continue
-                if self.method != "auto" and not isinstance(error, EngineUnsupported):
-                    raise RuntimeError(
+                if self.method != "auto":
+                    kind = EngineUnsupported if isinstance(error, EngineUnsupported) else RuntimeError
+                    raise kind(
                         f"{name}: method={self.method!r} cannot differentiate this network: {error}. "
                         "method='autograd' handles any network that torch.autograd can differentiate"
                     ) from error

@@ -61,8 +61,16 @@ METADATA = {
     torch.Tensor.get_device,
 }
 
-# Functions whose result does not depend on the jet's values: a constant.
+# Functions whose result is piecewise constant in the jet's values (comparisons, the
+# result of ``zeros_like``) or cut off from them (``detach``): computed from c_0.
 CONSTANT = {
+    *(getattr(torch, name) for name in ("gt", "lt", "ge", "le", "eq", "ne", "sign", "isfinite", "isnan")),
+    *(getattr(torch.Tensor, name) for name in ("gt", "lt", "ge", "le", "eq", "ne", "sign", "isfinite", "isnan")),
+    *(getattr(torch.Tensor, f"__{name}__") for name in ("gt", "lt", "ge", "le", "eq", "ne")),
+    torch.argmax,
+    torch.argmin,
+    torch.Tensor.argmax,
+    torch.Tensor.argmin,
     torch.zeros_like,
     torch.ones_like,
     torch.empty_like,
@@ -104,6 +112,7 @@ class Jet:
     """
 
     __slots__ = ("coefficients", "weights")
+    __hash__ = object.__hash__  # ``==`` compares values, as for tensors
 
     def __init__(self, coefficients: list[torch.Tensor], weights: torch.Tensor | None = None) -> None:
         self.coefficients = coefficients
@@ -204,7 +213,8 @@ def _method(func: Callable) -> Callable:
 
 for _name in (
     "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __pow__ __rpow__ "
-    "__matmul__ __rmatmul__ __neg__ __pos__ __abs__"
+    "__matmul__ __rmatmul__ __neg__ __pos__ __abs__ __gt__ __lt__ __ge__ __le__ __eq__ __ne__ "
+    "__bool__ __float__ __int__ __index__"
 ).split():
     setattr(Jet, _name, _method(getattr(torch.Tensor, _name)))
 

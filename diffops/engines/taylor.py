@@ -19,7 +19,7 @@ import math
 import torch
 
 from . import jet_functions, jet_linear, jet_products  # noqa: F401 - register the jet rules
-from .base import BatchedFn, MultiIndex, Request
+from .base import BatchedFn, EngineUnsupported, MultiIndex, Request
 from .interpolation import Direction, Interpolation, interpolate
 from .jet import Jet
 
@@ -36,7 +36,12 @@ def propagate(fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: i
     weights = torch.ones(directions.shape[0], dtype=x.dtype, device=x.device) if collapse else None
     if collapse:
         coefficients[-1] = torch.tensordot(weights, coefficients[-1], dims=1)
-    out = fn(Jet(coefficients, weights))
+    try:
+        out = fn(Jet(coefficients, weights))
+    except (TypeError, AttributeError) as error:  # the network treats its input as more than a tensor
+        raise EngineUnsupported(
+            f"Taylor mode cannot run this network on jets: {type(error).__name__}: {error}"
+        ) from error
     if isinstance(out, Jet):
         return out
     constant = [out] + [torch.zeros_like(out).expand(directions.shape[0], *out.shape)] * order
@@ -47,8 +52,8 @@ def propagate(fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: i
 
 def along(directions: tuple[Direction, ...], x: torch.Tensor) -> torch.Tensor:
     """``(R, N, d)``: integer direction vectors, the same for every row of ``x``."""
-    v = torch.tensor(directions, dtype=x.dtype, device=x.device)
-    return v[:, None, :].expand(len(directions), *x.shape)
+    v = torch.tensor(directions, dtype=x.dtype, device=x.device).reshape(len(directions), 1, x.shape[1])
+    return v.expand(len(directions), *x.shape)
 
 
 def read_partials(out: Jet, interpolation: Interpolation) -> dict[MultiIndex, torch.Tensor]:
