@@ -6,12 +6,14 @@ the Taylor coefficients of ``t -> u(x + t v)`` for R directions ``v`` at once::
     u(x + t v) = c_0 + c_1 t + ... + c_K t^K + O(t^(K+1)),   d^k/dt^k u = k! c_k.
 
 ``c_0: (N, *f)`` is shared by all directions; ``c_1 .. c_K: (R, N, *f)``.  A
-*collapsed* jet keeps only the weighted sum ``sum_r w_r c_K^(r)`` of its top
-coefficient, ``(N, *f)``.  That is enough to propagate it: the top coefficient
-of every operation is linear in its inputs' top coefficients, with factors that
-depend on ``c_0`` only, plus terms in lower coefficients, which are collapsed
-where they arise.  With K = 2, unit directions and unit weights the sum is half
-the Laplacian, at d + 2 vectors per layer instead of 2d + 1.
+*collapsed* jet keeps only the sum over directions of its top coefficient,
+``sum_r c_K^(r): (N, *f)``.  That is enough to propagate it: the top
+coefficient of every operation is linear in its inputs' top coefficients, with
+factors that depend on ``c_0`` only, plus terms in lower coefficients, which
+are summed where they arise.  With K = 2 and the unit directions the sum is
+half the Laplacian, at d + 2 vectors per layer instead of 2d + 1.  (A weighted
+sum with weights ``w_r > 0`` is the plain sum along the directions
+``w_r^(1/K) v_r``.)
 
 Jets enter the network through ``__torch_function__``: ``nn.Linear`` calls
 ``F.linear``, ``nn.Tanh`` calls ``torch.tanh``, a residual calls ``__add__``;
@@ -108,15 +110,15 @@ def unsupported(func: Callable, why: str = "") -> EngineUnsupported:
 class Jet:
     """Taylor coefficients ``[c_0, c_1, ..., c_K]`` of one batched tensor; see the module docstring.
 
-    ``weights``: ``(R,)`` when the top coefficient is collapsed, else ``None``.
+    ``collapsed``: whether ``c_K`` is summed over the directions.
     """
 
-    __slots__ = ("coefficients", "weights")
+    __slots__ = ("coefficients", "collapsed")
     __hash__ = object.__hash__  # ``==`` compares values, as for tensors
 
-    def __init__(self, coefficients: list[torch.Tensor], weights: torch.Tensor | None = None) -> None:
+    def __init__(self, coefficients: list[torch.Tensor], collapsed: bool = False) -> None:
         self.coefficients = coefficients
-        self.weights = weights
+        self.collapsed = collapsed
 
     # -- the series ------------------------------------------------------------------
 
@@ -133,11 +135,11 @@ class Jet:
 
     def shared(self, k: int) -> bool:
         """Whether ``c_k`` has no direction axis: ``c_0``, and a collapsed top."""
-        return k == 0 or (k == self.order and self.weights is not None)
+        return k == 0 or (k == self.order and self.collapsed)
 
     def like(self, coefficients: list[torch.Tensor]) -> Jet:
         """A jet of the same order and collapse with other coefficients."""
-        return Jet(coefficients, self.weights)
+        return Jet(coefficients, self.collapsed)
 
     def truncate(self, order: int) -> Jet:
         """The series up to ``order`` < K: every coefficient kept has a direction axis (or is c_0)."""
@@ -148,12 +150,12 @@ class Jet:
 
         ``head`` holds the terms in the inputs' ``c_k`` (shaped like them); ``lower``
         the per-direction terms in lower coefficients, which are collapsed with
-        the weights when ``k`` is a collapsed top.
+        over the directions when ``k`` is a collapsed top.
         """
         if lower is None:
             return head
         if self.shared(k):
-            lower = torch.tensordot(self.weights, lower, dims=1)
+            lower = lower.sum(0)
         if isinstance(scale, torch.Tensor) or scale != 1:
             lower = lower * scale
         return lower if head is None else head + lower
@@ -194,7 +196,7 @@ class Jet:
         return len(self.primal)
 
     def __repr__(self) -> str:
-        return f"Jet(order={self.order}, shape={tuple(self.shape)}, collapsed={self.weights is not None})"
+        return f"Jet(order={self.order}, shape={tuple(self.shape)}, collapsed={self.collapsed})"
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(torch.Tensor, name, None)
@@ -267,7 +269,7 @@ def map_coefficients(func: Callable, args: tuple, kwargs: dict, batched: bool, z
             outputs.append(call(k, coefficients))
         else:
             outputs.append(torch.vmap(lambda *c, k=k: call(k, c))(*coefficients))
-    return _zip_outputs(outputs, reference.weights)
+    return _zip_outputs(outputs, reference.collapsed)
 
 
 def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
@@ -276,9 +278,9 @@ def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
     return torch.zeros_like(leaf)
 
 
-def _zip_outputs(outputs: list, weights: torch.Tensor | None) -> Any:
+def _zip_outputs(outputs: list, collapsed: bool) -> Any:
     """Per-coefficient output pytrees -> one pytree of jets."""
     flat = [tree_flatten(output) for output in outputs]
     spec = flat[0][1]
-    leaves = [Jet([f[0][i] for f in flat], weights) for i in range(len(flat[0][0]))]
+    leaves = [Jet([f[0][i] for f in flat], collapsed) for i in range(len(flat[0][0]))]
     return tree_unflatten(leaves, spec)

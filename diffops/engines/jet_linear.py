@@ -37,7 +37,15 @@ ELEMENTWISE_LINEAR = (
 @rule(*SHAPE_OPERATIONS)
 def shape_operation(func, *args: Any, **kwargs: Any) -> Any:
     """Indexing, reshapes, concatenation, reductions: linear, applied per coefficient."""
+    if func in (T.split, torch.split) and _whole(*args, **kwargs):
+        return (args[0],)  # how every network with one differentiated input receives it
     return map_coefficients(func, args, kwargs, batched=False, zero_constants=True)
+
+
+def _whole(tensor: Jet, split_size: Any, dim: int = 0) -> bool:
+    """Whether ``split`` keeps the tensor in one piece."""
+    sizes = split_size if isinstance(split_size, (list, tuple)) else [split_size]
+    return len(sizes) == 1 and sizes[0] >= tensor.shape[dim]
 
 
 @rule(*ELEMENTWISE_LINEAR)

@@ -33,11 +33,10 @@ def propagate(fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: i
     if order >= 1:
         coefficients.append(directions.to(x.dtype))
         coefficients += [torch.zeros_like(coefficients[1])] * (order - 1)
-    weights = torch.ones(directions.shape[0], dtype=x.dtype, device=x.device) if collapse else None
     if collapse:
-        coefficients[-1] = torch.tensordot(weights, coefficients[-1], dims=1)
+        coefficients[-1] = coefficients[-1].sum(0)
     try:
-        out = fn(Jet(coefficients, weights))
+        out = fn(Jet(coefficients, collapse))
     except (TypeError, AttributeError) as error:  # the network treats its input as more than a tensor
         raise EngineUnsupported(
             f"Taylor mode cannot run this network on jets: {type(error).__name__}: {error}"
@@ -47,7 +46,7 @@ def propagate(fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: i
     constant = [out] + [torch.zeros_like(out).expand(directions.shape[0], *out.shape)] * order
     if collapse:
         constant[-1] = torch.zeros_like(out)
-    return Jet(constant, weights)
+    return Jet(constant, collapse)
 
 
 def along(directions: tuple[Direction, ...], x: torch.Tensor) -> torch.Tensor:
