@@ -5,7 +5,9 @@ the Taylor coefficients of ``t -> u(x + t v)`` for R directions ``v`` at once::
 
     u(x + t v) = c_0 + c_1 t + ... + c_K t^K + O(t^(K+1)),   d^k/dt^k u = k! c_k.
 
-``c_0: (N, *f)`` is shared by all directions; ``c_1 .. c_K: (R, N, *f)``.  A
+``c_0: (N, *f)`` is shared by all directions; ``c_1 .. c_K: (R, N, *f)``, or
+``(N, *f)`` in a *single*-direction jet, which saves the reductions over a
+direction axis of size one.  A
 *collapsed* jet keeps only the sum over directions of its top coefficient,
 ``sum_r c_K^(r): (N, *f)``.  That is enough to propagate it: the top
 coefficient of every operation is linear in its inputs' top coefficients, with
@@ -110,15 +112,20 @@ def unsupported(func: Callable, why: str = "") -> EngineUnsupported:
 class Jet:
     """Taylor coefficients ``[c_0, c_1, ..., c_K]`` of one batched tensor; see the module docstring.
 
-    ``collapsed``: whether ``c_K`` is summed over the directions.
+    ``form``: ``DIRECTIONS``, ``COLLAPSED`` (``c_K`` summed over the directions) or
+    ``SINGLE`` (one direction, no direction axis).  ``degree``: the coefficients
+    above it are known to be zero, as they are for ``x + t v`` and its linear
+    images, so the rules may skip their terms.
     """
 
-    __slots__ = ("coefficients", "collapsed")
+    __slots__ = ("coefficients", "form", "degree")
+    DIRECTIONS, COLLAPSED, SINGLE = "directions", "collapsed", "single"
     __hash__ = object.__hash__  # ``==`` compares values, as for tensors
 
-    def __init__(self, coefficients: list[torch.Tensor], collapsed: bool = False) -> None:
+    def __init__(self, coefficients: list[torch.Tensor], form: str = DIRECTIONS, degree: int | None = None) -> None:
         self.coefficients = coefficients
-        self.collapsed = collapsed
+        self.form = form
+        self.degree = len(coefficients) - 1 if degree is None else degree
 
     # -- the series ------------------------------------------------------------------
 
@@ -134,16 +141,28 @@ class Jet:
         return _dispatch(torch.Tensor.__getitem__, (self, index), {})
 
     def shared(self, k: int) -> bool:
-        """Whether ``c_k`` has no direction axis: ``c_0``, and a collapsed top."""
-        return k == 0 or (k == self.order and self.collapsed)
+        """Whether ``c_k`` has no direction axis: ``c_0``, a collapsed top, any of a single-direction jet."""
+        return k == 0 or self.form == Jet.SINGLE or (k == self.order and self.form == Jet.COLLAPSED)
 
-    def like(self, coefficients: list[torch.Tensor]) -> Jet:
-        """A jet of the same order and collapse with other coefficients."""
-        return Jet(coefficients, self.collapsed)
+    def like(self, coefficients: list[torch.Tensor], degree: int | None = None) -> Jet:
+        """A jet of the same order and form with other coefficients."""
+        return Jet(coefficients, self.form, degree)
+
+    def collapses(self, k: int) -> bool:
+        """Whether ``c_k`` is a collapsed top, to which per-direction terms contribute their sum."""
+        return k == self.order and self.form == Jet.COLLAPSED
+
+    def zero(self, k: int, shape: torch.Size) -> torch.Tensor:
+        """A known-zero ``c_k`` for samples of ``shape``, without memory."""
+        full = shape if self.shared(k) else (self.coefficients[1].shape[0], *shape)
+        return torch.zeros((), dtype=self.dtype, device=self.device).expand(full)
 
     def truncate(self, order: int) -> Jet:
         """The series up to ``order`` < K: every coefficient kept has a direction axis (or is c_0)."""
-        return Jet(self.coefficients[: order + 1]) if order < self.order else self
+        if order >= self.order:
+            return self
+        form = Jet.SINGLE if self.form == Jet.SINGLE else Jet.DIRECTIONS
+        return Jet(self.coefficients[: order + 1], form, min(self.degree, order))
 
     def combine(self, k: int, head: torch.Tensor | None, lower: torch.Tensor | None, scale: Any = 1) -> torch.Tensor:
         """Coefficient ``k`` of a result: ``head + scale * lower``; ``scale`` a number or an ``(N, *f)`` tensor.
@@ -154,7 +173,7 @@ class Jet:
         """
         if lower is None:
             return head
-        if self.shared(k):
+        if self.collapses(k):
             lower = lower.sum(0)
         if isinstance(scale, torch.Tensor) or scale != 1:
             lower = lower * scale
@@ -196,7 +215,7 @@ class Jet:
         return len(self.primal)
 
     def __repr__(self) -> str:
-        return f"Jet(order={self.order}, shape={tuple(self.shape)}, collapsed={self.collapsed})"
+        return f"Jet(order={self.order}, shape={tuple(self.shape)}, form={self.form})"
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(torch.Tensor, name, None)
@@ -269,7 +288,7 @@ def map_coefficients(func: Callable, args: tuple, kwargs: dict, batched: bool, z
             outputs.append(call(k, coefficients))
         else:
             outputs.append(torch.vmap(lambda *c, k=k: call(k, c))(*coefficients))
-    return _zip_outputs(outputs, reference.collapsed)
+    return _zip_outputs(outputs, reference.form)
 
 
 def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
@@ -278,9 +297,9 @@ def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
     return torch.zeros_like(leaf)
 
 
-def _zip_outputs(outputs: list, collapsed: bool) -> Any:
+def _zip_outputs(outputs: list, form: str) -> Any:
     """Per-coefficient output pytrees -> one pytree of jets."""
     flat = [tree_flatten(output) for output in outputs]
     spec = flat[0][1]
-    leaves = [Jet([f[0][i] for f in flat], collapsed) for i in range(len(flat[0][0]))]
+    leaves = [Jet([f[0][i] for f in flat], form) for i in range(len(flat[0][0]))]
     return tree_unflatten(leaves, spec)

@@ -29,10 +29,12 @@ Slope = Callable[[int, list], torch.Tensor]
 
 
 def integral_coefficient(x: Jet, z: list[torch.Tensor], k: int) -> torch.Tensor:
-    """``y_k`` of ``y' = z x'`` from ``z_0 .. z_(k-1)``."""
-    head = z[0] * x.coefficients[k]
-    lower = convolution(x.coefficients, z, k, weight=lambda j: j)
-    return x.combine(k, head, lower, scale=1 / k)
+    """``y_k`` of ``y' = z x'`` from ``z_0 .. z_(k-1)``, skipping the ``x_j`` known to be zero."""
+    head = z[0] * x.coefficients[k] if k <= x.degree else None
+    last, weight = min(k - 1, x.degree), (lambda j: j / k)
+    if x.collapses(k) or head is None:
+        return x.combine(k, head, convolution(x.coefficients, z, k, weight, last))
+    return convolution(x.coefficients, z, k, weight, last, total=head)
 
 
 def solve(x: Jet, y0: torch.Tensor, slope: Slope) -> Jet:

@@ -91,7 +91,7 @@ def linear_combination(a: Any, alpha: numbers.Number, b: Any, beta: numbers.Numb
         terms = [_scaled(v.coefficients[k], s) for v, s in ((a, alpha), (b, beta)) if isinstance(v, Jet)]
         total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
         coefficients.append(broadcast(reference, k, total, primal.shape))
-    return reference.like(coefficients)
+    return reference.like(coefficients, max(v.degree for v in jets_in((a, b))))
 
 
 def _primal(value: Any) -> Any:

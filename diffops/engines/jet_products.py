@@ -84,9 +84,12 @@ def mul(func: Callable, a: Any, b: Any) -> Jet:
 def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
     """``x @ weight.T + bias``; bilinear when the weight is a jet too."""
     if isinstance(x, Jet) and not isinstance(weight, Jet) and not isinstance(bias, Jet):
-        coefficients = [F.linear(x.primal, weight, bias)]
-        coefficients += [F.linear(c, weight) for c in x.coefficients[1:]]
-        return x.like(coefficients)
+        primal = F.linear(x.primal, weight, bias)
+        coefficients = [primal] + [
+            F.linear(c, weight) if k <= x.degree else x.zero(k, primal.shape)
+            for k, c in enumerate(x.coefficients[1:], start=1)
+        ]
+        return x.like(coefficients, x.degree)
     out = product(F.linear, x, weight)
     return out if bias is None else out + bias
 
@@ -121,18 +124,20 @@ def reciprocal(x: Jet) -> Jet:
     return x.like(coefficients)
 
 
-def convolution(x: list, y: list, k: int, weight: Callable[[int], float]) -> torch.Tensor | None:
-    """``sum_(j=1..k-1) weight(j) x_j y_(k-j)``: the terms of an order-k coefficient below the top."""
-    total = None
-    for j in range(1, k):
+def convolution(
+    x: list, y: list, k: int, weight: Callable[[int], Any], last: int | None = None, total: Any = None
+) -> torch.Tensor | None:
+    """``total + sum_(j=1..last) weight(j) x_j y_(k-j)``, ``last = k - 1`` by default.
+
+    The terms of an order-k coefficient below the top, with number weights
+    fused into the additions.
+    """
+    for j in range(1, (k - 1 if last is None else last) + 1):
         w, term = weight(j), x[j] * y[k - j]
-        if isinstance(w, torch.Tensor):
-            term = w * term
-        elif total is not None:
+        if total is not None and not isinstance(w, torch.Tensor):
             total = total.add(term, alpha=w)
             continue
-        elif w != 1:
-            term = w * term
+        term = term if not isinstance(w, torch.Tensor) and w == 1 else w * term
         total = term if total is None else total + term
     return total
 

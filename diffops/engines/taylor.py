@@ -24,29 +24,37 @@ from .interpolation import Direction, Interpolation, interpolate
 from .jet import Jet
 
 
-def propagate(fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, collapse: bool = False) -> Jet:
-    """``fn`` on the jet of ``x + t v``: ``x: (N, d)``, ``directions: (R, N, d)``; the output jet.
+def propagate(
+    fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, collapse: bool = False
+) -> list[torch.Tensor]:
+    """Taylor coefficients of ``t -> fn(x + t v)``: ``x: (N, d)``, ``directions: (R, N, d)``.
 
-    With ``collapse`` the top coefficient is summed over the directions.
+    Returns ``[c_0: (N, *f), c_1 .. c_K: (R, N, *f)]``; with ``collapse`` the top
+    coefficient is summed over the directions, ``(N, *f)``.
     """
-    coefficients = [x]
-    if order >= 1:
-        coefficients.append(directions.to(x.dtype))
-        coefficients += [torch.zeros_like(coefficients[1])] * (order - 1)
-    if collapse:
-        coefficients[-1] = coefficients[-1].sum(0)
+    r = directions.shape[0]
+    form = Jet.SINGLE if r == 1 else Jet.COLLAPSED if collapse else Jet.DIRECTIONS
+    v = (directions[0] if form == Jet.SINGLE else directions).to(x.dtype)
+    inputs = [x] + ([v] + [torch.zeros_like(v)] * (order - 1) if order else [])
+    if form == Jet.COLLAPSED:
+        inputs[-1] = inputs[-1].sum(0)
+    out = _run(fn, Jet(inputs, form, degree=min(order, 1)))
+    if not isinstance(out, Jet):  # the output does not depend on x
+        out = Jet([out] + [torch.zeros_like(out)] * order, Jet.SINGLE)
+    coefficients = out.coefficients[:1]
+    for k, c in enumerate(out.coefficients[1:], start=1):
+        top = collapse and k == order
+        coefficients.append(c.expand(r, *c.shape) if out.shared(k) and not top else c)
+    return coefficients
+
+
+def _run(fn: BatchedFn, jet: Jet):
+    """``fn(jet)``; a network that treats its input as more than a tensor is unsupported."""
     try:
-        out = fn(Jet(coefficients, collapse))
-    except (TypeError, AttributeError) as error:  # the network treats its input as more than a tensor
-        raise EngineUnsupported(
-            f"Taylor mode cannot run this network on jets: {type(error).__name__}: {error}"
-        ) from error
-    if isinstance(out, Jet):
-        return out
-    constant = [out] + [torch.zeros_like(out).expand(directions.shape[0], *out.shape)] * order
-    if collapse:
-        constant[-1] = torch.zeros_like(out)
-    return Jet(constant, collapse)
+        return fn(jet)
+    except (TypeError, AttributeError) as error:
+        why = f"{type(error).__name__}: {error}"
+        raise EngineUnsupported(f"Taylor mode cannot run this network on jets: {why}") from error
 
 
 def along(directions: tuple[Direction, ...], x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +63,7 @@ def along(directions: tuple[Direction, ...], x: torch.Tensor) -> torch.Tensor:
     return v.expand(len(directions), *x.shape)
 
 
-def read_partials(out: Jet, interpolation: Interpolation) -> dict[MultiIndex, torch.Tensor]:
+def read_partials(coefficients: list[torch.Tensor], interpolation: Interpolation) -> dict[MultiIndex, torch.Tensor]:
     """``{index: (N, *f)}``: each recipe's combination of one order's coefficients."""
     results = {}
     by_order: dict[int, list] = {}
@@ -63,7 +71,7 @@ def read_partials(out: Jet, interpolation: Interpolation) -> dict[MultiIndex, to
         by_order.setdefault(recipe.order, []).append((index, recipe))
     for order, items in by_order.items():
         width = max(len(recipe.rows) for _, recipe in items)
-        coefficient = out.coefficients[order]  # (R, N, *f)
+        coefficient = coefficients[order]  # (R, N, *f)
         rows = torch.tensor([_padded(r.rows, width, 0) for _, r in items], device=coefficient.device)
         weights = torch.tensor(
             [_padded(r.weights, width, 0.0) for _, r in items], dtype=coefficient.dtype, device=coefficient.device
@@ -92,10 +100,10 @@ def laplacian(fn: BatchedFn, x: torch.Tensor, first: set[MultiIndex]) -> tuple[t
     d = x.shape[1]
     units = tuple(tuple(int(i == j) for j in range(d)) for i in range(d))
     interpolation = interpolate(frozenset(first), d, units)
-    out = propagate(fn, x, along(units, x), order=2, collapse=True)
-    results = read_partials(out, interpolation)
-    results[()] = out.primal
-    return 2 * out.coefficients[2], results
+    coefficients = propagate(fn, x, along(units, x), order=2, collapse=True)
+    results = read_partials(coefficients, interpolation)
+    results[()] = coefficients[0]
+    return 2 * coefficients[2], results
 
 
 class TaylorEngine:
@@ -114,9 +122,9 @@ class TaylorEngine:
             partials -= first
         if partials or not results:
             interpolation = interpolate(frozenset(partials), d)
-            out = propagate(fn, x, along(interpolation.directions, x), interpolation.order)
-            results.update(read_partials(out, interpolation))
-            results[()] = out.primal
+            coefficients = propagate(fn, x, along(interpolation.directions, x), interpolation.order)
+            results.update(read_partials(coefficients, interpolation))
+            results[()] = coefficients[0]
         self._assemble(results, request, d)
         return {key: results[key] for key in ((), *request.partials, *request.full)}
 
@@ -132,7 +140,7 @@ class TaylorEngine:
                 results["laplacian"] = sum(results[(i, i)] for i in range(d))
 
     def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
-        out = propagate(fn, x, directions, order)
+        coefficients = propagate(fn, x, directions, order)
         if order == 0:
-            return out.primal.expand(directions.shape[0], *out.primal.shape)
-        return math.factorial(order) * out.coefficients[order]
+            return coefficients[0].expand(directions.shape[0], *coefficients[0].shape)
+        return math.factorial(order) * coefficients[order]
