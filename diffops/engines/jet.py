@@ -179,14 +179,6 @@ class Jet:
             lower = lower * scale
         return lower if head is None else head + lower
 
-    def map(self, func: Callable, batched: bool = False) -> Any:
-        """``func`` applied to every coefficient; the jets of its (pytree) output.
-
-        ``func`` is written for ``(N, *f)`` tensors; on ``(R, N, *f)`` coefficients
-        it runs under ``vmap`` unless ``batched`` says it handles a leading axis.
-        """
-        return map_coefficients(lambda *c: func(c[0]), (self,), {}, batched, zero_constants=False)
-
     # -- the tensor-like surface a network sees ----------------------------------------
 
     @property
@@ -288,7 +280,7 @@ def map_coefficients(func: Callable, args: tuple, kwargs: dict, batched: bool, z
             outputs.append(call(k, coefficients))
         else:
             outputs.append(torch.vmap(lambda *c, k=k: call(k, c))(*coefficients))
-    return _zip_outputs(outputs, reference.form)
+    return _zip_outputs(outputs, reference.form, max(leaves[p].degree for p in positions))
 
 
 def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
@@ -297,9 +289,9 @@ def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
     return torch.zeros_like(leaf)
 
 
-def _zip_outputs(outputs: list, form: str) -> Any:
+def _zip_outputs(outputs: list, form: str, degree: int) -> Any:
     """Per-coefficient output pytrees -> one pytree of jets."""
     flat = [tree_flatten(output) for output in outputs]
     spec = flat[0][1]
-    leaves = [Jet([f[0][i] for f in flat], form) for i in range(len(flat[0][0]))]
+    leaves = [Jet([f[0][i] for f in flat], form, degree) for i in range(len(flat[0][0]))]
     return tree_unflatten(leaves, spec)

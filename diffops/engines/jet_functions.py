@@ -47,6 +47,28 @@ def solve(x: Jet, y0: torch.Tensor, slope: Slope) -> Jet:
     return x.like(ys)
 
 
+def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> Jet:
+    """A jet of order <= 2 from ``f'`` and ``f''`` at ``c_0``: the forward Laplacian's rule
+
+    ``y_1 = f' x_1``, ``y_2 = f' x_2 + f''/2 x_1^2``, whose collapsed top needs
+    only ``sum_r x_1^2``: three passes over the directions, and no more saved.
+    """
+    ys = [y0]
+    if x.order >= 1:
+        x1 = x.coefficients[1]
+        ys.append(d1 * x1)
+    if x.order == 2:
+        square = x1.square()
+        top = (0.5 * d2) * (square.sum(0) if x.collapses(2) else square)
+        ys.append(top + d1 * x.coefficients[2] if x.degree >= 2 else top)
+    return x.like(ys)
+
+
+def elementwise(x: Jet, y0: torch.Tensor, low: Callable[[], tuple], high: Callable[[], Jet]) -> Jet:
+    """``f(x)``: from ``low() = (f', f'')`` at ``c_0`` up to order 2, else from ``high()``, the recurrence."""
+    return second_order(x, y0, *low()) if x.order <= 2 else high()
+
+
 def lower_series(x: Jet, build: Callable[[Jet], Jet]) -> list[torch.Tensor]:
     """Coefficients of ``build(x)`` to order K - 1, the derivative series a ``solve`` needs."""
     return build(x.truncate(max(x.order - 1, 0))).coefficients
@@ -60,23 +82,30 @@ def _inplace(func: Callable, inplace: bool) -> None:
 @rule(torch.tanh, T.tanh, F.tanh)
 def tanh(func: Callable, x: Jet) -> Jet:
     y0 = torch.tanh(x.primal)
-    return solve(x, y0, lambda k, y: 1 - y[0] * y[0] if k == 0 else series_product(y, y, k, factor=-1.0))
+    d1 = 1 - y0 * y0
+    slope = lambda k, y: d1 if k == 0 else series_product(y, y, k, factor=-1.0)  # noqa: E731
+    return elementwise(x, y0, lambda: (d1, -2 * y0 * d1), lambda: solve(x, y0, slope))
 
 
 @rule(torch.sigmoid, T.sigmoid, F.sigmoid)
 def sigmoid(func: Callable, x: Jet) -> Jet:
     y0 = torch.sigmoid(x.primal)
-    return solve(x, y0, lambda k, y: y[0] * (1 - y[0]) if k == 0 else y[k] - series_product(y, y, k))
+    d1 = y0 * (1 - y0)
+    slope = lambda k, y: d1 if k == 0 else y[k] - series_product(y, y, k)  # noqa: E731
+    return elementwise(x, y0, lambda: (d1, d1 * (1 - 2 * y0)), lambda: solve(x, y0, slope))
 
 
 @rule(torch.exp, T.exp)
 def exp(func: Callable, x: Jet) -> Jet:
-    return solve(x, torch.exp(x.primal), lambda k, y: y[k])
+    y0 = torch.exp(x.primal)
+    return elementwise(x, y0, lambda: (y0, y0), lambda: solve(x, y0, lambda k, y: y[k]))
 
 
 @rule(torch.expm1, T.expm1)
 def expm1(func: Callable, x: Jet) -> Jet:
-    return solve(x, torch.expm1(x.primal), lambda k, y: y[0] + 1 if k == 0 else y[k])
+    y0 = torch.expm1(x.primal)
+    slope = lambda k, y: y[0] + 1 if k == 0 else y[k]  # noqa: E731
+    return elementwise(x, y0, lambda: (y0 + 1, y0 + 1), lambda: solve(x, y0, slope))
 
 
 def _pair(x: Jet, f0: torch.Tensor, g0: torch.Tensor, sign: float) -> tuple[Jet, Jet]:
@@ -88,24 +117,30 @@ def _pair(x: Jet, f0: torch.Tensor, g0: torch.Tensor, sign: float) -> tuple[Jet,
     return x.like(f), x.like(g)
 
 
+def _trigonometric(x: Jet, f: Callable, g: Callable, sign: float) -> Jet:
+    """``f(x)`` for ``f' = g``, ``g' = sign f``: sin and cos (sign -1), sinh and cosh (+1)."""
+    f0, g0 = f(x.primal), g(x.primal)
+    return elementwise(x, f0, lambda: (g0, sign * f0), lambda: _pair(x, f0, g0, sign)[0])
+
+
 @rule(torch.sin, T.sin)
 def sin(func: Callable, x: Jet) -> Jet:
-    return _pair(x, torch.sin(x.primal), torch.cos(x.primal), -1.0)[0]
+    return _trigonometric(x, torch.sin, torch.cos, -1.0)
 
 
 @rule(torch.cos, T.cos)
 def cos(func: Callable, x: Jet) -> Jet:
-    return _pair(x, torch.cos(x.primal), -torch.sin(x.primal), -1.0)[0]
+    return _trigonometric(x, torch.cos, lambda t: -torch.sin(t), -1.0)
 
 
 @rule(torch.sinh, T.sinh)
 def sinh(func: Callable, x: Jet) -> Jet:
-    return _pair(x, torch.sinh(x.primal), torch.cosh(x.primal), 1.0)[0]
+    return _trigonometric(x, torch.sinh, torch.cosh, 1.0)
 
 
 @rule(torch.cosh, T.cosh)
 def cosh(func: Callable, x: Jet) -> Jet:
-    return _pair(x, torch.cosh(x.primal), torch.sinh(x.primal), 1.0)[0]
+    return _trigonometric(x, torch.cosh, torch.sinh, 1.0)
 
 
 def _with_derivative(x: Jet, y0: torch.Tensor, derivative: Callable[[Jet], Jet]) -> Jet:
@@ -143,7 +178,9 @@ def normal_cdf(x: Jet) -> Jet:
 @rule(F.softplus)
 def softplus(func: Callable, x: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
     """``log(1 + exp(beta x)) / beta``, linear where ``beta x > threshold`` (as torch has it)."""
-    y = _with_derivative(x, F.softplus(x.primal, beta, threshold), lambda t: torch.sigmoid(t * beta))
+    y0, s = F.softplus(x.primal, beta, threshold), torch.sigmoid(x.primal * beta)
+    general = lambda: _with_derivative(x, y0, lambda t: torch.sigmoid(t * beta))  # noqa: E731
+    y = elementwise(x, y0, lambda: (s, beta * s * (1 - s)), general)
     linear = x.primal * beta > threshold
     return y.like([y.primal] + [torch.where(linear, a, b) for a, b in zip(x.coefficients[1:], y.coefficients[1:])])
 
@@ -151,7 +188,10 @@ def softplus(func: Callable, x: Jet, beta: float = 1.0, threshold: float = 20.0)
 @rule(F.silu)
 def silu(func: Callable, x: Jet, inplace: bool = False) -> Jet:
     _inplace(func, inplace)
-    return x * torch.sigmoid(x)
+    x0 = x.primal
+    s = torch.sigmoid(x0)
+    derivatives = lambda: (s * (1 + x0 * (1 - s)), s * (1 - s) * (2 + x0 * (1 - 2 * s)))  # noqa: E731
+    return elementwise(x, x0 * s, derivatives, lambda: x * torch.sigmoid(x))
 
 
 @rule(F.mish)
@@ -165,12 +205,15 @@ def gelu(func: Callable, x: Jet, approximate: str = "none") -> Jet:
     if approximate == "tanh":
         inner = (x + 0.044715 * x * x * x) * math.sqrt(2 / math.pi)
         return 0.5 * x * (1 + torch.tanh(inner))
-    return x * normal_cdf(x)
+    x0 = x.primal
+    cdf, density = 0.5 * (1 + torch.erf(x0 / math.sqrt(2))), torch.exp(-0.5 * x0 * x0) / math.sqrt(2 * math.pi)
+    derivatives = lambda: (cdf + x0 * density, density * (2 - x0 * x0))  # noqa: E731
+    return elementwise(x, x0 * cdf, derivatives, lambda: x * normal_cdf(x))
 
 
 def piecewise_linear(x: Jet, y0: torch.Tensor, slope: torch.Tensor) -> Jet:
     """Every coefficient above ``c_0`` times the slope at ``c_0``."""
-    return x.like([y0] + [slope * c for c in x.coefficients[1:]])
+    return x.like([y0] + [slope * c for c in x.coefficients[1:]], x.degree)
 
 
 @rule(torch.relu, T.relu, F.relu)

@@ -70,7 +70,7 @@ def product(func: Callable, a: Any, b: Any, broadcasts: bool = False) -> Jet:
 def scale(jet: Jet, factor: Any) -> Jet:
     """``jet * factor`` for a constant tensor or number ``factor``."""
     ndim = factor.dim() if isinstance(factor, torch.Tensor) else 0
-    return jet.like([align(jet, k, c, ndim) * factor for k, c in enumerate(jet.coefficients)])
+    return jet.like([align(jet, k, c, ndim) * factor for k, c in enumerate(jet.coefficients)], jet.degree)
 
 
 @rule(torch.mul, T.mul, T.__mul__, torch.multiply)
@@ -149,7 +149,7 @@ def div(func: Callable, a: Any, b: Any, *, rounding_mode: str | None = None) -> 
     if isinstance(b, Jet):
         return mul(torch.mul, a, reciprocal(b))
     ndim = b.dim() if isinstance(b, torch.Tensor) else 0
-    return a.like([align(a, k, c, ndim) / b for k, c in enumerate(a.coefficients)])
+    return a.like([align(a, k, c, ndim) / b for k, c in enumerate(a.coefficients)], a.degree)
 
 
 @rule(torch.reciprocal, T.reciprocal)

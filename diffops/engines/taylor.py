@@ -41,8 +41,11 @@ def propagate(
     out = _run(fn, Jet(inputs, form, degree=min(order, 1)))
     if not isinstance(out, Jet):  # the output does not depend on x
         out = Jet([out] + [torch.zeros_like(out)] * order, Jet.SINGLE)
-    coefficients = out.coefficients[:1]
+    primal = out.primal
+    coefficients = [primal]
     for k, c in enumerate(out.coefficients[1:], start=1):
+        if primal.requires_grad and not c.requires_grad:  # known zero: still a function of the parameters
+            c = c + 0 * primal
         top = collapse and k == order
         coefficients.append(c.expand(r, *c.shape) if out.shared(k) and not top else c)
     return coefficients
