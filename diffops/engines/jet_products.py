@@ -86,12 +86,23 @@ def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
     if isinstance(x, Jet) and not isinstance(weight, Jet) and not isinstance(bias, Jet):
         primal = F.linear(x.primal, weight, bias)
         coefficients = [primal] + [
-            F.linear(c, weight) if k <= x.degree else x.zero(k, primal.shape)
+            _linear_rows(c, weight, batch_axis=0 if x.shared(k) else 1) if k <= x.degree else x.zero(k, primal.shape)
             for k, c in enumerate(x.coefficients[1:], start=1)
         ]
         return x.like(coefficients, x.degree)
     out = product(F.linear, x, weight)
     return out if bias is None else out + bias
+
+
+def _linear_rows(c: torch.Tensor, weight: torch.Tensor, batch_axis: int) -> torch.Tensor:
+    """``F.linear(c, weight)``, once per distinct row when ``c`` repeats one row over the batch.
+
+    The input directions are the same for every sample, so the first layer maps
+    R vectors instead of R N.
+    """
+    if c.dim() > batch_axis + 1 and c.shape[batch_axis] > 1 and c.stride(batch_axis) == 0:
+        return F.linear(c.narrow(batch_axis, 0, 1), weight).expand(*c.shape[:-1], weight.shape[0])
+    return F.linear(c, weight)
 
 
 @rule(torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm, T.bmm)
