@@ -21,6 +21,8 @@ the growth of the process's resident set: each method runs in a fresh
 subprocess that takes one warm-up step, resets the kernel's high-water mark
 (``/proc/self/clear_refs``), and reads ``VmHWM - VmRSS`` after one more step,
 with glibc's mmap threshold fixed so that freed tensors go back to the system.
+folx's memory is not reported: XLA keeps its buffers from one step to the
+next, so the resident set does not show what a step needs.
 
 Usage::
 
@@ -237,9 +239,6 @@ def memory_in_subprocess(args: argparse.Namespace, table: str, case: str, method
 def probe(args: argparse.Namespace) -> None:
     table, case, method = json.loads(args.probe)
     sizes = QUICK if args.quick else Sizes()
-    if method == "folx":
-        print(folx_memory(table, case, sizes))
-        return
     _, steps, _ = build(table, case, sizes, args.device)
     print(step_memory(steps[method], args.device))
 
@@ -274,14 +273,6 @@ def folx_step(net: nn.Module, x: torch.Tensor) -> Step | None:
 
     compiled = jax.jit(jax.value_and_grad(loss))
     return lambda: jax.block_until_ready(compiled(params))
-
-
-def folx_memory(table: str, case: str, sizes: Sizes) -> int:
-    net, _, x = build(table, case, sizes, "cpu")
-    step = folx_step(net, x)
-    if step is None:
-        raise RuntimeError("jax and folx do not import")
-    return step_memory(step, "cpu")
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -350,7 +341,7 @@ def main() -> None:
     sizes = QUICK if args.quick else Sizes()
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} float32")
     print("diffops uses method='auto'; times are medians of interleaved training steps")
-    memory = ("diffops", "func", "autograd", "folx") if args.folx else ("diffops", "func", "autograd")
+    memory = ("diffops", "func", "autograd")  # XLA keeps its buffers between steps: RSS cannot see folx's
     rows = run_table(args, "laplacian", [str(d) for d in sizes.laplacian_dims], memory)
     print_table(
         f"Laplacian, MLP {sizes.depth}x{sizes.laplacian_width}, B={sizes.laplacian_batch} (case = d)",
