@@ -126,15 +126,21 @@ def diffops_biharmonic(net: nn.Module) -> do.DifferentialOperator:
     )
 
 
-def training_step(net: nn.Module, derivative: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Step:
-    """One step: the derivative, an MSE loss against a fixed target, gradients to the parameters."""
+def training_step(
+    net: nn.Module, derivative: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, compile: bool = False
+) -> Step:
+    """One step: the derivative, an MSE loss against a fixed target, gradients to the parameters.
+
+    With ``compile``, ``torch.compile`` compiles the loss (and, through AOT autograd, its backward).
+    """
     target = torch.linspace(-1, 1, x.shape[0], device=x.device)[:, None]
+    loss = lambda x: ((derivative(x) - target) ** 2).mean()  # noqa: E731
+    loss = torch.compile(loss) if compile else loss
 
     def step() -> None:
         for p in net.parameters():
             p.grad = None
-        loss = ((derivative(x) - target) ** 2).mean()
-        loss.backward()
+        loss(x).backward()
 
     return step
 
@@ -183,6 +189,17 @@ def build(table: str, case: str, sizes: Sizes, device: str) -> tuple[nn.Module, 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def compile_table(args: argparse.Namespace, sizes: Sizes) -> list[dict]:
+    """The Taylor Laplacian step eager and under ``torch.compile`` (compilation excluded from the times)."""
+    rows = []
+    for d in sizes.laplacian_dims:
+        net, _, x = build("laplacian", str(d), sizes, args.device)
+        op = do.Laplacian(net, method="taylor")
+        steps = {"eager": training_step(net, op, x), "compiled": training_step(net, op, x, compile=True)}
+        rows.append({"case": str(d), "time": time_side_by_side(steps, sizes.repeats, args.device), "memory": {}})
+    return rows
 
 
 def time_side_by_side(steps: dict[str, Step], repeats: int, device: str) -> dict[str, float]:
@@ -278,17 +295,20 @@ def folx_step(net: nn.Module, x: torch.Tensor) -> Step | None:
 # -- tables -----------------------------------------------------------------------------------
 
 
-def print_table(title: str, rows: list[dict], columns: list[str], ratios: list[str], memory: bool) -> None:
+def print_table(
+    title: str, rows: list[dict], columns: list[str], ratios: list[str], memory: bool, base: str = "diffops"
+) -> None:
+    """Times, the ratios ``time[r] / time[base]`` (above 1: ``base`` is faster) and, if measured, memory."""
     print(f"\n{title}")
     header = f"{'case':>16} " + " ".join(f"{c + ' ms':>13}" for c in columns)
-    header += " " + " ".join(f"{r + '/diffops':>17}" for r in ratios)
+    header += " " + " ".join(f"{r + '/' + base:>17}" for r in ratios)
     if memory:
         header += " " + " ".join(f"{c + ' MiB':>13}" for c in columns) + f" {'diffops/func mem':>17}"
     print(header)
     for row in rows:
         t = row["time"]
         line = f"{row['case']:>16} " + " ".join(f"{_ms(t.get(c)):>13}" for c in columns)
-        line += " " + " ".join(f"{_ratio(t.get(r), t.get('diffops')):>17}" for r in ratios)
+        line += " " + " ".join(f"{_ratio(t.get(r), t.get(base)):>17}" for r in ratios)
         if memory:
             m = row["memory"]
             line += " " + " ".join(f"{_mib(m.get(c)):>13}" for c in columns)
@@ -329,6 +349,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch (and XLA) CPU threads")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile table (slow to compile)")
     parser.add_argument("--no-folx", dest="folx", action="store_false", help="skip the JAX comparison")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -358,6 +379,12 @@ def main() -> None:
         f"Mixed partials, MLP {sizes.depth}x{sizes.order_width}, d=2, B={sizes.order_batch}",
         rows, ["diffops", "autograd"], ["autograd"], False,
     )  # fmt: skip
+    if args.compile:
+        print_table(
+            f"torch.compile of the Taylor Laplacian step, MLP {sizes.depth}x{sizes.laplacian_width}, "
+            f"B={sizes.laplacian_batch} (case = d)",
+            compile_table(args, sizes), ["eager", "compiled"], ["eager"], False, base="compiled",
+        )  # fmt: skip
 
 
 def _print_memory(rows: list[dict]) -> None:

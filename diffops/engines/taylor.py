@@ -35,7 +35,8 @@ def propagate(
     r = directions.shape[0]
     form = Jet.SINGLE if r == 1 else Jet.COLLAPSED if collapse else Jet.DIRECTIONS
     v = (directions[0] if form == Jet.SINGLE else directions).to(x.dtype)
-    inputs = [x] + ([v] + [torch.zeros_like(v)] * (order - 1) if order else [])
+    zero = torch.zeros((), dtype=x.dtype, device=x.device).expand(v.shape)  # x + t v has no higher terms
+    inputs = [x] + ([v] + [zero] * (order - 1) if order else [])
     if form == Jet.COLLAPSED:
         inputs[-1] = inputs[-1].sum(0)
     out = _run(fn, Jet(inputs, form, degree=min(order, 1)))
