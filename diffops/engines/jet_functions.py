@@ -58,7 +58,7 @@ def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -
         x1 = x.coefficients[1]
         ys.append(d1 * x1)
     if x.order == 2:
-        square = x1.square()
+        square = x1 * x1  # (a product differentiates faster than a power)
         top = (0.5 * d2) * (square.sum(0) if x.collapses(2) else square)
         ys.append(top + d1 * x.coefficients[2] if x.degree >= 2 else top)
     return x.like(ys)
