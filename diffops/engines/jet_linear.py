@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .jet import Jet, jets_in, map_coefficients, rule
+from .jet import Jet, jets_in, map_coefficients, rule, unsupported
 
 T = torch.Tensor
 
@@ -55,10 +55,11 @@ def elementwise_linear(func, *args: Any, **kwargs: Any) -> Any:
 
 
 @rule(torch.where, T.where)
-def where(func, condition: torch.Tensor, a: Any, b: Any = None) -> Jet:
+def where(func, *args: Any) -> Jet:
     """``where(condition, a, b)``: a constant branch (tensor or number) contributes to ``c_0`` only."""
+    condition, a, b = (args[1], args[0], args[2]) if func is T.where else args
     if isinstance(condition, Jet):
-        raise TypeError("torch.where: the condition must not depend on the differentiated input")
+        raise unsupported(func, " with a condition that is not a comparison")
     reference = jets_in((a, b))[0]
     a, b = (_as_tensor(v, reference) for v in (a, b))
     return map_coefficients(torch.where, (condition, a, b), {}, batched=False, zero_constants=True)

@@ -215,6 +215,7 @@ class Structural(nn.Module):
         g = torch.where(g > 0, g, 0.5 * g)  # (N, 6)
         s = torch.einsum("ni,ij->nj", g, self.w) + g.sum(-1, keepdim=True).exp() / 4  # (N, 3)
         m = (s.unsqueeze(-1) @ s.unsqueeze(-2)).flatten(1)  # (N, 9): a product of two jets
+        m = m.where(m < 4, 4.0)  # a constant branch
         scaled = torch.stack([m, m.mean(-1, keepdim=True).expand_as(m)], dim=0).sum(0)
         return self.b(scaled) + 2 ** x[:, 1:2] - x.reshape(-1, 1, D)[:, 0, 2:].cos()
 
