@@ -36,8 +36,10 @@ def taylor_is_faster(request: Request, d: int) -> bool:
     output; milliseconds, taylor / func:
 
     * Laplacian, d = 1, 2, 4, 8, 16, 64: 10/28, 11/41, 14/52, 25/87, 48/161,
-      185/738. One collapsed pass of d + 2 vectors per layer: Taylor at any d,
-      and a Jacobian asked with it comes from the same pass.
+      185/738; after the order-2 rule and the shared first layer (benchmarks/
+      bench_taylor.py, against ``vmap(hessian)``), d = 2, 16, 64: 8.7/20.9,
+      27/63, 102/226. One collapsed pass of d + 2 vectors per layer: Taylor at
+      any d, and a Jacobian asked with it comes from the same pass.
     * Partials, d = 2: d^2/dx^2 10/24, d^4/dx^4 21/187, d^6/dx^6 35/1638,
       d^2/dxdy 17/23, d^3/dx^2dy 36/61, d^4/dx^2dy^2 73/179, the three partials
       of a biharmonic 75/558: Taylor always.
