@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.overrides import is_tensor_like
 
 
 def check_argnums(name: str, argnums: Any) -> tuple[int, ...]:
@@ -50,7 +51,7 @@ class Rows:
             for argnum, part in zip(self.argnums, x.split(self.sizes, dim=-1)):
                 args[argnum] = part
             out = u(*args)
-            if not isinstance(out, torch.Tensor):
+            if not is_tensor_like(out):  # a tensor, or a tensor-like such as the Taylor engine's jets
                 raise TypeError(f"{self.name}: u must return a tensor, got {type(out).__name__}")
             if out.dim() == 0 or out.shape[0] != x.shape[0]:
                 raise ValueError(

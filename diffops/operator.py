@@ -146,7 +146,7 @@ class DifferentialOperator(nn.Module):
         """
         name = type(self).__name__
         tried = [n for n in engine_names if n not in self._failed_engines] or list(engine_names[-1:])
-        first_error = None
+        failures: list[tuple[str, Exception]] = []
         for position, engine_name in enumerate(tried):
             engine = ENGINES[engine_name]
             try:
@@ -154,22 +154,20 @@ class DifferentialOperator(nn.Module):
             except torch.OutOfMemoryError:
                 raise
             except (EngineUnsupported, RuntimeError, NotImplementedError) as error:
-                first_error = first_error or (engine_name, error)
+                failures.append((engine_name, error))
                 if position + 1 < len(tried):
                     continue
-                if self.method != "auto" and not isinstance(error, EngineUnsupported):
-                    raise RuntimeError(
+                if self.method != "auto":
+                    kind = EngineUnsupported if isinstance(error, EngineUnsupported) else RuntimeError
+                    raise kind(
                         f"{name}: method={self.method!r} cannot differentiate this network: {error}. "
                         "method='autograd' handles any network that torch.autograd can differentiate"
                     ) from error
                 raise
-            if first_error is not None:
-                self._failed_engines.add(first_error[0])
-                warnings.warn(
-                    f"{name}: method='auto' uses {engine_name!r} because {first_error[0]!r} failed: "
-                    f"{first_error[1]}",
-                    stacklevel=4,
-                )
+            if failures:
+                self._failed_engines.update(failed for failed, _ in failures)
+                reasons = "; ".join(f"{failed!r} failed: {error}" for failed, error in failures)
+                warnings.warn(f"{name}: method='auto' uses {engine_name!r} because {reasons}", stacklevel=4)
             merged = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
             if not torch.is_grad_enabled():
                 merged = {key: value.detach() for key, value in merged.items()}

@@ -1,0 +1,122 @@
+"""Jet rules of linear operations: every Taylor coefficient maps through the operation alone.
+
+Shape operations (indexing, reshapes, concatenation, reductions) are written
+for ``(N, *f)`` tensors, so on the ``(R, N, *f)`` coefficients they run under
+``vmap``; sums of jets add their coefficients, and a constant added to a jet
+changes ``c_0`` only.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+from .jet import Jet, jets_in, map_coefficients, rule, unsupported
+
+T = torch.Tensor
+
+SHAPE_OPERATIONS = (
+    T.__getitem__, T.split, torch.split, T.chunk, torch.chunk, T.unbind, torch.unbind,
+    torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack,
+    T.reshape, torch.reshape, T.view, T.view_as, T.reshape_as, T.flatten, torch.flatten, T.unflatten,
+    T.squeeze, torch.squeeze, T.unsqueeze, torch.unsqueeze, T.transpose, torch.transpose, T.t, torch.t,
+    T.permute, torch.permute, T.movedim, torch.movedim, T.expand, T.expand_as, T.broadcast_to,
+    torch.broadcast_to, T.repeat, T.tile, torch.tile, T.narrow, torch.narrow, T.select, torch.select,
+    T.flip, torch.flip, T.roll, torch.roll, T.diagonal, torch.diagonal, T.index_select, torch.index_select,
+    T.gather, torch.gather, T.sum, torch.sum, T.mean, torch.mean, T.cumsum, torch.cumsum,
+)  # fmt: skip
+
+ELEMENTWISE_LINEAR = (
+    T.__neg__, T.neg, torch.neg, T.__pos__, T.positive, torch.positive, T.contiguous, T.clone, torch.clone,
+    T.to, T.float, T.double, T.half, T.bfloat16, T.type_as,
+)  # fmt: skip
+
+
+@rule(*SHAPE_OPERATIONS)
+def shape_operation(func, *args: Any, **kwargs: Any) -> Any:
+    """Indexing, reshapes, concatenation, reductions: linear, applied per coefficient."""
+    if func in (T.split, torch.split) and _whole(*args, **kwargs):
+        return (args[0],)  # how every network with one differentiated input receives it
+    return map_coefficients(func, args, kwargs, batched=False, zero_constants=True)
+
+
+def _whole(tensor: Jet, split_size: Any, dim: int = 0) -> bool:
+    """Whether ``split`` keeps the tensor in one piece."""
+    sizes = split_size if isinstance(split_size, (list, tuple)) else [split_size]
+    return len(sizes) == 1 and sizes[0] >= tensor.shape[dim]
+
+
+@rule(*ELEMENTWISE_LINEAR)
+def elementwise_linear(func, *args: Any, **kwargs: Any) -> Any:
+    """Negation, copies, dtype casts: applied to every coefficient as it is."""
+    return map_coefficients(func, args, kwargs, batched=True, zero_constants=True)
+
+
+@rule(torch.where, T.where)
+def where(func, *args: Any) -> Jet:
+    """``where(condition, a, b)``: a constant branch (tensor or number) contributes to ``c_0`` only."""
+    condition, a, b = (args[1], args[0], args[2]) if func is T.where else args
+    if isinstance(condition, Jet):
+        raise unsupported(func, " with a condition that is not a comparison")
+    reference = jets_in((a, b))[0]
+    a, b = (_as_tensor(v, reference) for v in (a, b))
+    return map_coefficients(torch.where, (condition, a, b), {}, batched=False, zero_constants=True)
+
+
+def _as_tensor(value: Any, reference: Jet) -> Any:
+    if isinstance(value, numbers.Number):
+        return torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
+    return value
+
+
+@rule(torch.add, T.add, T.__add__)
+def add(func, a: Any, b: Any, *, alpha: numbers.Number = 1) -> Jet:
+    """``a + alpha * b``."""
+    return linear_combination(a, 1, b, alpha)
+
+
+@rule(torch.sub, T.sub, T.__sub__, torch.subtract)
+def sub(func, a: Any, b: Any, *, alpha: numbers.Number = 1) -> Jet:
+    """``a - alpha * b``."""
+    return linear_combination(a, 1, b, -alpha)
+
+
+def linear_combination(a: Any, alpha: numbers.Number, b: Any, beta: numbers.Number) -> Jet:
+    """``alpha * a + beta * b`` for jets, tensors or numbers; broadcasts like torch."""
+    primal = _scaled(_primal(a), alpha) + _scaled(_primal(b), beta)
+    reference = jets_in((a, b))[0]
+    coefficients = [primal]
+    for k in range(1, reference.order + 1):
+        terms = [_scaled(v.coefficients[k], s) for v, s in ((a, alpha), (b, beta)) if isinstance(v, Jet)]
+        total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        coefficients.append(broadcast(reference, k, total, primal.shape))
+    return reference.like(coefficients, max(v.degree for v in jets_in((a, b))))
+
+
+def _primal(value: Any) -> Any:
+    return value.primal if isinstance(value, Jet) else value
+
+
+def _scaled(value: Any, scale: numbers.Number) -> Any:
+    return value if scale == 1 else value * scale
+
+
+def align(jet: Jet, k: int, coefficient: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``coefficient`` (c_k of ``jet``) with unit axes after the direction axis, so it has ``ndim`` sample axes.
+
+    Lets a per-direction ``(R, N, f)`` coefficient broadcast against a constant
+    of more axes the way ``c_0`` does.
+    """
+    missing = ndim - jet.primal.dim()
+    if missing <= 0 or jet.shared(k):
+        return coefficient
+    return coefficient.reshape(coefficient.shape[0], *(1,) * missing, *coefficient.shape[1:])
+
+
+def broadcast(jet: Jet, k: int, coefficient: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``coefficient`` expanded to the result's sample ``shape`` (plus the direction axis if it has one)."""
+    coefficient = align(jet, k, coefficient, len(shape))
+    target = shape if jet.shared(k) else (coefficient.shape[0], *shape)
+    return coefficient if coefficient.shape == target else coefficient.expand(target)

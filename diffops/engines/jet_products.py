@@ -1,0 +1,213 @@
+"""Jet rules of products, quotients and powers.
+
+A bilinear map ``f`` (elementwise product, matrix product, ``F.linear``) of two
+series is their Cauchy product, ``c_k = sum_j f(a_j, b_(k-j))``; with one
+constant operand it is linear and maps each coefficient.  Quotients and powers
+follow from the Taylor recurrences of ``1/x`` and ``x^p``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .jet import Jet, map_coefficients, rule, unsupported
+from .jet_linear import align
+
+T = torch.Tensor
+
+
+def series_product(a: list[torch.Tensor], b: list[torch.Tensor], k: int, factor: float = 1.0) -> torch.Tensor:
+    """``factor * sum_(j=0..k) a_j * b_(k-j)`` for coefficient lists with no collapsed top at ``k``.
+
+    The factor is folded into the cheap shared ``c_0`` terms and into fused adds.
+    """
+    if k == 0:
+        return (factor * a[0]) * b[0]
+    if a is b:  # a square: each cross term twice
+        total = (2 * factor * a[0]) * a[k]
+        pairs = [(j, 2 * factor) for j in range(1, (k + 1) // 2)] + [(k // 2, factor)] * (k % 2 == 0)
+    else:
+        total = (factor * a[0]) * b[k] + a[k] * (factor * b[0])
+        pairs = [(j, factor) for j in range(1, k)]
+    for j, weight in pairs:
+        total = total.add(a[j] * b[k - j], alpha=weight)
+    return total
+
+
+def _apply(func: Callable, broadcasts: bool, a: Jet, i: int, b: Jet, j: int) -> torch.Tensor:
+    """``func(a_i, b_j)``, vmapped over the direction axis of whichever has one."""
+    per_a, per_b = not a.shared(i), not b.shared(j)
+    x, y = a.coefficients[i], b.coefficients[j]
+    if broadcasts:
+        ndim = max(a.primal.dim(), b.primal.dim())
+        return func(align(a, i, x, ndim), align(b, j, y, ndim))
+    if not (per_a or per_b):
+        return func(x, y)
+    return torch.vmap(func, in_dims=(0 if per_a else None, 0 if per_b else None))(x, y)
+
+
+def product(func: Callable, a: Any, b: Any, broadcasts: bool = False) -> Jet:
+    """``func(a, b)`` for a bilinear ``func``; ``broadcasts``: ``func`` handles the direction axis itself."""
+    if not isinstance(a, Jet) or not isinstance(b, Jet):
+        return map_coefficients(func, (a, b), {}, batched=broadcasts, zero_constants=False)
+    coefficients = [func(a.primal, b.primal)]
+    for k in range(1, a.order + 1):
+        head = _apply(func, broadcasts, a, 0, b, k) + _apply(func, broadcasts, a, k, b, 0)
+        lower = None
+        for j in range(1, k):
+            term = _apply(func, broadcasts, a, j, b, k - j)
+            lower = term if lower is None else lower + term
+        coefficients.append(a.combine(k, head, lower))
+    return a.like(coefficients)
+
+
+def scale(jet: Jet, factor: Any) -> Jet:
+    """``jet * factor`` for a constant tensor or number ``factor``."""
+    ndim = factor.dim() if isinstance(factor, torch.Tensor) else 0
+    return jet.like([align(jet, k, c, ndim) * factor for k, c in enumerate(jet.coefficients)], jet.degree)
+
+
+@rule(torch.mul, T.mul, T.__mul__, torch.multiply)
+def mul(func: Callable, a: Any, b: Any) -> Jet:
+    if isinstance(a, Jet) and isinstance(b, Jet):
+        return product(torch.mul, a, b, broadcasts=True)
+    return scale(a, b) if isinstance(a, Jet) else scale(b, a)
+
+
+@rule(F.linear)
+def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
+    """``x @ weight.T + bias``; bilinear when the weight is a jet too."""
+    if isinstance(x, Jet) and not isinstance(weight, Jet) and not isinstance(bias, Jet):
+        primal = F.linear(x.primal, weight, bias)
+        coefficients = [primal] + [
+            _linear_rows(c, weight, batch_axis=0 if x.shared(k) else 1) if k <= x.degree else x.zero(k, primal.shape)
+            for k, c in enumerate(x.coefficients[1:], start=1)
+        ]
+        return x.like(coefficients, x.degree)
+    out = product(F.linear, x, weight)
+    return out if bias is None else out + bias
+
+
+def _linear_rows(c: torch.Tensor, weight: torch.Tensor, batch_axis: int) -> torch.Tensor:
+    """``F.linear(c, weight)``, once per distinct row when ``c`` repeats one row over the batch.
+
+    The input directions are the same for every sample, so the first layer maps
+    R vectors instead of R N.
+    """
+    if c.dim() > batch_axis + 1 and c.shape[batch_axis] > 1 and c.stride(batch_axis) == 0:
+        return F.linear(c.narrow(batch_axis, 0, 1), weight).expand(*c.shape[:-1], weight.shape[0])
+    return F.linear(c, weight)
+
+
+@rule(torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm, T.bmm)
+def matmul(func: Callable, a: Any, b: Any) -> Jet:
+    return product(func, a, b)
+
+
+@rule(torch.einsum)
+def einsum(func: Callable, equation: str, *operands: Any) -> Jet:
+    """One jet operand: linear; two operands that are both jets: a Cauchy product."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    contract = lambda *tensors: torch.einsum(equation, *tensors)  # noqa: E731
+    jets = sum(isinstance(o, Jet) for o in operands)
+    if jets == 1:
+        return map_coefficients(contract, operands, {}, batched=False, zero_constants=False)
+    if len(operands) == 2:
+        return product(contract, *operands)
+    raise unsupported(func, " of three or more operands with several depending on the input")
+
+
+def reciprocal(x: Jet) -> Jet:
+    """``1 / x``: ``r_k = -r_0 sum_(j=1..k) x_j r_(k-j)``."""
+    r0 = torch.reciprocal(x.primal)
+    coefficients = [r0]
+    for k in range(1, x.order + 1):
+        head = -(r0 * r0) * x.coefficients[k]
+        lower = convolution(x.coefficients, coefficients, k, lambda j: 1)
+        coefficients.append(x.combine(k, head, lower, scale=-r0))
+    return x.like(coefficients)
+
+
+def convolution(
+    x: list, y: list, k: int, weight: Callable[[int], Any], last: int | None = None, total: Any = None
+) -> torch.Tensor | None:
+    """``total + sum_(j=1..last) weight(j) x_j y_(k-j)``, ``last = k - 1`` by default.
+
+    The terms of an order-k coefficient below the top, with number weights
+    fused into the additions.
+    """
+    for j in range(1, (k - 1 if last is None else last) + 1):
+        w, term = weight(j), x[j] * y[k - j]
+        if total is not None and not isinstance(w, torch.Tensor):
+            total = total.add(term, alpha=w)
+            continue
+        term = term if not isinstance(w, torch.Tensor) and w == 1 else w * term
+        total = term if total is None else total + term
+    return total
+
+
+@rule(torch.div, T.div, T.__truediv__, torch.true_divide, torch.divide)
+def div(func: Callable, a: Any, b: Any, *, rounding_mode: str | None = None) -> Any:
+    if rounding_mode is not None:
+        raise unsupported(func, f" with rounding_mode={rounding_mode!r}")
+    if isinstance(b, Jet):
+        return mul(torch.mul, a, reciprocal(b))
+    ndim = b.dim() if isinstance(b, torch.Tensor) else 0
+    return a.like([align(a, k, c, ndim) / b for k, c in enumerate(a.coefficients)], a.degree)
+
+
+@rule(torch.reciprocal, T.reciprocal)
+def reciprocal_rule(func: Callable, x: Jet) -> Jet:
+    return reciprocal(x)
+
+
+def power(x: Jet, p: Any) -> Jet:
+    """``x ** p`` for a constant exponent: by squaring for a small natural ``p``, else the recurrence
+    ``k x_0 y_k = sum_(j=1..k) ((p + 1) j - k) x_j y_(k-j)`` (which needs ``x_0 != 0``)."""
+    if isinstance(p, numbers.Real) and float(p).is_integer() and 1 <= p <= 8:
+        p = int(p)
+        result, base = None, x
+        while True:
+            if p & 1:
+                result = base if result is None else mul(torch.mul, result, base)
+            p >>= 1
+            if not p:
+                return result
+            base = mul(torch.mul, base, base)
+    y0 = torch.pow(x.primal, p)
+    coefficients = [y0]
+    for k in range(1, x.order + 1):
+        head = (p * y0 / x.primal) * x.coefficients[k]
+        lower = convolution(x.coefficients, coefficients, k, lambda j, k=k: (p + 1) * j - k)
+        coefficients.append(x.combine(k, head, lower, scale=1 / (k * x.primal)))
+    return x.like(coefficients)
+
+
+@rule(torch.pow, T.pow, T.__pow__)
+def pow_rule(func: Callable, base: Any, exponent: Any) -> Any:
+    if not isinstance(exponent, Jet):
+        return power(base, exponent)
+    log_base = math.log(base) if isinstance(base, numbers.Number) else torch.log(base)
+    return torch.exp(exponent * log_base)
+
+
+@rule(torch.square, T.square)
+def square(func: Callable, x: Jet) -> Jet:
+    return mul(torch.mul, x, x)
+
+
+@rule(torch.sqrt, T.sqrt)
+def sqrt(func: Callable, x: Jet) -> Jet:
+    return power(x, 0.5)
+
+
+@rule(torch.rsqrt, T.rsqrt)
+def rsqrt(func: Callable, x: Jet) -> Jet:
+    return power(x, -0.5)

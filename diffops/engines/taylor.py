@@ -1,0 +1,150 @@
+"""The fast engine: ``method="taylor"``, forward propagation of truncated Taylor series.
+
+One forward pass of the network on a :class:`~diffops.engines.jet.Jet` gives
+the Taylor coefficients of ``t -> u(x + t v)`` along R directions at once, at
+O(K^2) elementwise work per layer for order K, instead of the 2^K passes of
+nested differentiation.  What each request reads off the jets:
+
+* partials of any order (pure and mixed), the Jacobian and the Hessian: the
+  univariate coefficients along the directions of :mod:`.interpolation`;
+* the Laplacian: one *collapsed* jet of order 2 along the d unit vectors, whose
+  top coefficient is the sum over directions (d + 2 vectors per layer), so its
+  cost grows like the Jacobian's rather than the Hessian's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import jet_functions, jet_linear, jet_products  # noqa: F401 - register the jet rules
+from .base import BatchedFn, EngineUnsupported, MultiIndex, Request
+from .interpolation import Direction, Interpolation, interpolate
+from .jet import Jet
+
+
+def propagate(
+    fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, collapse: bool = False
+) -> list[torch.Tensor]:
+    """Taylor coefficients of ``t -> fn(x + t v)``: ``x: (N, d)``, ``directions: (R, N, d)``.
+
+    Returns ``[c_0: (N, *f), c_1 .. c_K: (R, N, *f)]``; with ``collapse`` the top
+    coefficient is summed over the directions, ``(N, *f)``.
+    """
+    r = directions.shape[0]
+    form = Jet.SINGLE if r == 1 else Jet.COLLAPSED if collapse else Jet.DIRECTIONS
+    v = (directions[0] if form == Jet.SINGLE else directions).to(x.dtype)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device).expand(v.shape)  # x + t v has no higher terms
+    inputs = [x] + ([v] + [zero] * (order - 1) if order else [])
+    if form == Jet.COLLAPSED:
+        inputs[-1] = inputs[-1].sum(0)
+    out = _run(fn, Jet(inputs, form, degree=min(order, 1)))
+    if not isinstance(out, Jet):  # the output does not depend on x
+        out = Jet([out] + [torch.zeros_like(out)] * order, Jet.SINGLE)
+    primal = out.primal
+    coefficients = [primal]
+    for k, c in enumerate(out.coefficients[1:], start=1):
+        if primal.requires_grad and not c.requires_grad:  # known zero: still a function of the parameters
+            c = c + 0 * primal
+        top = collapse and k == order
+        coefficients.append(c.expand(r, *c.shape) if out.shared(k) and not top else c)
+    return coefficients
+
+
+def _run(fn: BatchedFn, jet: Jet):
+    """``fn(jet)``; a network that treats its input as more than a tensor is unsupported."""
+    try:
+        return fn(jet)
+    except (TypeError, AttributeError) as error:
+        why = f"{type(error).__name__}: {error}"
+        raise EngineUnsupported(f"Taylor mode cannot run this network on jets: {why}") from error
+
+
+def along(directions: tuple[Direction, ...], x: torch.Tensor) -> torch.Tensor:
+    """``(R, N, d)``: integer direction vectors, the same for every row of ``x``."""
+    v = torch.tensor(directions, dtype=x.dtype, device=x.device).reshape(len(directions), 1, x.shape[1])
+    return v.expand(len(directions), *x.shape)
+
+
+def read_partials(coefficients: list[torch.Tensor], interpolation: Interpolation) -> dict[MultiIndex, torch.Tensor]:
+    """``{index: (N, *f)}``: each recipe's combination of one order's coefficients."""
+    results = {}
+    by_order: dict[int, list] = {}
+    for index, recipe in interpolation.recipes.items():
+        by_order.setdefault(recipe.order, []).append((index, recipe))
+    for order, items in by_order.items():
+        width = max(len(recipe.rows) for _, recipe in items)
+        coefficient = coefficients[order]  # (R, N, *f)
+        rows = torch.tensor([_padded(r.rows, width, 0) for _, r in items], device=coefficient.device)
+        weights = torch.tensor(
+            [_padded(r.weights, width, 0.0) for _, r in items], dtype=coefficient.dtype, device=coefficient.device
+        )
+        combined = torch.einsum("pw,pw...->p...", weights, coefficient[rows])  # (P, N, *f)
+        results.update(zip((index for index, _ in items), combined.unbind(0)))
+    return results
+
+
+def _padded(values: tuple, width: int, fill) -> list:
+    return list(values) + [fill] * (width - len(values))
+
+
+def requested_partials(request: Request, d: int) -> set[MultiIndex]:
+    """The partials of order >= 1 that ``request`` needs, its whole tensors spelled out."""
+    partials = {index for index in request.partials if index}
+    if "jacobian" in request.full:
+        partials |= {(i,) for i in range(d)}
+    if "hessian" in request.full:
+        partials |= {(i, j) for i in range(d) for j in range(i, d)}
+    return partials
+
+
+def laplacian(fn: BatchedFn, x: torch.Tensor, first: set[MultiIndex]) -> tuple[torch.Tensor, dict]:
+    """The Laplacian from one collapsed order-2 pass, plus the value and the ``first`` partials."""
+    d = x.shape[1]
+    units = tuple(tuple(int(i == j) for j in range(d)) for i in range(d))
+    interpolation = interpolate(frozenset(first), d, units)
+    coefficients = propagate(fn, x, along(units, x), order=2, collapse=True)
+    results = read_partials(coefficients, interpolation)
+    results[()] = coefficients[0]
+    return 2 * coefficients[2], results
+
+
+class TaylorEngine:
+    """``method="taylor"``."""
+
+    name = "taylor"
+
+    def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        d = x.shape[1]
+        partials = requested_partials(request, d)
+        results: dict = {}
+        if "laplacian" in request.full and "hessian" not in request.full:
+            first = {index for index in partials if len(index) == 1}
+            results["laplacian"], read = laplacian(fn, x, first)
+            results.update(read)
+            partials -= first
+        if partials or not results:
+            interpolation = interpolate(frozenset(partials), d)
+            coefficients = propagate(fn, x, along(interpolation.directions, x), interpolation.order)
+            results.update(read_partials(coefficients, interpolation))
+            results[()] = coefficients[0]
+        self._assemble(results, request, d)
+        return {key: results[key] for key in ((), *request.partials, *request.full)}
+
+    @staticmethod
+    def _assemble(results: dict, request: Request, d: int) -> None:
+        """Add the Jacobian, Hessian and (from the Hessian) Laplacian built from the partials."""
+        if "jacobian" in request.full:
+            results["jacobian"] = torch.stack([results[(i,)] for i in range(d)], dim=-1)
+        if "hessian" in request.full:
+            rows = [torch.stack([results[tuple(sorted((i, j)))] for j in range(d)], dim=-1) for i in range(d)]
+            results["hessian"] = torch.stack(rows, dim=-2)
+            if "laplacian" in request.full:
+                results["laplacian"] = sum(results[(i, i)] for i in range(d))
+
+    def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
+        coefficients = propagate(fn, x, directions, order)
+        if order == 0:
+            return coefficients[0].expand(directions.shape[0], *coefficients[0].shape)
+        return math.factorial(order) * coefficients[order]

@@ -1,0 +1,326 @@
+"""The Taylor engine against the float64 nested-autograd reference."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import diffops as do
+from diffops.engines import ENGINES, EngineUnsupported, Request
+from diffops.engines.func import FuncEngine
+
+from .. import reference as ref
+from ..nets import Ansatz, Residual, TwoInputs, mlp
+
+RTOL, ATOL = 1e-10, 1e-12
+D = 3
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL)
+
+
+def assert_gradients_close(u: nn.Module, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)
+
+
+class Activated(nn.Module):
+    """Linear -> f -> Linear -> f -> Linear, for an elementwise function ``f``."""
+
+    def __init__(self, f, d_in: int = D, d_out: int = 1, width: int = 6):
+        super().__init__()
+        self.f = f
+        self.a, self.b, self.c = nn.Linear(d_in, width), nn.Linear(width, width), nn.Linear(width, d_out)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.f(self.b(self.f(self.a(x)))))
+
+
+def positive(f):
+    """``f`` on ``1 + h^2``, for functions defined on positive numbers only."""
+    return lambda h: f(1 + h * h)
+
+
+FUNCTIONS = {
+    "tanh": nn.Tanh(),
+    "sigmoid": nn.Sigmoid(),
+    "silu": nn.SiLU(),
+    "softplus": nn.Softplus(),
+    "softplus-threshold": nn.Softplus(beta=2.0, threshold=0.5),
+    "gelu": nn.GELU(),
+    "gelu-tanh": nn.GELU(approximate="tanh"),
+    "mish": nn.Mish(),
+    "relu": nn.ReLU(),
+    "leaky-relu": nn.LeakyReLU(0.1),
+    "abs": torch.abs,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "sinh": torch.sinh,
+    "cosh": torch.cosh,
+    "exp": torch.exp,
+    "expm1": torch.expm1,
+    "atan": torch.atan,
+    "erf": torch.erf,
+    "square": torch.square,
+    "cube": lambda h: h**3,
+    "log": positive(torch.log),
+    "log1p": positive(torch.log1p),
+    "sqrt": positive(torch.sqrt),
+    "rsqrt": positive(torch.rsqrt),
+    "power": positive(lambda h: h**1.5),
+    "reciprocal": positive(torch.reciprocal),
+    "quotient": lambda h: h / (2 + torch.sin(h)),
+    "exponent": lambda h: 2.0**h + (1 + h * h) ** torch.sigmoid(h),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_every_activation_matches_the_reference(name):
+    u = Activated(FUNCTIONS[name])
+    x = torch.randn(6, D, dtype=torch.float64)
+    spec = {"u": (), "lap": None, "d3": (1, 1, 1), "mixed": (0, 2, 2)}
+    op = do.Laplacian(u, method="taylor") + do.Derivative(u, wrt=spec["d3"], method="taylor")
+    mixed = do.Derivative(u, wrt=spec["mixed"], method="taylor")(x)
+    expected = ref.laplacian(u, x) + ref.partial(u, x, spec["d3"])
+    assert_close(op(x), expected)
+    assert_close(mixed, ref.partial(u, x, spec["mixed"]))
+    assert_gradients_close(u, mixed, ref.partial(u, x, spec["mixed"]))
+
+
+@pytest.mark.parametrize("order", range(7))
+def test_pure_derivatives_of_every_order(order):
+    u = mlp(D, activation="tanh")
+    x = torch.randn(8, D, dtype=torch.float64)
+    actual = do.Derivative(u, wrt=1, order=order, method="taylor")(x)
+    expected = ref.partial(u, x, (1,) * order)
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)
+
+
+MIXED = [i for k in range(2, 5) for i in itertools.combinations_with_replacement(range(D), k) if len(set(i)) > 1]
+
+
+def test_every_mixed_partial_to_order_four_in_one_pass():
+    u = mlp(D, activation="silu")
+    x = torch.randn(5, D, dtype=torch.float64)
+    calls = []
+    counted = lambda h: calls.append(1) or u(h)  # noqa: E731
+    spec = {f"d{''.join(map(str, index))}": index for index in MIXED}
+    actual = do.Derivatives(counted, spec, method="taylor")(x)
+    assert len(calls) == 1
+    for name, index in spec.items():
+        assert_close(actual[name], ref.partial(u, x, index))
+
+
+@pytest.mark.parametrize("index", [(0, 1), (0, 0, 1), (0, 1, 2), (0, 0, 1, 1), (0, 1, 1, 2, 2)])
+def test_parameter_gradients_of_mixed_partials(index):
+    u = mlp(D, activation="sin")
+    x = torch.randn(5, D, dtype=torch.float64)
+    actual = do.Derivative(u, wrt=index, method="taylor")(x)
+    expected = ref.partial(u, x, index)
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)
+
+
+OPERATORS = {
+    "laplacian": (do.Laplacian, ref.laplacian),
+    "hessian": (do.Hessian, ref.hessian),
+    "jacobian": (do.Jacobian, ref.jacobian),
+}
+NETWORKS = {
+    "mlp": lambda d_out: mlp(D, d_out),
+    "residual": lambda d_out: Residual(D, d_out),
+    "ansatz": lambda d_out: Ansatz(D, d_out),
+}
+
+
+@pytest.mark.parametrize("d_out", [1, 3])
+@pytest.mark.parametrize("net", sorted(NETWORKS))
+@pytest.mark.parametrize("operator", sorted(OPERATORS))
+def test_whole_operators_on_scalar_and_vector_outputs(operator, net, d_out):
+    make, reference = OPERATORS[operator]
+    u = NETWORKS[net](d_out)
+    x = torch.randn(2, 3, D, dtype=torch.float64)  # two batch dimensions
+    actual = make(u, method="taylor")(x)
+    flat = x.reshape(-1, D)
+    expected = reference(u, flat).reshape(actual.shape)
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)
+
+
+def full_reference(u, x: torch.Tensor, key) -> torch.Tensor:
+    if isinstance(key, tuple):
+        return ref.partial(u, x, key)
+    return {"laplacian": ref.laplacian, "hessian": ref.hessian, "jacobian": ref.jacobian}[key](u, x)
+
+
+@pytest.mark.parametrize(
+    ("partials", "full", "passes"),
+    [
+        ({(1,)}, {"laplacian"}, 1),  # the collapsed pass also gives the first partials
+        (set(), {"laplacian", "hessian", "jacobian"}, 1),  # the Laplacian is the Hessian's trace
+        ({(2, 2, 2), (0,)}, {"laplacian"}, 2),  # a collapsed pass and one for the third partial
+        ({(0, 1), (0, 1, 1)}, {"jacobian"}, 1),
+    ],
+)
+def test_combined_requests_share_passes(partials, full, passes):
+    u = mlp(D, 2)
+    x = torch.randn(4, D, dtype=torch.float64)
+    calls = []
+    counted = lambda h: calls.append(1) or u(h)  # noqa: E731
+    results = ENGINES["taylor"].compute(counted, x, Request(frozenset(partials), frozenset(full)))
+    assert len(calls) == passes
+    assert set(results) == {(), *partials, *full}
+    for key, value in results.items():
+        assert_close(value, full_reference(u, x, key))
+
+
+@pytest.mark.parametrize("argnums", [1, (0, 1), (1, 0)])
+def test_several_inputs(argnums):
+    u = TwoInputs(2, 1)
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    selected = (argnums,) if isinstance(argnums, int) else argnums
+    d = sum((2, 1)[a] for a in selected)
+
+    def joined(z: torch.Tensor) -> torch.Tensor:  # u as a function of the selected coordinates
+        parts = dict(zip(selected, z.split([(2, 1)[a] for a in selected], dim=-1)))
+        return u(parts.get(0, x), parts.get(1, t))
+
+    z = torch.cat([(x, t)[a] for a in selected], dim=-1)
+    index = tuple(sorted({0, d - 1}))
+    assert_close(do.Laplacian(u, argnums=argnums, method="taylor")(x, t), ref.laplacian(joined, z))
+    assert_close(do.Derivative(u, wrt=index, argnums=argnums, method="taylor")(x, t), ref.partial(joined, z, index))
+
+
+class Structural(nn.Module):
+    """Shape operations, products and quotients of two jets, a contraction, a mask and a power of 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(D, 8), nn.Linear(9, 1)
+        self.w = nn.Parameter(torch.randn(6, 3))
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        left, right = h.split(4, dim=-1)
+        g = torch.cat([left * right, right[:, :1] / (2 + left.sin()[:, 1:2]), x[:, :1] ** 2 - 1], dim=-1)
+        g = torch.where(g > 0, g, 0.5 * g)  # (N, 6)
+        s = torch.einsum("ni,ij->nj", g, self.w) + g.sum(-1, keepdim=True).exp() / 4  # (N, 3)
+        m = (s.unsqueeze(-1) @ s.unsqueeze(-2)).flatten(1)  # (N, 9): a product of two jets
+        m = m.where(m < 4, 4.0)  # a constant branch
+        scaled = torch.stack([m, m.mean(-1, keepdim=True).expand_as(m)], dim=0).sum(0)
+        return self.b(scaled) + 2 ** x[:, 1:2] - x.reshape(-1, 1, D)[:, 0, 2:].cos()
+
+
+@pytest.mark.parametrize("key", [(0,), (0, 2), (1, 1, 2), (0, 1, 1, 2), "hessian", "laplacian"])
+def test_shape_operations_and_products_of_jets(key):
+    u = Structural()
+    x = torch.randn(6, D, dtype=torch.float64)
+    request = Request(frozenset({key})) if isinstance(key, tuple) else Request(full=frozenset({key}))
+    actual = ENGINES["taylor"].compute(u, x, request)[key]
+    expected = full_reference(u, x, key)
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)
+
+
+class Constant(nn.Module):
+    """A network whose output does not depend on its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor([[1.5]], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c.expand(x.shape[0], 1)
+
+
+def test_an_output_independent_of_the_input_has_zero_derivatives():
+    x = torch.randn(4, 2, dtype=torch.float64)
+    results = do.Derivatives(Constant(), u=(), u_x=(0,), u_xy=(0, 1), method="taylor")(x)
+    assert_close(results["u"], torch.full((4, 1), 1.5, dtype=torch.float64))
+    assert_close(results["u_xy"], torch.zeros(4, 1, dtype=torch.float64))
+    assert_close(do.Laplacian(Constant(), method="taylor")(x), torch.zeros(4, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 4])
+def test_directional_derivatives_match_torch_func(order):
+    u = mlp(D, 2, activation="silu")
+    x = torch.randn(5, D, dtype=torch.float64)
+    directions = torch.randn(3, 5, D, dtype=torch.float64)
+    actual = ENGINES["taylor"].directional(u, x, directions, order)
+    assert_close(actual, FuncEngine().directional(u, x, directions, order))
+
+
+class UsesMax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 8), nn.Linear(8, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.max(torch.tanh(self.a(x)), torch.sin(self.a(x))))
+
+
+def test_an_unsupported_function_is_named():
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(EngineUnsupported, match=r"Taylor mode does not support torch\.max"):
+        do.Laplacian(UsesMax(), method="taylor")(x)
+
+
+def test_auto_falls_back_from_an_unsupported_function():
+    u = UsesMax()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="torch.max"):
+        actual = do.Laplacian(u)(x)
+    assert_close(actual, ref.laplacian(u, x))
+
+
+def test_float32_and_the_input_gradient():
+    u = mlp(2, activation="tanh").float()
+    x = torch.randn(8, 2, requires_grad=True)
+    actual = do.Laplacian(u, method="taylor")(x)
+    expected = ref.laplacian(u, x)
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    (g_actual,) = torch.autograd.grad(actual.sum(), x)
+    (g_expected,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(g_actual, g_expected, rtol=1e-4, atol=1e-5)
+
+
+def compile_and_compare(backend: str) -> None:
+    """A compiled Laplacian loss step gives the eager loss and parameter gradients."""
+    torch._dynamo.reset()
+    u = mlp(2, width=8, depth=1)
+    lap = do.Laplacian(u, method="taylor")
+    x = torch.randn(16, 2, dtype=torch.float64)
+
+    def loss_step(x: torch.Tensor) -> torch.Tensor:
+        return (lap(x) - 1.0).square().mean()
+
+    def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.autograd.grad(loss, list(u.parameters()), allow_unused=True, materialize_grads=True))
+
+    eager = loss_step(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dynamo notes that it traces through the plan cache
+        compiled = torch.compile(loss_step, backend=backend)(x)
+    assert_close(compiled, eager)
+    for a, e in zip(gradients(compiled), gradients(eager)):
+        assert_close(a, e)
+
+
+def test_torch_compile_traces_a_laplacian_loss_step():
+    compile_and_compare("aot_eager")  # dynamo and AOT autograd, without code generation
+
+
+@pytest.mark.slow
+def test_torch_compile_with_inductor_matches_eager():
+    compile_and_compare("inductor")
