@@ -9,6 +9,7 @@ of several operators on the same ``u`` is computed in one engine call.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ class DifferentialOperator(nn.Module):
         self.method = method
         self.chunk_size = chunk_size
         self._failed_engines: set[str] = set()
+        # output components per sample, learnt from the last call: the auto rule weighs it
+        self._outputs = 1
 
     def forward(self, *inputs: Any) -> torch.Tensor:
         raise NotImplementedError(
@@ -118,8 +121,10 @@ class DifferentialOperator(nn.Module):
             check_range(name, index, d, self.coords)
         check_range(name, (), d, self.coords)
         work = lambda engine, rows_slice, x, fn: engine.compute(fn, x, request)  # noqa: E731
-        results = self._run_engines(rows, candidates(self.method, request, d), work)
-        return Computed(results, rows.batch_shape, d)
+        results = self._run_engines(rows, candidates(self.method, request, d, self._outputs), work)
+        computed = Computed(results, rows.batch_shape, d)
+        self._outputs = math.prod(computed.out_shape)
+        return computed
 
     def _directional(
         self, inputs: tuple, make_directions: Callable[[torch.Tensor], torch.Tensor], order: int
@@ -137,7 +142,10 @@ class DifferentialOperator(nn.Module):
             return {"directional": along.movedim(0, 1)}
 
         request = Request(frozenset({(0,) * order}))
-        return self._run_engines(rows, candidates(self.method, request, rows.num_coordinates), work)["directional"]
+        # nested autograd differentiates each direction and output component in turn
+        outputs = self._outputs * directions.shape[0]
+        engines = candidates(self.method, request, rows.num_coordinates, outputs)
+        return self._run_engines(rows, engines, work)["directional"]
 
     def _run_engines(self, rows, engine_names: tuple[str, ...], work: Callable) -> dict:
         """``work(engine, rows_slice, x_rows, fn) -> {key: (n, ...)}`` over chunks, with fallback.

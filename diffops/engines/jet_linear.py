@@ -51,6 +51,8 @@ def _whole(tensor: Jet, split_size: Any, dim: int = 0) -> bool:
 @rule(*ELEMENTWISE_LINEAR)
 def elementwise_linear(func, *args: Any, **kwargs: Any) -> Any:
     """Negation, copies, dtype casts: applied to every coefficient as it is."""
+    if not isinstance(args[0], Jet):  # a constant cast like the input, c.to(x): still a constant
+        return func(*(a.primal if isinstance(a, Jet) else a for a in args), **kwargs)
     return map_coefficients(func, args, kwargs, batched=True, zero_constants=True)
 
 

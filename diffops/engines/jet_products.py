@@ -80,6 +80,18 @@ def mul(func: Callable, a: Any, b: Any) -> Jet:
     return scale(a, b) if isinstance(a, Jet) else scale(b, a)
 
 
+@rule(torch.prod, T.prod)
+def prod(func: Callable, x: Jet, dim: int | None = None, keepdim: bool = False, *, dtype: Any = None) -> Jet:
+    """A product along ``dim``: the Cauchy products of its slices, one after another."""
+    if dtype is not None:
+        raise unsupported(func, " with a dtype argument")
+    factors = (x.reshape(-1) if dim is None else x).unbind(0 if dim is None else dim)
+    result = factors[0]
+    for factor in factors[1:]:
+        result = result * factor
+    return result.unsqueeze(dim) if keepdim and dim is not None else result
+
+
 @rule(F.linear)
 def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
     """``x @ weight.T + bias``; bilinear when the weight is a jet too."""

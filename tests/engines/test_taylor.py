@@ -200,7 +200,7 @@ def test_several_inputs(argnums):
 
 
 class Structural(nn.Module):
-    """Shape operations, products and quotients of two jets, a contraction, a mask and a power of 2."""
+    """Shape operations, products and quotients of two jets, a contraction, a mask, a power of 2, a prod."""
 
     def __init__(self):
         super().__init__()
@@ -217,7 +217,8 @@ class Structural(nn.Module):
         m = (s.unsqueeze(-1) @ s.unsqueeze(-2)).flatten(1)  # (N, 9): a product of two jets
         m = m.where(m < 4, 4.0)  # a constant branch
         scaled = torch.stack([m, m.mean(-1, keepdim=True).expand_as(m)], dim=0).sum(0)
-        return self.b(scaled) + 2 ** x[:, 1:2] - x.reshape(-1, 1, D)[:, 0, 2:].cos()
+        product = (x.sin() * self.w[0].to(x)).prod(-1, keepdim=True)  # a constant cast like the input
+        return self.b(scaled) + 2 ** x[:, 1:2] - x.reshape(-1, 1, D)[:, 0, 2:].cos() + product
 
 
 @pytest.mark.parametrize("key", [(0,), (0, 2), (1, 1, 2), (0, 1, 1, 2), "hessian", "laplacian"])
