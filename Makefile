@@ -25,5 +25,7 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Prints the performance tables of the README (minutes; folx is compared when jax and folx are installed).
 benchmarks: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_taylor.py --threads 1 --compile
+	$(BIN)/python benchmarks/bench_estimators.py
