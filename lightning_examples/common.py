@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib
 
@@ -44,7 +45,7 @@ def mlp(inputs: int, outputs: int, hidden: int, layers: int, activation: type[nn
     """A fully connected network with ``layers`` hidden layers of width ``hidden``."""
     sizes = [inputs] + [hidden] * layers
     blocks: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
         blocks += [nn.Linear(fan_in, fan_out), activation()]
     blocks.append(nn.Linear(sizes[-1], outputs))
     return nn.Sequential(*blocks)
@@ -231,7 +232,7 @@ def make_trainer(args: argparse.Namespace) -> pl.Trainer:
         use_distributed_sampler=False,  # CollocationData shards the points itself
         logger=CSVLogger(args.output_dir, name="logs"),
         callbacks=[ModelCheckpoint(dirpath=args.output_dir / "checkpoints", save_last=True)],
-        log_every_n_steps=10,
+        log_every_n_steps=1,
         enable_progress_bar=args.progress_bar,
         enable_model_summary=False,
     )
@@ -257,6 +258,7 @@ def report(trainer: pl.Trainer, model: PINNModule, metrics: dict, start: float) 
     """Print the final error and the wall time in one line each; return them with the test metrics."""
     result = {"error": metrics["test/error"], "residual": metrics["test/residual"]}
     result["wall_time"] = time.perf_counter() - start
+    result["steps"] = trainer.global_step
     if trainer.is_global_zero:
         print(f"{model.error_name}: {result['error']:.1e}")
         print(f"wall time: {result['wall_time']:.0f} s")
@@ -302,7 +304,8 @@ def plot_field(
     panels = [(top[0], predicted, "network solution"), (top[1], exact, "exact solution")]
     panels.append((bottom[0], np.abs(predicted - exact), "|error|"))
     for axis, values, title in panels:
-        image = axis.pcolormesh(first, second, values.T, shading="auto", cmap="viridis" if title != "|error|" else "magma")
+        colormap = "magma" if title == "|error|" else "viridis"
+        image = axis.pcolormesh(first, second, values.T, shading="auto", cmap=colormap)
         figure.colorbar(image, ax=axis)
         axis.set(xlabel=labels[0], ylabel=labels[1], title=title)
     _plot_losses(bottom[1], history, adam_steps)
@@ -339,4 +342,3 @@ def grid_points(*axes: torch.Tensor) -> torch.Tensor:
 def as_grid(values: torch.Tensor, *sizes: int) -> np.ndarray:
     """Values at :func:`grid_points` reshaped to the grid, as a NumPy array."""
     return values.detach().reshape(*sizes).cpu().numpy()
-
