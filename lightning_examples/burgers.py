@@ -111,7 +111,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0], "burgers")
     parser.set_defaults(hidden=32, layers=4, points=2000, adam_steps=1000, lbfgs_steps=100, lr=1e-3)
     parser.add_argument("--front-points", type=int, default=500, help="extra collocation points with |x| < 0.1")
-    parser.add_argument("--method", default="auto", help="diffops engine: auto, func, taylor or autograd")
     args = parser.parse_args(argv)
     start = setup(args)
 

@@ -146,7 +146,7 @@ class PINNModule(pl.LightningModule):
         with torch.enable_grad():
             residual = self.residual(points).detach().square().mean()
         metrics = {f"{stage}/residual": residual, f"{stage}/error": ERRORS[self.error_name](self(points), exact)}
-        self.log_dict(metrics, prog_bar=stage == "val")
+        self.log_dict(metrics, prog_bar=stage == "val", sync_dist=True)
         return metrics
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -205,6 +205,9 @@ def base_parser(description: str, example: str) -> argparse.ArgumentParser:
     model.add_argument("--lbfgs-steps", type=int, default=100, help="L-BFGS steps (up to 20 iterations each)")
     model.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     model.add_argument("--seed", type=int, default=0)
+    model.add_argument(
+        "--method", default="auto", choices=("auto", "func", "taylor", "autograd"), help="diffops derivative engine"
+    )
     run = parser.add_argument_group("trainer")
     run.add_argument("--output-dir", type=Path, default=Path("outputs") / example, help="plots, logs, checkpoints")
     run.add_argument("--resume", default=None, help="checkpoint to resume from, or 'last'")

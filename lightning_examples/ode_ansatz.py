@@ -40,11 +40,13 @@ class ODEModule(PINNModule):
 
     error_name = "max error"
 
-    def __init__(self, hidden: int = 32, layers: int = 2, adam_steps: int = 500, lr: float = 1e-3) -> None:
+    def __init__(
+        self, hidden: int = 32, layers: int = 2, adam_steps: int = 500, lr: float = 1e-3, method: str = "auto"
+    ) -> None:
         super().__init__(adam_steps, lr)
         self.save_hyperparameters()
         self.u = Ansatz(mlp(1, 1, hidden, layers), u0=1.0)
-        self.du_dx = Derivative(self.u, wrt=0, order=1)
+        self.du_dx = Derivative(self.u, wrt=0, order=1, method=method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.u(x)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = torch.empty(args.points, 1, dtype=torch.float64).uniform_(-1, 1)
     grid = torch.linspace(-1, 1, 1001, dtype=torch.float64).unsqueeze(-1)
     data = CollocationData(train, grid, exact_solution(grid), steps_per_epoch=args.val_every)
-    model = ODEModule(args.hidden, args.layers, args.adam_steps, args.lr)
+    model = ODEModule(args.hidden, args.layers, args.adam_steps, args.lr, args.method)
     trainer, metrics = fit_and_test(model, data, args)
 
     result = report(trainer, model, metrics, start)

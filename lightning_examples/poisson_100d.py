@@ -60,14 +60,15 @@ class HighDimPoissonModule(PINNModule):
         estimator: str = "exact",
         samples: int = 16,
         boundary_weight: float = 1.0,
+        method: str = "auto",
     ) -> None:
         super().__init__(adam_steps, lr)
         self.save_hyperparameters()
         self.u = mlp(dim, 1, hidden, layers)
         if estimator == "exact":
-            laplacian = Laplacian(self.u)
+            laplacian = Laplacian(self.u, method=method)
         else:
-            laplacian = Laplacian(self.u, estimator=estimator, samples=samples)
+            laplacian = Laplacian(self.u, estimator=estimator, samples=samples, method=method)
         self.pde = -laplacian - source
         self.boundary_weight = boundary_weight
 
@@ -119,7 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
     test = torch.rand(args.test_points, args.dim, dtype=torch.float64)
     data = CollocationData(train, test, exact_solution(test), steps_per_epoch=args.val_every)
     model = HighDimPoissonModule(
-        args.dim, args.hidden, args.layers, args.adam_steps, args.lr, args.estimator, args.samples, args.boundary_weight
+        args.dim,
+        args.hidden,
+        args.layers,
+        args.adam_steps,
+        args.lr,
+        args.estimator,
+        args.samples,
+        args.boundary_weight,
+        args.method,
     )
     trainer, metrics = fit_and_test(model, data, args)
 

@@ -61,11 +61,13 @@ def source(points: torch.Tensor) -> torch.Tensor:
 class PoissonModule(PINNModule):
     """A tanh network for ``-Laplace(u) = f`` with the boundary condition built in."""
 
-    def __init__(self, hidden: int = 32, layers: int = 3, adam_steps: int = 500, lr: float = 1e-3) -> None:
+    def __init__(
+        self, hidden: int = 32, layers: int = 3, adam_steps: int = 500, lr: float = 1e-3, method: str = "auto"
+    ) -> None:
         super().__init__(adam_steps, lr)
         self.save_hyperparameters()
         self.u = ZeroOnBoundary(mlp(2, 1, hidden, layers))
-        self.pde = -Laplacian(self.u) - source
+        self.pde = -Laplacian(self.u, method=method) - source
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.u(points)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     axis = torch.linspace(0, 1, args.grid, dtype=torch.float64)
     grid = grid_points(axis, axis)
     data = CollocationData(train, grid, exact_solution(grid), steps_per_epoch=args.val_every)
-    model = PoissonModule(args.hidden, args.layers, args.adam_steps, args.lr)
+    model = PoissonModule(args.hidden, args.layers, args.adam_steps, args.lr, args.method)
     trainer, metrics = fit_and_test(model, data, args)
 
     result = report(trainer, model, metrics, start)
