@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from pytorch_lightning.callbacks import ModelCheckpoint  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 Batch = Any  # a tensor of points, or a tuple of tensors (e.g. interior and boundary points)
 
@@ -166,22 +166,43 @@ def _shard(batch: Batch, rank: int, world_size: int) -> Batch:
     return tuple(_shard(part, rank, world_size) for part in batch)
 
 
-class CollocationData(pl.LightningDataModule):
-    """Fixed collocation points for full-batch training, and a grid with the exact solution for evaluation.
+class FreshPoints(IterableDataset):
+    """``steps`` batches of newly drawn points, ``draw(generator)`` each, for domains too large to fix them."""
 
-    An epoch is ``steps_per_epoch`` steps on the same points (validation runs
-    after each).  Under DDP every process trains on its own shard of the
-    points, so the averaged gradient is the full-batch gradient; each process
-    evaluates the whole grid.
+    def __init__(self, draw: Callable[[torch.Generator], Batch], steps: int, seed: int) -> None:
+        self.draw, self.steps = draw, steps
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield self.draw(self.generator)
+
+
+class CollocationData(pl.LightningDataModule):
+    """Collocation points for full-batch training, and a grid with the exact solution for evaluation.
+
+    ``train`` is either fixed points, or a function ``draw(generator)`` that
+    draws new ones for every step.  An epoch is ``steps_per_epoch`` steps
+    (validation runs after each).  Under DDP every process trains on its own
+    shard of fixed points, so the averaged gradient is the full-batch gradient,
+    or on its own draws; each process evaluates the whole grid.
     """
 
-    def __init__(self, train: Batch, grid: torch.Tensor, exact: torch.Tensor, steps_per_epoch: int) -> None:
+    def __init__(
+        self, train: Batch | Callable[[torch.Generator], Batch], grid: torch.Tensor, exact: torch.Tensor,
+        steps_per_epoch: int,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.train, self.grid, self.exact = train, grid, exact
         self.steps_per_epoch = steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
-        shard = _shard(self.train, self.trainer.global_rank, self.trainer.world_size)
+        rank = self.trainer.global_rank
+        if callable(self.train):
+            return DataLoader(
+                FreshPoints(self.train, self.steps_per_epoch, torch.initial_seed() + rank), batch_size=None
+            )
+        shard = _shard(self.train, rank, self.trainer.world_size)
         return DataLoader([shard] * self.steps_per_epoch, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
