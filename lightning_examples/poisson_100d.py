@@ -59,13 +59,13 @@ class HighDimPoissonModule(PINNModule):
     def __init__(
         self,
         dim: int = 100,
-        hidden: int = 128,
-        layers: int = 3,
+        hidden: int = 64,
+        layers: int = 2,
         adam_steps: int = 1000,
-        lr: float = 1e-3,
+        lr: float = 5e-3,
         estimator: str = "exact",
         samples: int = 16,
-        boundary_weight: float = 1.0,
+        boundary_weight: float = 100.0,
         method: str = "auto",
     ) -> None:
         super().__init__(adam_steps, lr)
@@ -112,12 +112,17 @@ def slice_points(dim: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main(argv: list[str] | None = None) -> dict:
     """Train, test on held-out random points, save a plot of a 2-D slice; returns the error and wall time."""
     parser = base_parser(__doc__.splitlines()[0], "poisson_100d")
-    parser.set_defaults(hidden=128, layers=3, points=1000, adam_steps=1000, lbfgs_steps=0, lr=1e-3)
+    # Nested autograd is the fastest diffops engine for this network's exact Laplacian (about 2x faster than
+    # torch.func here); --method auto would also work.
+    parser.set_defaults(
+        hidden=64, layers=2, points=256, adam_steps=1000, lbfgs_steps=0, lr=5e-3, method="autograd", val_every=200
+    )
     parser.add_argument("--dim", type=int, default=100, help="number of dimensions d")
     parser.add_argument("--estimator", choices=("exact", "hutchinson"), default="exact", help="Laplacian")
     parser.add_argument("--samples", type=int, default=16, help="random directions of the hutchinson estimator")
-    parser.add_argument("--boundary-points", type=int, default=1000)
-    parser.add_argument("--boundary-weight", type=float, default=1.0)
+    parser.add_argument("--boundary-points", type=int, default=256)
+    # The residual scales with |f| ~ 12 |u|; a weak boundary term leaves u* + (a harmonic function) unpinned.
+    parser.add_argument("--boundary-weight", type=float, default=100.0)
     parser.add_argument("--test-points", type=int, default=2000, help="held-out interior points")
     args = parser.parse_args(argv)
     start = setup(args)
