@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0], "burgers")
     # Nested autograd is the fastest diffops engine for these low-order partials of a small network (about
     # 2.5x faster than torch.func here); --method auto would also work.
-    parser.set_defaults(hidden=32, layers=4, points=2000, adam_steps=1000, lbfgs_steps=300, lr=1e-3, method="autograd")
+    parser.set_defaults(hidden=32, layers=4, points=2000, adam_steps=1000, lbfgs_steps=300, lr=1e-3)
     parser.add_argument("--front-points", type=int, default=500, help="extra collocation points with |x| < 0.1")
     args = parser.parse_args(argv)
     start = setup(args)

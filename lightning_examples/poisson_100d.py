@@ -112,11 +112,7 @@ def slice_points(dim: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main(argv: list[str] | None = None) -> dict:
     """Train, test on held-out random points, save a plot of a 2-D slice; returns the error and wall time."""
     parser = base_parser(__doc__.splitlines()[0], "poisson_100d")
-    # Nested autograd is the fastest diffops engine for this network's exact Laplacian (about 2x faster than
-    # torch.func here); --method auto would also work.
-    parser.set_defaults(
-        hidden=64, layers=2, points=256, adam_steps=1000, lbfgs_steps=0, lr=5e-3, method="autograd", val_every=200
-    )
+    parser.set_defaults(hidden=64, layers=2, points=256, adam_steps=1000, lbfgs_steps=0, lr=5e-3, val_every=200)
     parser.add_argument("--dim", type=int, default=100, help="number of dimensions d")
     parser.add_argument("--estimator", choices=("exact", "hutchinson"), default="exact", help="Laplacian")
     parser.add_argument("--samples", type=int, default=16, help="random directions of the hutchinson estimator")
