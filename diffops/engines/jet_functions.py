@@ -53,6 +53,9 @@ def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -
     ``y_1 = f' x_1``, ``y_2 = f' x_2 + f''/2 x_1^2``, whose collapsed top needs
     only ``sum_r x_1^2``: three passes over the directions, and no more saved.
     """
+    if x.order == 2 and x.collapses(2):
+        x2 = x.coefficients[2] if x.degree >= 2 else None
+        return x.like([y0, *_CollapsedSecondOrder.apply(d1, 0.5 * d2, x.coefficients[1], x2)])
     ys = [y0]
     if x.order >= 1:
         x1 = x.coefficients[1]
@@ -62,6 +65,44 @@ def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -
         top = (0.5 * d2) * (square.sum(0) if x.collapses(2) else square)
         ys.append(top + d1 * x.coefficients[2] if x.degree >= 2 else top)
     return x.like(ys)
+
+
+class _CollapsedSecondOrder(torch.autograd.Function):
+    """The collapsed rule of :func:`second_order` with a hand-written backward.
+
+    Forward: ``d1, half_d2: (N, *f)``, ``x1: (R, N, *f)``, ``x2: (N, *f)`` or None
+    (known zero) to ``y1 = d1 x1: (R, N, *f)`` and ``y2 = d1 x2 + half_d2 sum_r x1^2:
+    (N, *f)``.  Autograd's backward of the same ops differentiates the square and
+    the broadcast products separately, with more passes over the ``(R, N, *f)``
+    tensors; this one makes three (``d1 g1 + x1 (2 half_d2 g2)`` and ``sum_r g1 x1``)
+    and is written in torch ops, so it can itself be differentiated.
+    """
+
+    @staticmethod
+    def forward(ctx, d1, half_d2, x1, x2):
+        squares = (x1 * x1).sum(0)  # (N, *f)
+        y2 = half_d2 * squares
+        if x2 is not None:
+            y2 = torch.addcmul(y2, d1, x2)
+        ctx.save_for_backward(d1, half_d2, x1, x2, squares)
+        return d1 * x1, y2
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        d1, half_d2, x1, x2, squares = ctx.saved_tensors
+        need_d1, need_half_d2, need_x1, need_x2 = ctx.needs_input_grad
+        grad_d1 = grad_half_d2 = grad_x1 = grad_x2 = None
+        if need_x1:
+            grad_x1 = torch.addcmul(d1 * g1, x1, 2 * half_d2 * g2)  # (R, N, *f)
+        if need_d1:
+            grad_d1 = (g1 * x1).sum(0)
+            if x2 is not None:
+                grad_d1 = torch.addcmul(grad_d1, g2, x2)
+        if need_half_d2:
+            grad_half_d2 = g2 * squares
+        if need_x2 and x2 is not None:
+            grad_x2 = g2 * d1
+        return grad_d1, grad_half_d2, grad_x1, grad_x2
 
 
 def elementwise(x: Jet, y0: torch.Tensor, low: Callable[[], tuple], high: Callable[[], Jet]) -> Jet:

@@ -36,7 +36,7 @@ def series_product(a: list[torch.Tensor], b: list[torch.Tensor], k: int, factor:
         total = (factor * a[0]) * b[k] + a[k] * (factor * b[0])
         pairs = [(j, factor) for j in range(1, k)]
     for j, weight in pairs:
-        total = total.add(a[j] * b[k - j], alpha=weight)
+        total = torch.addcmul(total, a[j], b[k - j], value=weight)  # one fused pass, no temporary product
     return total
 
 
@@ -156,10 +156,11 @@ def convolution(
     fused into the additions.
     """
     for j in range(1, (k - 1 if last is None else last) + 1):
-        w, term = weight(j), x[j] * y[k - j]
+        w = weight(j)
         if total is not None and not isinstance(w, torch.Tensor):
-            total = total.add(term, alpha=w)
+            total = torch.addcmul(total, x[j], y[k - j], value=w)  # one fused pass, no temporary product
             continue
+        term = x[j] * y[k - j]
         term = term if not isinstance(w, torch.Tensor) and w == 1 else w * term
         total = term if total is None else total + term
     return total
