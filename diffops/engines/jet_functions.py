@@ -123,9 +123,9 @@ def _inplace(func: Callable, inplace: bool) -> None:
 @rule(torch.tanh, T.tanh, F.tanh)
 def tanh(func: Callable, x: Jet) -> Jet:
     y0 = torch.tanh(x.primal)
-    d1 = 1 - y0 * y0
-    slope = lambda k, y: d1 if k == 0 else series_product(y, y, k, factor=-1.0)  # noqa: E731
-    return elementwise(x, y0, lambda: (d1, -2 * y0 * d1), lambda: solve(x, y0, slope))
+    d1, twice_first = 1 - y0 * y0, -2 * y0  # the first reused by every order of 1 - y^2
+    slope = lambda k, y: d1 if k == 0 else series_product(y, y, k, -1.0, twice_first)  # noqa: E731
+    return elementwise(x, y0, lambda: (d1, twice_first * d1), lambda: solve(x, y0, slope))
 
 
 @rule(torch.sigmoid, T.sigmoid, F.sigmoid)
