@@ -85,23 +85,27 @@ class _CollapsedSecondOrder(torch.autograd.Function):
         if x2 is not None:
             y2 = torch.addcmul(y2, d1, x2)
         ctx.save_for_backward(d1, half_d2, x1, x2, squares)
+        ctx.set_materialize_grads(False)  # an unused y1 (the last layer's, for a Laplacian) costs nothing
         return d1 * x1, y2
 
     @staticmethod
     def backward(ctx, g1, g2):
         d1, half_d2, x1, x2, squares = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a differentiable backward: the saved sum is not tracked back to x1
+            squares = (x1 * x1).sum(0)
         need_d1, need_half_d2, need_x1, need_x2 = ctx.needs_input_grad
         grad_d1 = grad_half_d2 = grad_x1 = grad_x2 = None
-        if need_x1:
-            grad_x1 = torch.addcmul(d1 * g1, x1, 2 * half_d2 * g2)  # (R, N, *f)
-        if need_d1:
-            grad_d1 = (g1 * x1).sum(0)
-            if x2 is not None:
-                grad_d1 = torch.addcmul(grad_d1, g2, x2)
-        if need_half_d2:
-            grad_half_d2 = g2 * squares
-        if need_x2 and x2 is not None:
-            grad_x2 = g2 * d1
+        if g1 is not None:
+            grad_x1 = d1 * g1 if need_x1 else None  # (R, N, *f)
+            grad_d1 = (g1 * x1).sum(0) if need_d1 else None
+        if g2 is not None:
+            if need_x1:
+                top = 2 * half_d2 * g2  # (N, *f)
+                grad_x1 = x1 * top if grad_x1 is None else torch.addcmul(grad_x1, x1, top)
+            if need_d1 and x2 is not None:
+                grad_d1 = g2 * x2 if grad_d1 is None else torch.addcmul(grad_d1, g2, x2)
+            grad_half_d2 = g2 * squares if need_half_d2 else None
+            grad_x2 = g2 * d1 if need_x2 and x2 is not None else None
         return grad_d1, grad_half_d2, grad_x1, grad_x2
 
 
