@@ -53,6 +53,9 @@ def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -
     ``y_1 = f' x_1``, ``y_2 = f' x_2 + f''/2 x_1^2``, whose collapsed top needs
     only ``sum_r x_1^2``: three passes over the directions, and no more saved.
     """
+    if x.order == 2 and x.collapses(2):
+        x2 = x.coefficients[2] if x.degree >= 2 else None
+        return x.like([y0, *_CollapsedSecondOrder.apply(d1, 0.5 * d2, x.coefficients[1], x2)])
     ys = [y0]
     if x.order >= 1:
         x1 = x.coefficients[1]
@@ -62,6 +65,48 @@ def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -
         top = (0.5 * d2) * (square.sum(0) if x.collapses(2) else square)
         ys.append(top + d1 * x.coefficients[2] if x.degree >= 2 else top)
     return x.like(ys)
+
+
+class _CollapsedSecondOrder(torch.autograd.Function):
+    """The collapsed rule of :func:`second_order` with a hand-written backward.
+
+    Forward: ``d1, half_d2: (N, *f)``, ``x1: (R, N, *f)``, ``x2: (N, *f)`` or None
+    (known zero) to ``y1 = d1 x1: (R, N, *f)`` and ``y2 = d1 x2 + half_d2 sum_r x1^2:
+    (N, *f)``.  Autograd's backward of the same ops differentiates the square and
+    the broadcast products separately, with more passes over the ``(R, N, *f)``
+    tensors; this one makes three (``d1 g1 + x1 (2 half_d2 g2)`` and ``sum_r g1 x1``)
+    and is written in torch ops, so it can itself be differentiated.
+    """
+
+    @staticmethod
+    def forward(ctx, d1, half_d2, x1, x2):
+        squares = (x1 * x1).sum(0)  # (N, *f)
+        y2 = half_d2 * squares
+        if x2 is not None:
+            y2 = torch.addcmul(y2, d1, x2)
+        ctx.save_for_backward(d1, half_d2, x1, x2, squares)
+        ctx.set_materialize_grads(False)  # an unused y1 (the last layer's, for a Laplacian) costs nothing
+        return d1 * x1, y2
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        d1, half_d2, x1, x2, squares = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a differentiable backward: the saved sum is not tracked back to x1
+            squares = (x1 * x1).sum(0)
+        need_d1, need_half_d2, need_x1, need_x2 = ctx.needs_input_grad
+        grad_d1 = grad_half_d2 = grad_x1 = grad_x2 = None
+        if g1 is not None:
+            grad_x1 = d1 * g1 if need_x1 else None  # (R, N, *f)
+            grad_d1 = (g1 * x1).sum(0) if need_d1 else None
+        if g2 is not None:
+            if need_x1:
+                top = 2 * half_d2 * g2  # (N, *f)
+                grad_x1 = x1 * top if grad_x1 is None else torch.addcmul(grad_x1, x1, top)
+            if need_d1 and x2 is not None:
+                grad_d1 = g2 * x2 if grad_d1 is None else torch.addcmul(grad_d1, g2, x2)
+            grad_half_d2 = g2 * squares if need_half_d2 else None
+            grad_x2 = g2 * d1 if need_x2 and x2 is not None else None
+        return grad_d1, grad_half_d2, grad_x1, grad_x2
 
 
 def elementwise(x: Jet, y0: torch.Tensor, low: Callable[[], tuple], high: Callable[[], Jet]) -> Jet:
@@ -82,9 +127,9 @@ def _inplace(func: Callable, inplace: bool) -> None:
 @rule(torch.tanh, T.tanh, F.tanh)
 def tanh(func: Callable, x: Jet) -> Jet:
     y0 = torch.tanh(x.primal)
-    d1 = 1 - y0 * y0
-    slope = lambda k, y: d1 if k == 0 else series_product(y, y, k, factor=-1.0)  # noqa: E731
-    return elementwise(x, y0, lambda: (d1, -2 * y0 * d1), lambda: solve(x, y0, slope))
+    d1, twice_first = 1 - y0 * y0, -2 * y0  # the first reused by every order of 1 - y^2
+    slope = lambda k, y: d1 if k == 0 else series_product(y, y, k, -1.0, twice_first)  # noqa: E731
+    return elementwise(x, y0, lambda: (d1, twice_first * d1), lambda: solve(x, y0, slope))
 
 
 @rule(torch.sigmoid, T.sigmoid, F.sigmoid)

@@ -22,21 +22,25 @@ from .jet_linear import align
 T = torch.Tensor
 
 
-def series_product(a: list[torch.Tensor], b: list[torch.Tensor], k: int, factor: float = 1.0) -> torch.Tensor:
+def series_product(
+    a: list[torch.Tensor], b: list[torch.Tensor], k: int, factor: float = 1.0, twice_first: Any = None
+) -> torch.Tensor:
     """``factor * sum_(j=0..k) a_j * b_(k-j)`` for coefficient lists with no collapsed top at ``k``.
 
     The factor is folded into the cheap shared ``c_0`` terms and into fused adds.
+    ``twice_first``: ``2 * factor * a_0`` of a square, computed once by a caller
+    that needs every ``k``.
     """
     if k == 0:
         return (factor * a[0]) * b[0]
     if a is b:  # a square: each cross term twice
-        total = (2 * factor * a[0]) * a[k]
+        total = (2 * factor * a[0] if twice_first is None else twice_first) * a[k]
         pairs = [(j, 2 * factor) for j in range(1, (k + 1) // 2)] + [(k // 2, factor)] * (k % 2 == 0)
     else:
         total = (factor * a[0]) * b[k] + a[k] * (factor * b[0])
         pairs = [(j, factor) for j in range(1, k)]
     for j, weight in pairs:
-        total = total.add(a[j] * b[k - j], alpha=weight)
+        total = torch.addcmul(total, a[j], b[k - j], value=weight)  # one fused pass, no temporary product
     return total
 
 
@@ -156,10 +160,11 @@ def convolution(
     fused into the additions.
     """
     for j in range(1, (k - 1 if last is None else last) + 1):
-        w, term = weight(j), x[j] * y[k - j]
+        w = weight(j)
         if total is not None and not isinstance(w, torch.Tensor):
-            total = total.add(term, alpha=w)
+            total = torch.addcmul(total, x[j], y[k - j], value=w)  # one fused pass, no temporary product
             continue
+        term = x[j] * y[k - j]
         term = term if not isinstance(w, torch.Tensor) and w == 1 else w * term
         total = term if total is None else total + term
     return total
