@@ -1,5 +1,7 @@
 """``parameter_jacobian`` against a loop of ``torch.autograd.grad`` over every output element."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -121,3 +123,15 @@ def test_bad_arguments_raise():
         do.parameter_jacobian(do.Laplacian(u, method="autograd") + 1.0, x)
     with pytest.raises(ValueError, match="batch shape"):
         do.parameter_jacobian(do.Laplacian(u), x, torch.ones(4, 1, dtype=torch.float64))
+
+
+def test_the_taylor_engine_runs_inside_the_transforms():
+    """No fallback: the fast engine's rules all work under vmap and jacrev."""
+    u = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    ops = [do.Laplacian(u), do.Derivative(u, wrt=0, order=3), do.Laplacian(u, method="taylor")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = [do.parameter_jacobian(op, x) for op in ops]
+    for a, b in zip(results[0].values(), results[2].values()):
+        torch.testing.assert_close(a, b)

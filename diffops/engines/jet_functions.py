@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch._C._functorch import peek_interpreter_stack
 
 from .jet import Jet, rule, unsupported
 from .jet_products import convolution, reciprocal, series_product
@@ -53,7 +54,8 @@ def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -
     ``y_1 = f' x_1``, ``y_2 = f' x_2 + f''/2 x_1^2``, whose collapsed top needs
     only ``sum_r x_1^2``: three passes over the directions, and no more saved.
     """
-    if x.order == 2 and x.collapses(2):
+    # the custom backward is not written for torch.func transforms (parameter_jacobian vmaps over samples)
+    if x.order == 2 and x.collapses(2) and peek_interpreter_stack() is None:
         x2 = x.coefficients[2] if x.degree >= 2 else None
         return x.like([y0, *_CollapsedSecondOrder.apply(d1, 0.5 * d2, x.coefficients[1], x2)])
     ys = [y0]
