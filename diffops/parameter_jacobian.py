@@ -25,30 +25,10 @@ from typing import Any
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from ._inputs import flatten_inputs
 from .operator import DifferentialOperator
 
 NAME = "parameter_jacobian"
-
-
-def _batch_shape(inputs: tuple) -> torch.Size:
-    """The shared batch shape of the tensor inputs, each ``(*batch, d_i)``."""
-    tensors = [(i, value) for i, value in enumerate(inputs) if isinstance(value, torch.Tensor)]
-    if not tensors:
-        raise TypeError(f"{NAME}: expected the inputs of u, e.g. (x,) with x of shape (*batch, d); got no tensor")
-    first, reference = tensors[0]
-    if reference.dim() < 2:
-        raise ValueError(
-            f"{NAME}: input {first} must have shape (*batch, d) with at least one batch dimension, "
-            f"got shape {tuple(reference.shape)}"
-        )
-    batch_shape = reference.shape[:-1]
-    for position, value in tensors:
-        if value.shape[:-1] != batch_shape:
-            raise ValueError(
-                f"{NAME}: every input must share the batch shape {tuple(batch_shape)} of input {first}; "
-                f"input {position} has shape {tuple(value.shape)}"
-            )
-    return batch_shape
 
 
 def _parameter_paths(op: DifferentialOperator, names: dict[int, str]) -> dict[str, str]:
@@ -94,7 +74,7 @@ def parameter_jacobian(
         raise ValueError(f"{NAME}: {op} has no trainable parameters to differentiate")
     paths = _parameter_paths(op, {id(p): name for name, p in trainable.items()})
     params = {name: p.detach() for name, p in trainable.items()}
-    batch_shape = _batch_shape(inputs)
+    batch_shape = flatten_inputs(NAME, inputs, op.argnums).batch_shape  # the operators' own input checks
     n = math.prod(batch_shape)
     # every sample is evaluated as a batch of one: (1, d_i)
     rows = tuple(v.reshape(n, 1, v.shape[-1]) if isinstance(v, torch.Tensor) else v for v in inputs)
