@@ -29,6 +29,10 @@ def check_against_reference(op: do.DifferentialOperator, u: torch.nn.Module, x: 
         assert_close(a, e)
 
 
+def _biharmonic(u, x):
+    return sum(ref.partial(u, x, (i, i, j, j)) for i in range(D) for j in range(D))
+
+
 def _pure(index):
     return lambda u, x: ref.partial(u, x, index)
 
@@ -38,6 +42,7 @@ SCALAR_OPERATORS = {
     "gradient": (do.Gradient, {}, lambda u, x: ref.jacobian(u, x).reshape(x.shape[0], -1)),
     "hessian": (do.Hessian, {}, ref.hessian),
     "laplacian": (do.Laplacian, {}, ref.laplacian),
+    "biharmonic": (do.Biharmonic, {}, _biharmonic),
     "value": (do.Derivative, {"wrt": 1, "order": 0}, _pure(())),
     "d1": (do.Derivative, {"wrt": 2}, _pure((2,))),
     "d3": (do.Derivative, {"wrt": 0, "order": 3}, _pure((0, 0, 0))),
