@@ -22,14 +22,7 @@ from torch import nn
 import diffops as do
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import best_seconds, peak_bytes  # noqa: E402
-
-
-def mlp(d: int, width: int, depth: int) -> nn.Module:
-    layers: list[nn.Module] = []
-    for size in [d] + [width] * (depth - 1):
-        layers += [nn.Linear(size, width), nn.Tanh()]
-    return nn.Sequential(*layers, nn.Linear(width, 1))
+from _measure import best_seconds, peak_bytes, tanh_mlp  # noqa: E402
 
 
 def training_step(u: nn.Module, loss_of_batch) -> None:
@@ -40,7 +33,7 @@ def training_step(u: nn.Module, loss_of_batch) -> None:
 def measure(d: int, args: argparse.Namespace, device: torch.device) -> dict:
     """One table row: seconds and peak bytes per step for ``u``, the estimate and (if it fits) the exact Laplacian."""
     torch.manual_seed(0)
-    u = mlp(d, args.width, args.depth).to(device)
+    u = tanh_mlp(d, args.width, args.depth).to(device)
     x = torch.randn(args.batch, d, device=device)
     losses = {
         "u": lambda: u(x).square().mean(),

@@ -51,6 +51,9 @@ from torch.func import hessian, vmap  # noqa: E402
 
 import diffops as do  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import synchronize, tanh_mlp  # noqa: E402
+
 Step = Callable[[], None]
 
 
@@ -69,14 +72,6 @@ class Sizes:
 
 
 QUICK = Sizes(16, 16, (2, 4), 16, 32, (1, 3), 2, 2)
-
-
-def mlp(d: int, width: int, depth: int, device: str) -> nn.Module:
-    """A tanh MLP with ``depth`` hidden layers of ``width`` and a scalar output, float32."""
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(d if i == 0 else width, width), nn.Tanh()]
-    return nn.Sequential(*layers, nn.Linear(width, 1)).to(device)
 
 
 # -- the derivative each method computes: (B, d) -> (B, 1) -----------------------------
@@ -173,7 +168,7 @@ def build(table: str, case: str, sizes: Sizes, device: str) -> tuple[nn.Module, 
         d, width, batch = int(case), sizes.laplacian_width, sizes.laplacian_batch
     else:
         d, width, batch = (1 if table == "order" else 2), sizes.order_width, sizes.order_batch
-    net = mlp(d, width, sizes.depth, device)
+    net = tanh_mlp(d, width, sizes.depth).to(device)
     x = torch.rand(batch, d, device=device) * 2 - 1
     methods = {
         "laplacian": lambda: laplacian_methods(net),
@@ -184,11 +179,6 @@ def build(table: str, case: str, sizes: Sizes, device: str) -> tuple[nn.Module, 
 
 
 # -- timing and memory ----------------------------------------------------------------------
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def compile_table(args: argparse.Namespace, sizes: Sizes) -> list[dict]:
@@ -210,10 +200,10 @@ def time_side_by_side(steps: dict[str, Step], repeats: int, device: str) -> dict
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            synchronize(device)
+            synchronize(torch.device(device))
             start = time.perf_counter()
             step()
-            synchronize(device)
+            synchronize(torch.device(device))
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
