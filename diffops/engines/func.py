@@ -67,6 +67,10 @@ class FuncEngine:
             for k, derivative in enumerate(derivatives):
                 if chain[:k] in request.partials or k == 0:
                     results[chain[:k]] = derivative
+        if "laplacian" in request.full:
+            values, _, pure = vmap(lambda v: directional_chain(fn, [v, v])(x))(directions)
+            results["laplacian"] = pure.sum(0)
+            results.setdefault((), values[0])  # the chains' primal: no extra forward pass
         if () not in results:
             results[()] = fn(x)
         out_shape = results[()].shape[1:]
@@ -76,9 +80,6 @@ class FuncEngine:
             jac = lambda y: jacobian(fn, y, out_shape)  # noqa: E731
             rows = vmap(lambda v: jvp(jac, (x,), (v,))[1])(directions)
             results["hessian"] = rows.movedim(0, -1)
-        if "laplacian" in request.full:
-            pure = vmap(lambda v: directional_chain(fn, [v, v])(x)[2])(directions)
-            results["laplacian"] = pure.sum(0)
         return results
 
     def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
