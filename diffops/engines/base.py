@@ -55,12 +55,6 @@ class Request:
     def __or__(self, other: Request) -> Request:
         return Request(self.partials | other.partials, self.full | other.full)
 
-    @property
-    def max_order(self) -> int:
-        orders = [len(i) for i in self.partials]
-        orders += [1 if name == "jacobian" else 2 for name in self.full]
-        return max(orders, default=0)
-
 
 class Engine(Protocol):
     """A way of computing derivatives; see the module docstring for the contract."""
