@@ -54,10 +54,12 @@ def autograd_cost(request: Request, d: int, outputs: int) -> float:
 
 
 def ranked(request: Request, d: int, outputs: int = 1) -> tuple[str, ...]:
-    """Engine names, cheapest first, for ``request`` on ``d`` coordinates and ``outputs`` components."""
+    """Engine names to try for ``request`` on ``d`` coordinates and ``outputs`` components: cheapest first."""
     costs = {
         "taylor": taylor_cost(request, d),
         "autograd": autograd_cost(request, d, outputs),
         "func": 1.6 * autograd_cost(request, d, min(outputs, d)),
     }
-    return tuple(sorted(costs, key=costs.get))
+    fastest = min(costs, key=costs.get)
+    # after the fastest, the fallback order of the API contract: torch.func, then nested autograd
+    return (fastest, *(name for name in ("func", "autograd", "taylor") if name != fastest))
