@@ -11,12 +11,20 @@ so each coefficient costs O(k) products once ``z`` is known to order k - 1:
 Composites are written with jets: ``silu = x sigmoid(x)``, ``gelu = x Phi(x)``.
 Piecewise-linear functions (ReLU) scale every coefficient by their slope at
 ``c_0``: their higher derivatives are zero, as autograd has them.
+
+The same series ``z = f'(x(t))`` gives the backward pass: ``dy_k/dx_j =
+z_(k-j)``, so two custom autograd functions replace the graph autograd would
+record op by op (most of a training step's time): :class:`_CollapsedSecondOrder`
+for the collapsed Laplacian, from ``f', f'', f'''`` at ``c_0``, and
+:class:`_SeriesComposition` for orders above two.  Inside torch.func
+transforms, for which they are not written, the rules run as plain ops.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +35,8 @@ from .jet_products import convolution, reciprocal, series_product
 
 T = torch.Tensor
 Slope = Callable[[int, list], torch.Tensor]
+Derivatives = Callable[[torch.Tensor], Iterator[torch.Tensor]]  # c_0 -> f, f', f'', f''' at c_0, lazily
+Series = Callable[[Jet], tuple[list[torch.Tensor], list[torch.Tensor]]]  # x -> coefficients of f(x) and f'(x)
 
 
 def integral_coefficient(x: Jet, z: list[torch.Tensor], k: int) -> torch.Tensor:
@@ -38,87 +48,151 @@ def integral_coefficient(x: Jet, z: list[torch.Tensor], k: int) -> torch.Tensor:
     return convolution(x.coefficients, z, k, weight, last, total=head)
 
 
-def solve(x: Jet, y0: torch.Tensor, slope: Slope) -> Jet:
-    """The jet of ``y`` with ``y(c_0) = y0`` and ``y' = z x'``; ``slope(k, ys)`` is ``z_k`` from ``ys[:k+1]``."""
-    ys: list[torch.Tensor] = [y0]
-    z: list[torch.Tensor] = []
-    for k in range(1, x.order + 1):
-        z.append(slope(k - 1, ys))
-        ys.append(integral_coefficient(x, z, k))
-    return x.like(ys)
+def solve(x: Jet, y0: torch.Tensor, slope: Slope) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The coefficients of ``y`` with ``y(c_0) = y0`` and ``y' = z x'``, and of ``z``, both to order K.
 
-
-def second_order(x: Jet, y0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> Jet:
-    """A jet of order <= 2 from ``f'`` and ``f''`` at ``c_0``: the forward Laplacian's rule
-
-    ``y_1 = f' x_1``, ``y_2 = f' x_2 + f''/2 x_1^2``, whose collapsed top needs
-    only ``sum_r x_1^2``: three passes over the directions, and no more saved.
+    ``slope(k, ys)`` is ``z_k`` from ``ys[:k+1]``.  ``z_K`` (which only the
+    backward pass needs) is left out for a collapsed jet, whose top it cannot sum.
     """
-    # the custom backward is not written for torch.func transforms (parameter_jacobian vmaps over samples)
-    if x.order == 2 and x.collapses(2) and peek_interpreter_stack() is None:
-        x2 = x.coefficients[2] if x.degree >= 2 else None
-        return x.like([y0, *_CollapsedSecondOrder.apply(d1, 0.5 * d2, x.coefficients[1], x2)])
-    ys = [y0]
+    ys: list[torch.Tensor] = [y0]
+    zs: list[torch.Tensor] = []
+    for k in range(1, x.order + 1):
+        zs.append(slope(k - 1, ys))
+        ys.append(integral_coefficient(x, zs, k))
+    if x.form != Jet.COLLAPSED:
+        zs.append(slope(x.order, ys))
+    return ys, zs
+
+
+def second_order(x: Jet, fs: list[torch.Tensor]) -> Jet:
+    """A jet of order <= 2 from ``fs = [f, f', f'']`` at ``c_0`` (as many as its order needs):
+    ``y_1 = f' x_1``, ``y_2 = f' x_2 + f''/2 x_1^2``."""
+    ys = [fs[0]]
     if x.order >= 1:
         x1 = x.coefficients[1]
-        ys.append(d1 * x1)
+        ys.append(fs[1] * x1)
     if x.order == 2:
         square = x1 * x1  # (a product differentiates faster than a power)
-        top = (0.5 * d2) * (square.sum(0) if x.collapses(2) else square)
-        ys.append(top + d1 * x.coefficients[2] if x.degree >= 2 else top)
+        top = (0.5 * fs[2]) * (square.sum(0) if x.collapses(2) else square)
+        ys.append(top + fs[1] * x.coefficients[2] if x.degree >= 2 else top)
     return x.like(ys)
+
+
+def elementwise(
+    x: Jet,
+    derivatives: Derivatives | None = None,
+    series: Series | None = None,
+    composite: Callable[[], Jet] | None = None,
+) -> Jet:
+    """``f(x)`` for an elementwise ``f``, by the fastest rule it has.
+
+    ``derivatives(c_0)``: ``f, f', f'', f'''`` at ``c_0`` (orders up to two);
+    ``series(x)``: the coefficients of ``f(x)`` and ``f'(x)`` (any order);
+    ``composite()``: ``f(x)`` written with other jet rules.
+    """
+    plain = peek_interpreter_stack() is not None  # the custom functions are not written for torch.func transforms
+    if derivatives is not None and x.order <= 2:
+        if x.collapses(2) and not plain:
+            x2 = x.coefficients[2] if x.degree >= 2 else None
+            return x.like(list(_CollapsedSecondOrder.apply(derivatives, x.primal, x.coefficients[1], x2)))
+        return second_order(x, list(islice(derivatives(x.primal), x.order + 1)))
+    if series is None:
+        return composite()
+    if plain or x.form == Jet.COLLAPSED:
+        return x.like(series(x)[0])
+    return x.like(list(_SeriesComposition.apply(series, x.form, x.degree, *x.coefficients)))
 
 
 class _CollapsedSecondOrder(torch.autograd.Function):
-    """The collapsed rule of :func:`second_order` with a hand-written backward.
+    """``f(x)`` on a collapsed jet of order 2, the forward Laplacian's layer, with a hand-written backward.
 
-    Forward: ``d1, half_d2: (N, *f)``, ``x1: (R, N, *f)``, ``x2: (N, *f)`` or None
-    (known zero) to ``y1 = d1 x1: (R, N, *f)`` and ``y2 = d1 x2 + half_d2 sum_r x1^2:
-    (N, *f)``.  Autograd's backward of the same ops differentiates the square and
-    the broadcast products separately, with more passes over the ``(R, N, *f)``
-    tensors; this one makes three (``d1 g1 + x1 (2 half_d2 g2)`` and ``sum_r g1 x1``)
-    and is written in torch ops, so it can itself be differentiated.
+    Forward: ``x0: (N, *f)``, ``x1: (R, N, *f)``, ``x2: (N, *f)`` or None (known
+    zero) to ``y0 = f``, ``y1 = f' x1: (R, N, *f)`` and ``y2 = f' x2 + f''/2
+    sum_r x1^2: (N, *f)``, with ``f`` and its first three derivatives from
+    ``derivatives(x0)``.  The backward is two passes over the ``(R, N, *f)``
+    tensors (``f' g1 + x1 f'' g2`` and ``sum_r g1 x1``) and a few over
+    ``(N, *f)`` ones, where autograd would record every product of the rule and
+    of the derivatives themselves.  It is written in torch ops, so it can itself
+    be differentiated.
     """
 
     @staticmethod
-    def forward(ctx, d1, half_d2, x1, x2):
+    def forward(ctx, derivatives: Derivatives, x0, x1, x2):
+        f0, f1, f2, f3 = derivatives(x0)
         squares = (x1 * x1).sum(0)  # (N, *f)
-        y2 = half_d2 * squares
+        y2 = (0.5 * f2) * squares
         if x2 is not None:
-            y2 = torch.addcmul(y2, d1, x2)
-        ctx.save_for_backward(d1, half_d2, x1, x2, squares)
+            y2 = torch.addcmul(y2, f1, x2)
+        ctx.derivatives = derivatives
+        ctx.save_for_backward(x0, x1, x2, f1, f2, f3, squares)
         ctx.set_materialize_grads(False)  # an unused y1 (the last layer's, for a Laplacian) costs nothing
-        return d1 * x1, y2
+        return f0, x1 * f1, y2
 
     @staticmethod
-    def backward(ctx, g1, g2):
-        d1, half_d2, x1, x2, squares = ctx.saved_tensors
-        if torch.is_grad_enabled():  # a differentiable backward: the saved sum is not tracked back to x1
+    def backward(ctx, g0, g1, g2):
+        x0, x1, x2, f1, f2, f3, squares = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a differentiable backward: what was saved, recomputed from the inputs
+            _, f1, f2, f3 = ctx.derivatives(x0)
             squares = (x1 * x1).sum(0)
-        need_d1, need_half_d2, need_x1, need_x2 = ctx.needs_input_grad
-        grad_d1 = grad_half_d2 = grad_x1 = grad_x2 = None
+        grad_x0 = None if g0 is None else g0 * f1
+        grad_x1 = grad_x2 = None
         if g1 is not None:
-            grad_x1 = d1 * g1 if need_x1 else None  # (R, N, *f)
-            grad_d1 = (g1 * x1).sum(0) if need_d1 else None
+            grad_x1 = g1 * f1  # (R, N, *f)
+            cross = (g1 * x1).sum(0)  # (N, *f)
+            grad_x0 = cross * f2 if grad_x0 is None else torch.addcmul(grad_x0, cross, f2)
         if g2 is not None:
-            if need_x1:
-                top = 2 * half_d2 * g2  # (N, *f)
-                grad_x1 = x1 * top if grad_x1 is None else torch.addcmul(grad_x1, x1, top)
-            if need_d1 and x2 is not None:
-                grad_d1 = g2 * x2 if grad_d1 is None else torch.addcmul(grad_d1, g2, x2)
-            grad_half_d2 = g2 * squares if need_half_d2 else None
-            grad_x2 = g2 * d1 if need_x2 and x2 is not None else None
-        return grad_d1, grad_half_d2, grad_x1, grad_x2
+            top = g2 * f2
+            grad_x1 = x1 * top if grad_x1 is None else torch.addcmul(grad_x1, x1, top)
+            z2 = (0.5 * f3) * squares  # the collapsed top of the series of f'(x): d y2 / d x0
+            if x2 is not None:
+                z2 = torch.addcmul(z2, f2, x2)
+                grad_x2 = g2 * f1
+            grad_x0 = g2 * z2 if grad_x0 is None else torch.addcmul(grad_x0, g2, z2)
+        return None, grad_x0, grad_x1, grad_x2
 
 
-def elementwise(x: Jet, y0: torch.Tensor, low: Callable[[], tuple], high: Callable[[], Jet]) -> Jet:
-    """``f(x)``: from ``low() = (f', f'')`` at ``c_0`` up to order 2, else from ``high()``, the recurrence."""
-    return second_order(x, y0, *low()) if x.order <= 2 else high()
+class _SeriesComposition(torch.autograd.Function):
+    """``f(x)`` on a jet of any order, forward by ``series``, backward by ``dy_k / dx_j = z_(k-j)``.
+
+    ``y(t) = f(x(t))`` with ``x(t) = sum_j x_j t^j``, so ``dy(t)/dx_j = f'(x(t)) t^j``:
+    the gradient of ``x_j`` is ``sum_(k>=j) g_k z_(k-j)``, K^2/2 fused passes
+    with the ``z`` that ``series`` computes anyway, where autograd would
+    differentiate every product of the recurrence.  For single-direction and
+    per-direction jets (not collapsed ones); ``x_0`` is shared by the directions,
+    so its gradient sums over them.
+    """
+
+    @staticmethod
+    def forward(ctx, series: Series, form: str, degree: int, *xs):
+        ys, zs = series(Jet(list(xs), form, degree))
+        ctx.series, ctx.form, ctx.degree = series, form, degree
+        ctx.save_for_backward(*xs, *zs)
+        ctx.set_materialize_grads(False)
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *gs):
+        order = len(gs) - 1
+        xs, zs = ctx.saved_tensors[: order + 1], ctx.saved_tensors[order + 1 :]
+        if torch.is_grad_enabled():  # a differentiable backward: z recomputed from the inputs
+            zs = ctx.series(Jet(list(xs), ctx.form, ctx.degree))[1]
+        directions = ctx.form == Jet.DIRECTIONS
+        grads = [_correlation(gs, zs, j, directions) if ctx.needs_input_grad[3 + j] else None for j in range(order + 1)]
+        return (None, None, None, *grads)
 
 
-def lower_series(x: Jet, build: Callable[[Jet], Jet]) -> list[torch.Tensor]:
-    """Coefficients of ``build(x)`` to order K - 1, the derivative series a ``solve`` needs."""
-    return build(x.truncate(max(x.order - 1, 0))).coefficients
+def _correlation(gs: tuple, zs: list[torch.Tensor], j: int, directions: bool) -> torch.Tensor | None:
+    """``sum_(k>=j) g_k z_(k-j)``, the gradient of ``x_j``; for ``x_0``, the per-direction terms summed."""
+    shared = gs[0] * zs[0] if j == 0 and gs[0] is not None else None
+    total = None
+    for k in range(max(j, 1), len(gs)):
+        if gs[k] is not None:
+            total = gs[k] * zs[k - j] if total is None else torch.addcmul(total, gs[k], zs[k - j])
+    if total is not None and j == 0 and directions:
+        total = total.sum(0)
+    if shared is None or total is None:
+        return shared if total is None else total
+    return shared + total
 
 
 def _inplace(func: Callable, inplace: bool) -> None:
@@ -128,46 +202,87 @@ def _inplace(func: Callable, inplace: bool) -> None:
 
 @rule(torch.tanh, T.tanh, F.tanh)
 def tanh(func: Callable, x: Jet) -> Jet:
+    return elementwise(x, _tanh_derivatives, _tanh_series)
+
+
+def _tanh_derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+    t = torch.tanh(x0)
+    yield t
+    f1 = 1 - t * t
+    yield f1
+    yield -2 * t * f1
+    yield (6 * t * t - 2) * f1
+
+
+def _tanh_series(x: Jet) -> tuple[list, list]:
     y0 = torch.tanh(x.primal)
     d1, twice_first = 1 - y0 * y0, -2 * y0  # the first reused by every order of 1 - y^2
-    slope = lambda k, y: d1 if k == 0 else series_product(y, y, k, -1.0, twice_first)  # noqa: E731
-    return elementwise(x, y0, lambda: (d1, twice_first * d1), lambda: solve(x, y0, slope))
+    return solve(x, y0, lambda k, y: d1 if k == 0 else series_product(y, y, k, -1.0, twice_first))
 
 
 @rule(torch.sigmoid, T.sigmoid, F.sigmoid)
 def sigmoid(func: Callable, x: Jet) -> Jet:
+    return elementwise(x, _sigmoid_derivatives, _sigmoid_series)
+
+
+def _sigmoid_derivatives(x0: torch.Tensor, beta: float = 1.0) -> Iterator[torch.Tensor]:
+    """``sigmoid(beta x)`` and its derivatives."""
+    s = torch.sigmoid(x0 * beta if beta != 1 else x0)
+    yield s
+    f1 = s * (1 - s)
+    yield beta * f1
+    yield beta**2 * f1 * (1 - 2 * s)
+    yield beta**3 * f1 * (1 - 6 * s * (1 - s))
+
+
+def _sigmoid_series(x: Jet) -> tuple[list, list]:
     y0 = torch.sigmoid(x.primal)
     d1 = y0 * (1 - y0)
-    slope = lambda k, y: d1 if k == 0 else y[k] - series_product(y, y, k)  # noqa: E731
-    return elementwise(x, y0, lambda: (d1, d1 * (1 - 2 * y0)), lambda: solve(x, y0, slope))
+    return solve(x, y0, lambda k, y: d1 if k == 0 else y[k] - series_product(y, y, k))
 
 
 @rule(torch.exp, T.exp)
 def exp(func: Callable, x: Jet) -> Jet:
-    y0 = torch.exp(x.primal)
-    return elementwise(x, y0, lambda: (y0, y0), lambda: solve(x, y0, lambda k, y: y[k]))
+    return elementwise(x, lambda x0: iter([torch.exp(x0)] * 4), _exp_series)
+
+
+def _exp_series(x: Jet) -> tuple[list, list]:
+    return solve(x, torch.exp(x.primal), lambda k, y: y[k])
 
 
 @rule(torch.expm1, T.expm1)
 def expm1(func: Callable, x: Jet) -> Jet:
+    return elementwise(x, _expm1_derivatives, _expm1_series)
+
+
+def _expm1_derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+    y0 = torch.expm1(x0)
+    yield y0
+    yield from [y0 + 1] * 3
+
+
+def _expm1_series(x: Jet) -> tuple[list, list]:
     y0 = torch.expm1(x.primal)
-    slope = lambda k, y: y[0] + 1 if k == 0 else y[k]  # noqa: E731
-    return elementwise(x, y0, lambda: (y0 + 1, y0 + 1), lambda: solve(x, y0, slope))
+    return solve(x, y0, lambda k, y: y[0] + 1 if k == 0 else y[k])
 
 
-def _pair(x: Jet, f0: torch.Tensor, g0: torch.Tensor, sign: float) -> tuple[Jet, Jet]:
-    """``(f, g)`` with ``f' = g x'`` and ``g' = sign f x'``: sin/cos (sign -1), sinh/cosh (+1)."""
+def _pair(x: Jet, f0: torch.Tensor, g0: torch.Tensor, sign: float) -> tuple[list, list]:
+    """The coefficients of ``(f, g)`` with ``f' = g x'`` and ``g' = sign f x'``: sin/cos (sign -1), sinh/cosh (+1)."""
     f, g = [f0], [g0]
     for k in range(1, x.order + 1):
         f.append(integral_coefficient(x, g, k))
         g.append(sign * integral_coefficient(x, f, k))
-    return x.like(f), x.like(g)
+    return f, g
 
 
 def _trigonometric(x: Jet, f: Callable, g: Callable, sign: float) -> Jet:
     """``f(x)`` for ``f' = g``, ``g' = sign f``: sin and cos (sign -1), sinh and cosh (+1)."""
-    f0, g0 = f(x.primal), g(x.primal)
-    return elementwise(x, f0, lambda: (g0, sign * f0), lambda: _pair(x, f0, g0, sign)[0])
+
+    def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+        f0, g0 = f(x0), g(x0)
+        yield from (f0, g0, sign * f0, sign * g0)
+
+    return elementwise(x, derivatives, lambda x: _pair(x, f(x.primal), g(x.primal), sign))
 
 
 @rule(torch.sin, T.sin)
@@ -190,55 +305,71 @@ def cosh(func: Callable, x: Jet) -> Jet:
     return _trigonometric(x, torch.cosh, torch.sinh, 1.0)
 
 
-def _with_derivative(x: Jet, y0: torch.Tensor, derivative: Callable[[Jet], Jet]) -> Jet:
-    """``y`` from ``y(c_0) = y0`` and ``y' = derivative(x) x'``."""
-    z = lower_series(x, derivative)
-    return solve(x, y0, lambda k, y: z[k])
+def _with_derivative(y0: Callable, derivative: Callable[[Jet], Jet]) -> Series:
+    """The series of ``y`` with ``y(c_0) = y0(c_0)`` and ``y' = derivative(x) x'``."""
+
+    def series(x: Jet) -> tuple[list, list]:
+        z = derivative(x).coefficients
+        return solve(x, y0(x.primal), lambda k, y: z[k])
+
+    return series
 
 
 @rule(torch.log, T.log)
 def log(func: Callable, x: Jet) -> Jet:
-    return _with_derivative(x, torch.log(x.primal), reciprocal)
+    return elementwise(x, series=_with_derivative(torch.log, reciprocal))
 
 
 @rule(torch.log1p, T.log1p)
 def log1p(func: Callable, x: Jet) -> Jet:
-    return _with_derivative(x, torch.log1p(x.primal), lambda t: reciprocal(t + 1))
+    return elementwise(x, series=_with_derivative(torch.log1p, lambda t: reciprocal(t + 1)))
 
 
 @rule(torch.atan, T.atan, torch.arctan)
 def atan(func: Callable, x: Jet) -> Jet:
-    return _with_derivative(x, torch.atan(x.primal), lambda t: reciprocal(t * t + 1))
+    return elementwise(x, series=_with_derivative(torch.atan, lambda t: reciprocal(t * t + 1)))
 
 
 @rule(torch.erf, T.erf, torch.special.erf)
 def erf(func: Callable, x: Jet) -> Jet:
-    return _with_derivative(x, torch.erf(x.primal), lambda t: torch.exp(-(t * t)) * (2 / math.sqrt(math.pi)))
+    density = lambda t: torch.exp(-(t * t)) * (2 / math.sqrt(math.pi))  # noqa: E731
+    return elementwise(x, series=_with_derivative(torch.erf, density))
 
 
 def normal_cdf(x: Jet) -> Jet:
     """``Phi(x)``, with ``Phi' = phi = exp(-x^2 / 2) / sqrt(2 pi)``."""
-    y0 = 0.5 * (1 + torch.erf(x.primal / math.sqrt(2)))
-    return _with_derivative(x, y0, lambda t: torch.exp(t * t * -0.5) * (1 / math.sqrt(2 * math.pi)))
+    cdf = lambda t: 0.5 * (1 + torch.erf(t / math.sqrt(2)))  # noqa: E731
+    density = lambda t: torch.exp(t * t * -0.5) * (1 / math.sqrt(2 * math.pi))  # noqa: E731
+    return elementwise(x, series=_with_derivative(cdf, density))
 
 
 @rule(F.softplus)
 def softplus(func: Callable, x: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
     """``log(1 + exp(beta x)) / beta``, linear where ``beta x > threshold`` (as torch has it)."""
-    y0, s = F.softplus(x.primal, beta, threshold), torch.sigmoid(x.primal * beta)
-    general = lambda: _with_derivative(x, y0, lambda t: torch.sigmoid(t * beta))  # noqa: E731
-    y = elementwise(x, y0, lambda: (s, beta * s * (1 - s)), general)
-    linear = x.primal * beta > threshold
-    return y.like([y.primal] + [torch.where(linear, a, b) for a, b in zip(x.coefficients[1:], y.coefficients[1:])])
+
+    def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+        linear = x0 * beta > threshold
+        yield F.softplus(x0, beta, threshold)
+        for k, f in enumerate(islice(_sigmoid_derivatives(x0, beta), 3)):
+            yield torch.where(linear, float(k == 0), f)
+
+    slope = lambda t: torch.where(t * beta > threshold, 1.0, torch.sigmoid(t * beta))  # noqa: E731
+    return elementwise(x, derivatives, _with_derivative(lambda t: F.softplus(t, beta, threshold), slope))
 
 
 @rule(F.silu)
 def silu(func: Callable, x: Jet, inplace: bool = False) -> Jet:
     _inplace(func, inplace)
-    x0 = x.primal
-    s = torch.sigmoid(x0)
-    derivatives = lambda: (s * (1 + x0 * (1 - s)), s * (1 - s) * (2 + x0 * (1 - 2 * s)))  # noqa: E731
-    return elementwise(x, x0 * s, derivatives, lambda: x * torch.sigmoid(x))
+
+    def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+        s = torch.sigmoid(x0)
+        yield x0 * s
+        q = s * (1 - s)  # sigmoid'
+        yield s + x0 * q
+        yield q * (2 + x0 * (1 - 2 * s))
+        yield q * (3 * (1 - 2 * s) + x0 * (1 - 6 * q))
+
+    return elementwise(x, derivatives, composite=lambda: x * torch.sigmoid(x))
 
 
 @rule(F.mish)
@@ -252,10 +383,15 @@ def gelu(func: Callable, x: Jet, approximate: str = "none") -> Jet:
     if approximate == "tanh":
         inner = (x + 0.044715 * x * x * x) * math.sqrt(2 / math.pi)
         return 0.5 * x * (1 + torch.tanh(inner))
-    x0 = x.primal
-    cdf, density = 0.5 * (1 + torch.erf(x0 / math.sqrt(2))), torch.exp(-0.5 * x0 * x0) / math.sqrt(2 * math.pi)
-    derivatives = lambda: (cdf + x0 * density, density * (2 - x0 * x0))  # noqa: E731
-    return elementwise(x, x0 * cdf, derivatives, lambda: x * normal_cdf(x))
+
+    def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+        cdf, density = 0.5 * (1 + torch.erf(x0 / math.sqrt(2))), torch.exp(-0.5 * x0 * x0) / math.sqrt(2 * math.pi)
+        yield x0 * cdf
+        yield cdf + x0 * density
+        yield density * (2 - x0 * x0)
+        yield density * x0 * (x0 * x0 - 4)
+
+    return elementwise(x, derivatives, composite=lambda: x * normal_cdf(x))
 
 
 def piecewise_linear(x: Jet, y0: torch.Tensor, slope: torch.Tensor) -> Jet:
