@@ -192,19 +192,26 @@ def compile_table(args: argparse.Namespace, sizes: Sizes) -> list[dict]:
     return rows
 
 
-def time_side_by_side(steps: dict[str, Step], repeats: int, device: str) -> dict[str, float]:
-    """Median seconds per step of each method, the methods interleaved round by round."""
+def time_side_by_side(steps: dict[str, Step], repeats: int, device: str, block: int = 3) -> dict[str, float]:
+    """Median seconds per step of each method, over ``repeats`` rounds.
+
+    In each round every method takes ``block`` steps back to back, as in a
+    training loop; the first step of a block is not counted: it pays for the
+    memory the previous method left (glibc returns freed blocks to the system,
+    so the first step after another method's faults its pages in again).
+    """
     for step in steps.values():
-        step()
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            synchronize(torch.device(device))
-            start = time.perf_counter()
-            step()
-            synchronize(torch.device(device))
-            times[name].append(time.perf_counter() - start)
+            for i in range(block):
+                synchronize(torch.device(device))
+                start = time.perf_counter()
+                step()
+                synchronize(torch.device(device))
+                if i:
+                    times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

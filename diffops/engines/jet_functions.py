@@ -119,7 +119,7 @@ class _CollapsedSecondOrder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, derivatives: Derivatives, x0, x1, x2):
         f0, f1, f2, f3 = derivatives(x0)
-        squares = (x1 * x1).sum(0)  # (N, *f)
+        squares = _direction_sum(x1, x1)  # (N, *f)
         y2 = (0.5 * f2) * squares
         if x2 is not None:
             y2 = torch.addcmul(y2, f1, x2)
@@ -133,22 +133,38 @@ class _CollapsedSecondOrder(torch.autograd.Function):
         x0, x1, x2, f1, f2, f3, squares = ctx.saved_tensors
         if torch.is_grad_enabled():  # a differentiable backward: what was saved, recomputed from the inputs
             _, f1, f2, f3 = ctx.derivatives(x0)
-            squares = (x1 * x1).sum(0)
+            squares = _direction_sum(x1, x1)
+        # Each result is a fresh tensor, so the sums accumulate in place, differentiably too.
         grad_x0 = None if g0 is None else g0 * f1
         grad_x1 = grad_x2 = None
         if g1 is not None:
             grad_x1 = g1 * f1  # (R, N, *f)
-            cross = (g1 * x1).sum(0)  # (N, *f)
-            grad_x0 = cross * f2 if grad_x0 is None else torch.addcmul(grad_x0, cross, f2)
+            cross = _direction_sum(g1, x1)  # (N, *f)
+            grad_x0 = cross * f2 if grad_x0 is None else grad_x0.addcmul_(cross, f2)
         if g2 is not None:
             top = g2 * f2
-            grad_x1 = x1 * top if grad_x1 is None else torch.addcmul(grad_x1, x1, top)
+            grad_x1 = x1 * top if grad_x1 is None else grad_x1.addcmul_(x1, top)
             z2 = (0.5 * f3) * squares  # the collapsed top of the series of f'(x): d y2 / d x0
             if x2 is not None:
-                z2 = torch.addcmul(z2, f2, x2)
+                z2 = z2.addcmul_(f2, x2)
                 grad_x2 = g2 * f1
-            grad_x0 = g2 * z2 if grad_x0 is None else torch.addcmul(grad_x0, g2, z2)
+            grad_x0 = g2 * z2 if grad_x0 is None else grad_x0.addcmul_(g2, z2)
         return None, grad_x0, grad_x1, grad_x2
+
+
+def _direction_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_r a_r b_r: (N, *f)`` of two ``(R, N, *f)`` tensors, a slice at a time.
+
+    Slice by slice, the running sum stays in cache and no ``(R, N, *f)``
+    product is allocated; directions repeated over the batch (the first
+    layer's, expanded with stride 0) are summed once.
+    """
+    if a.dim() > 1 and a.shape[1] > 1 and a.stride(1) == 0 and b.stride(1) == 0:
+        return _direction_sum(a.narrow(1, 0, 1), b.narrow(1, 0, 1)).expand(a.shape[1:])
+    total = a[0] * b[0]
+    for r in range(1, a.shape[0]):
+        total.addcmul_(a[r], b[r])
+    return total
 
 
 class _SeriesComposition(torch.autograd.Function):
