@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from .jet import Jet, rule, unsupported
-from .jet_products import convolution, reciprocal, series_product
+from .jet_products import accumulate, convolution, reciprocal, series_product
 
 T = torch.Tensor
 Slope = Callable[[int, list], torch.Tensor]
@@ -203,7 +203,7 @@ def _correlation(gs: tuple, zs: list[torch.Tensor], j: int, directions: bool) ->
     total = None
     for k in range(max(j, 1), len(gs)):
         if gs[k] is not None:
-            total = gs[k] * zs[k - j] if total is None else torch.addcmul(total, gs[k], zs[k - j])
+            total = gs[k] * zs[k - j] if total is None else accumulate(total, gs[k], zs[k - j])
     if total is not None and j == 0 and directions:
         total = total.sum(0)
     if shared is None or total is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch._C._functorch import peek_interpreter_stack
 
 from .jet import Jet, map_coefficients, rule, unsupported
 from .jet_linear import align
@@ -40,8 +41,20 @@ def series_product(
         total = (factor * a[0]) * b[k] + a[k] * (factor * b[0])
         pairs = [(j, factor) for j in range(1, k)]
     for j, weight in pairs:
-        total = torch.addcmul(total, a[j], b[k - j], value=weight)  # one fused pass, no temporary product
+        total = accumulate(total, a[j], b[k - j], weight)
     return total
+
+
+def accumulate(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """``total + weight * a * b`` in one fused pass, for a ``total`` that the caller created.
+
+    In place, which saves an allocation per term and is safe for autograd (no
+    backward needs the sum's old value); out of place inside torch.func
+    transforms, which have no batching rule for ``addcmul_``.
+    """
+    if peek_interpreter_stack() is None:
+        return total.addcmul_(a, b, value=weight)
+    return torch.addcmul(total, a, b, value=weight)
 
 
 def _apply(func: Callable, broadcasts: bool, a: Jet, i: int, b: Jet, j: int) -> torch.Tensor:
@@ -162,7 +175,7 @@ def convolution(
     for j in range(1, (k - 1 if last is None else last) + 1):
         w = weight(j)
         if total is not None and not isinstance(w, torch.Tensor):
-            total = torch.addcmul(total, x[j], y[k - j], value=w)  # one fused pass, no temporary product
+            total = accumulate(total, x[j], y[k - j], w)
             continue
         term = x[j] * y[k - j]
         term = term if not isinstance(w, torch.Tensor) and w == 1 else w * term
