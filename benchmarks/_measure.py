@@ -11,12 +11,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
-def tanh_mlp(d: int, width: int, depth: int) -> torch.nn.Module:
-    """``depth`` hidden tanh layers of ``width`` and a scalar output: the network every benchmark times."""
+def tanh_mlp(d: int, width: int, depth: int, outputs: int = 1) -> torch.nn.Module:
+    """``depth`` hidden tanh layers of ``width`` and (by default) a scalar output: the network every benchmark times."""
     layers: list[torch.nn.Module] = []
     for size in [d] + [width] * (depth - 1):
         layers += [torch.nn.Linear(size, width), torch.nn.Tanh()]
-    return torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, outputs))
 
 
 def synchronize(device: torch.device) -> None:

@@ -17,14 +17,16 @@ engine followed these models to within about 20 %:
   components (it vmaps over the smaller of the two; the per-op overhead of the
   transforms dominates on a CPU at these sizes).
 
-Measured, ms (taylor / autograd / func), 4 x 128, batch 256, d = 2 unless said:
-du/dx 4.1 / 3.6 / 6.7; d2u/dx2 6.0 / 6.8 / 15.6; d2u/dxdy 11.4 / 6.8 / 17.3;
-d3u/dx2dy 24.7 / 15.6 / 47.8; {u, u_x, u_xx, u_t} 9.3 / 7.2 / 23.7;
-Jacobian d=16 28.8 / 3.4 / 5.1; Jacobian d=4 with 8 outputs 7.4 / 10.4 / 12.3;
-Hessian d=4 26.4 / 13.3 / 17.4; Hessian d=16 432 / 52.7 / 59.3;
-Laplacian d=16 with 3 outputs 22.0 / 176 / 111.
-4 x 64, batch 1024, d = 1, d^k u/dx^k for k = 1..6: taylor 4.6, 7.1, 11.8, 19.0,
-25.9, 41.1; autograd 3.4, 7.6, 20.8, 63.6, 190, 844.
+Measured with ``benchmarks/auto_rule.py --threads 1``, ms (taylor / autograd / func),
+4 x 128, batch 256, d = 2 unless said: du/dx 4.5 / 3.4 / 6.1; d2u/dx2 6.2 / 7.0 / 16.3;
+d2u/dxdy 11.8 / 6.8 / 15.8; d3u/dx2dy 14.5 / 11.8 / 34.9; {u, u_x, u_xx, u_t} 7.0 / 5.5 / 16.3;
+Jacobian d=16 21.9 / 3.4 / 4.5; Jacobian d=4 with 8 outputs 7.4 / 14.0 / 11.5;
+Hessian d=4 32.2 / 17.0 / 22.3; Hessian d=16 438 / 62.4 / 59.2 (a tie between the two);
+Laplacian d=16 with 3 outputs 21.0 / 203 / 103.
+4 x 64, batch 1024, d = 1, d^k u/dx^k for k = 1..6: taylor 4.5, 8.2, 9.2, 10.8,
+16.0, 18.4; autograd 3.8, 8.6, 20.5, 65.9, 219, 591.  Since the Taylor engine's
+backward runs through the series of f' (``jet_functions``), its cost grows more
+slowly in K than the model says; the model still ranks it first wherever it is.
 """
 
 from __future__ import annotations
