@@ -1,4 +1,4 @@
-"""The Taylor benchmark runs on tiny sizes; its timings are never asserted."""
+"""The Taylor and auto-rule benchmarks run on tiny sizes; their timings are never asserted."""
 
 from __future__ import annotations
 
@@ -28,3 +28,14 @@ def test_quick_mode_prints_every_table():
 def test_a_memory_probe_reports_bytes():
     out = run("--probe", json.dumps(["laplacian", "2", "diffops"]))
     assert int(out.strip().splitlines()[-1]) >= 0
+
+
+def test_the_auto_rule_table_names_the_fastest_engine_and_the_pick():
+    script = SCRIPT.with_name("auto_rule.py")
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--threads", "1"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("du/dx")]
+    assert len(rows) == 1
+    assert rows[0][4] in ("autograd", "func", "taylor") and rows[0][5] in ("autograd", "func", "taylor")
