@@ -89,9 +89,36 @@ def test_every_activation_matches_the_reference(name):
     op = do.Laplacian(u, method="taylor") + do.Derivative(u, wrt=spec["d3"], method="taylor")
     mixed = do.Derivative(u, wrt=spec["mixed"], method="taylor")(x)
     expected = ref.laplacian(u, x) + ref.partial(u, x, spec["d3"])
-    assert_close(op(x), expected)
+    actual = op(x)
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)  # the only way the collapsed layer's third derivative shows
     assert_close(mixed, ref.partial(u, x, spec["mixed"]))
     assert_gradients_close(u, mixed, ref.partial(u, x, spec["mixed"]))
+
+
+@pytest.mark.parametrize("name", ["tanh", "sin", "log", "softplus-threshold", "gelu"])
+@pytest.mark.parametrize("wrt", [(1, 1, 1), (0, 1, 1, 2)])
+def test_series_backward_is_twice_differentiable(name, wrt):
+    """The hand-written backward of the elementwise series, through inputs and parameters."""
+    u = Activated(FUNCTIONS[name], width=3)
+    op = do.Derivative(u, wrt=wrt, method="taylor")
+    x = torch.randn(2, D, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(op, (x,))
+    assert torch.autograd.gradgradcheck(op, (x,))
+    weight = u.b.weight.detach().clone().requires_grad_(True)
+
+    def of_weight(w: torch.Tensor) -> torch.Tensor:
+        with_weight = lambda h: torch.func.functional_call(u, {"b.weight": w}, (h,))  # noqa: E731
+        return do.Derivative(with_weight, wrt=wrt, method="taylor")(x.detach())
+
+    assert torch.autograd.gradgradcheck(of_weight, (weight,))
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "silu", "softplus-threshold", "cos"])
+def test_collapsed_laplacian_is_twice_differentiable(name):
+    u = Activated(FUNCTIONS[name], width=3)
+    x = torch.randn(2, D, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(do.Laplacian(u, method="taylor"), (x,))
 
 
 @pytest.mark.parametrize("order", range(7))
