@@ -161,9 +161,11 @@ def _direction_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.dim() > 1 and a.shape[1] > 1 and a.stride(1) == 0 and b.stride(1) == 0:
         return _direction_sum(a.narrow(1, 0, 1), b.narrow(1, 0, 1)).expand(a.shape[1:])
-    total = a[0] * b[0]
-    for r in range(1, a.shape[0]):
-        total.addcmul_(a[r], b[r])
+    pairs = zip(a.unbind(0), b.unbind(0))
+    first, second = next(pairs)
+    total = first * second
+    for a_r, b_r in pairs:
+        total.addcmul_(a_r, b_r)
     return total
 
 
