@@ -29,3 +29,4 @@ test: lint
 benchmarks: setup
 	$(BIN)/python benchmarks/bench_taylor.py --threads 1 --compile
 	$(BIN)/python benchmarks/bench_estimators.py
+	$(BIN)/python benchmarks/auto_rule.py --threads 1
