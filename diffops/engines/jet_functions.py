@@ -88,7 +88,8 @@ def elementwise(
 
     ``derivatives(c_0)``: ``f, f', f'', f'''`` at ``c_0`` (orders up to two);
     ``series(x)``: the coefficients of ``f(x)`` and ``f'(x)`` (any order);
-    ``composite()``: ``f(x)`` written with other jet rules.
+    ``composite()``: ``f(x)`` written with other jet rules, used instead of a
+    series on collapsed jets (a series built from Cauchy products has no collapsed top).
     """
     plain = peek_interpreter_stack() is not None  # the custom functions are not written for torch.func transforms
     if derivatives is not None and x.order <= 2:
@@ -96,7 +97,7 @@ def elementwise(
             x2 = x.coefficients[2] if x.degree >= 2 else None
             return x.like(list(_CollapsedSecondOrder.apply(derivatives, x.primal, x.coefficients[1], x2)))
         return second_order(x, list(islice(derivatives(x.primal), x.order + 1)))
-    if series is None:
+    if series is None or (x.form == Jet.COLLAPSED and composite is not None):
         return composite()
     if plain or x.form == Jet.COLLAPSED:
         return x.like(series(x)[0])
@@ -354,11 +355,26 @@ def erf(func: Callable, x: Jet) -> Jet:
     return elementwise(x, series=_with_derivative(torch.erf, density))
 
 
+_normal_cdf_series = _with_derivative(
+    lambda t: 0.5 * (1 + torch.erf(t / math.sqrt(2))),  # Phi
+    lambda t: torch.exp(t * t * -0.5) * (1 / math.sqrt(2 * math.pi)),  # Phi' = phi
+)
+
+
 def normal_cdf(x: Jet) -> Jet:
-    """``Phi(x)``, with ``Phi' = phi = exp(-x^2 / 2) / sqrt(2 pi)``."""
-    cdf = lambda t: 0.5 * (1 + torch.erf(t / math.sqrt(2)))  # noqa: E731
-    density = lambda t: torch.exp(t * t * -0.5) * (1 / math.sqrt(2 * math.pi))  # noqa: E731
-    return elementwise(x, series=_with_derivative(cdf, density))
+    """``Phi(x)``, the standard normal distribution function."""
+    return elementwise(x, series=_normal_cdf_series)
+
+
+def _times_input(g_series: Series) -> Series:
+    """The series of ``x g(x)`` and of its derivative ``g + x g'``, from those of ``g`` and ``g'``."""
+
+    def series(x: Jet) -> tuple[list, list]:
+        g, slope = g_series(x)
+        xs, orders = x.coefficients, range(x.order + 1)
+        return [series_product(xs, g, k) for k in orders], [g[k] + series_product(xs, slope, k) for k in orders]
+
+    return series
 
 
 @rule(F.softplus)
@@ -387,7 +403,7 @@ def silu(func: Callable, x: Jet, inplace: bool = False) -> Jet:
         yield q * (2 + x0 * (1 - 2 * s))
         yield q * (3 * (1 - 2 * s) + x0 * (1 - 6 * q))
 
-    return elementwise(x, derivatives, composite=lambda: x * torch.sigmoid(x))
+    return elementwise(x, derivatives, _times_input(_sigmoid_series), lambda: x * torch.sigmoid(x))
 
 
 @rule(F.mish)
@@ -409,7 +425,7 @@ def gelu(func: Callable, x: Jet, approximate: str = "none") -> Jet:
         yield density * (2 - x0 * x0)
         yield density * x0 * (x0 * x0 - 4)
 
-    return elementwise(x, derivatives, composite=lambda: x * normal_cdf(x))
+    return elementwise(x, derivatives, _times_input(_normal_cdf_series), lambda: x * normal_cdf(x))
 
 
 def piecewise_linear(x: Jet, y0: torch.Tensor, slope: torch.Tensor) -> Jet:

@@ -96,7 +96,7 @@ def test_every_activation_matches_the_reference(name):
     assert_gradients_close(u, mixed, ref.partial(u, x, spec["mixed"]))
 
 
-@pytest.mark.parametrize("name", ["tanh", "sin", "log", "softplus-threshold", "gelu"])
+@pytest.mark.parametrize("name", ["tanh", "sin", "log", "softplus-threshold", "gelu", "silu"])
 @pytest.mark.parametrize("wrt", [(1, 1, 1), (0, 1, 1, 2)])
 def test_series_backward_is_twice_differentiable(name, wrt):
     """The hand-written backward of the elementwise series, through inputs and parameters."""
