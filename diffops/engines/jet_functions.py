@@ -154,15 +154,23 @@ class _CollapsedSecondOrder(torch.autograd.Function):
         return None, grad_x0, grad_x1, grad_x2
 
 
+_CACHED_ELEMENTS = 2**16  # (R, N, *f) elements below which one product and sum beat R slices
+
+
 def _direction_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``sum_r a_r b_r: (N, *f)`` of two ``(R, N, *f)`` tensors, a slice at a time.
 
     Slice by slice, the running sum stays in cache and no ``(R, N, *f)``
     product is allocated; directions repeated over the batch (the first
-    layer's, expanded with stride 0) are summed once.
+    layer's, expanded with stride 0) are summed once.  Tensors that fit in
+    cache anyway take one product and one sum: two kernels instead of R
+    (measured at R = 16, width 128: 8.5 instead of 87 us at N = 4, 23
+    instead of 101 us at N = 32; at N = 256 the slices win, 289 against 412 us).
     """
     if a.dim() > 1 and a.shape[1] > 1 and a.stride(1) == 0 and b.stride(1) == 0:
         return _direction_sum(a.narrow(1, 0, 1), b.narrow(1, 0, 1)).expand(a.shape[1:])
+    if a.numel() <= _CACHED_ELEMENTS:
+        return (a * b).sum(0)
     pairs = zip(a.unbind(0), b.unbind(0))
     first, second = next(pairs)
     total = first * second

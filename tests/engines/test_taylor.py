@@ -121,6 +121,17 @@ def test_collapsed_laplacian_is_twice_differentiable(name):
     assert torch.autograd.gradgradcheck(do.Laplacian(u, method="taylor"), (x,))
 
 
+@pytest.mark.parametrize("batch", [4, 300])
+def test_collapsed_laplacian_on_small_and_large_batches(batch):
+    # 8 directions x 300 samples x width 32 is above the size where direction sums go slice by slice.
+    u = Activated(torch.tanh, d_in=8, width=32)
+    x = torch.randn(batch, 8, dtype=torch.float64)
+    actual = do.Laplacian(u, method="taylor")(x)
+    expected = ref.laplacian(u, x)
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)
+
+
 @pytest.mark.parametrize("order", range(7))
 def test_pure_derivatives_of_every_order(order):
     u = mlp(D, activation="tanh")
