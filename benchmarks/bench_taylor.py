@@ -3,7 +3,9 @@
 A training step is: the operator's forward pass, an MSE loss, and the backward
 pass to the network's parameters, on a tanh MLP.  Every method of a table runs
 in one process, interleaved round by round, and the tables print the median
-time of each and its ratio to ``diffops`` with ``method="auto"``:
+time of each and its ratio to ``diffops`` with ``method="auto"``, the median
+over rounds of the ratio within a round (paired, so that other work on the
+machine, which slows every method of a round alike, cancels):
 
 1. Laplacian, MLP 4x128, B = 256, d = 2, 16, 64: diffops, nested
    ``torch.autograd.grad``, ``torch.func`` ``vmap(hessian)`` trace, folx.
@@ -188,31 +190,52 @@ def compile_table(args: argparse.Namespace, sizes: Sizes) -> list[dict]:
         net, _, x = build("laplacian", str(d), sizes, args.device)
         op = do.Laplacian(net, method="taylor")
         steps = {"eager": training_step(net, op, x), "compiled": training_step(net, op, x, compile=True)}
-        rows.append({"case": str(d), "time": time_side_by_side(steps, sizes.repeats, args.device), "memory": {}})
+        rounds = time_rounds(steps, sizes.repeats, args.device)
+        rows.append({"case": str(d), "time": _medians(rounds), "rounds": rounds, "memory": {}})
     return rows
 
 
-def time_side_by_side(steps: dict[str, Step], repeats: int, device: str, block: int = 3) -> dict[str, float]:
-    """Median seconds per step of each method, over ``repeats`` rounds.
+def time_rounds(steps: dict[str, Step], repeats: int, device: str, block: int = 3) -> dict[str, list[float]]:
+    """Seconds per step of each method in each of ``repeats`` rounds.
 
     In each round every method takes ``block`` steps back to back, as in a
-    training loop; the first step of a block is not counted: it pays for the
-    memory the previous method left (glibc returns freed blocks to the system,
-    so the first step after another method's faults its pages in again).
+    training loop, and its time in the round is the mean of those steps but the
+    first: the first pays for the memory the previous method left (glibc
+    returns freed blocks to the system, so the first step after another
+    method's faults its pages in again).
     """
     for step in steps.values():
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
+            counted = []
             for i in range(block):
                 synchronize(torch.device(device))
                 start = time.perf_counter()
                 step()
                 synchronize(torch.device(device))
                 if i:
-                    times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+                    counted.append(time.perf_counter() - start)
+            times[name].append(statistics.fmean(counted))
+    return times
+
+
+def time_side_by_side(steps: dict[str, Step], repeats: int, device: str, block: int = 3) -> dict[str, float]:
+    """Median seconds per step of each method over the rounds of :func:`time_rounds`."""
+    return _medians(time_rounds(steps, repeats, device, block))
+
+
+def paired_ratio(rounds: dict[str, list[float]], numerator: str, denominator: str) -> float | None:
+    """The median over rounds of ``time[numerator] / time[denominator]`` within a round.
+
+    The methods of one round run within a second or so of each other, so the
+    other work on a shared machine slows them alike and cancels in the ratio;
+    a ratio of medians would mix rounds taken under different loads.
+    """
+    if numerator not in rounds or denominator not in rounds:
+        return None
+    return statistics.median(a / b for a, b in zip(rounds[numerator], rounds[denominator]))
 
 
 def _status_kib(field: str) -> int:
@@ -295,7 +318,7 @@ def folx_step(net: nn.Module, x: torch.Tensor) -> Step | None:
 def print_table(
     title: str, rows: list[dict], columns: list[str], ratios: list[str], memory: bool, base: str = "diffops"
 ) -> None:
-    """Times, the ratios ``time[r] / time[base]`` (above 1: ``base`` is faster) and, if measured, memory."""
+    """Median times, the paired ratios ``time[r] / time[base]`` (above 1: ``base`` is faster), memory if measured."""
     print(f"\n{title}")
     header = f"{'case':>16} " + " ".join(f"{c + ' ms':>13}" for c in columns)
     header += " " + " ".join(f"{r + '/' + base:>17}" for r in ratios)
@@ -305,12 +328,16 @@ def print_table(
     for row in rows:
         t = row["time"]
         line = f"{row['case']:>16} " + " ".join(f"{_ms(t.get(c)):>13}" for c in columns)
-        line += " " + " ".join(f"{_ratio(t.get(r), t.get(base)):>17}" for r in ratios)
+        line += " " + " ".join(f"{_ratio(paired_ratio(row['rounds'], r, base)):>17}" for r in ratios)
         if memory:
             m = row["memory"]
             line += " " + " ".join(f"{_mib(m.get(c)):>13}" for c in columns)
-            line += f" {_ratio(m.get('diffops'), m.get('func')):>17}"
+            line += f" {_ratio(_quotient(m.get('diffops'), m.get('func'))):>17}"
         print(line)
+
+
+def _medians(rounds: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(t) for name, t in rounds.items()}
 
 
 def _ms(seconds: float | None) -> str:
@@ -321,8 +348,12 @@ def _mib(size: int | None) -> str:
     return "-" if size is None else f"{size / 2**20:.1f}"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or not b else f"{a / b:.2f}x"
+def _quotient(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def run_table(args, table: str, cases: list[str], memory_methods: tuple[str, ...] = ()) -> list[dict]:
@@ -332,7 +363,8 @@ def run_table(args, table: str, cases: list[str], memory_methods: tuple[str, ...
         net, steps, x = build(table, case, sizes, args.device)
         if table == "laplacian" and args.device == "cpu" and args.folx and (folx := folx_step(net, x)) is not None:
             steps["folx"] = folx
-        row = {"case": case, "time": time_side_by_side(steps, sizes.repeats, args.device), "memory": {}}
+        rounds = time_rounds(steps, sizes.repeats, args.device)
+        row = {"case": case, "time": _medians(rounds), "rounds": rounds, "memory": {}}
         for method in memory_methods if args.memory else ():
             if method in steps:
                 row["memory"][method] = memory_in_subprocess(args, table, case, method)
@@ -358,7 +390,7 @@ def main() -> None:
         return
     sizes = QUICK if args.quick else Sizes()
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} float32")
-    print("diffops uses method='auto'; times are medians of interleaved training steps")
+    print("diffops uses method='auto'; times: medians over rounds; ratios: medians of the ratios within a round")
     memory = ("diffops", "func", "autograd")  # XLA keeps its buffers between steps: RSS cannot see folx's
     rows = run_table(args, "laplacian", [str(d) for d in sizes.laplacian_dims], memory)
     print_table(

@@ -39,3 +39,16 @@ def test_the_auto_rule_table_names_the_fastest_engine_and_the_pick():
     rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("du/dx")]
     assert len(rows) == 1
     assert rows[0][4] in ("autograd", "func", "taylor") and rows[0][5] in ("autograd", "func", "taylor")
+
+
+def test_ratios_pair_the_methods_within_each_round():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from bench_taylor import paired_ratio
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    # Other work slows both methods in rounds 3 and 4, and "b" alone in round 5: the ratio of the
+    # medians would be 2 / 10, the paired ratio is the 2 of the quiet rounds.
+    rounds = {"a": [2.0, 2.0, 20.0, 20.0, 2.0], "b": [1.0, 1.0, 10.0, 10.0, 10.0]}
+    assert paired_ratio(rounds, "a", "b") == 2.0
+    assert paired_ratio(rounds, "a", "missing") is None
