@@ -74,6 +74,7 @@ class Sizes:
 
 
 QUICK = Sizes(16, 16, (2, 4), 16, 32, (1, 3), 2, 2)
+TABLES = ["laplacian", "order", "mixed"]
 
 
 # -- the derivative each method computes: (B, d) -> (B, 1) -----------------------------
@@ -380,6 +381,9 @@ def main() -> None:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile table (slow to compile)")
     parser.add_argument("--no-folx", dest="folx", action="store_false", help="skip the JAX comparison")
+    parser.add_argument(
+        "--tables", nargs="+", choices=TABLES, default=TABLES, help="which tables to print (default: all three)"
+    )
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:
@@ -392,22 +396,25 @@ def main() -> None:
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} float32")
     print("diffops uses method='auto'; times: medians over rounds; ratios: medians of the ratios within a round")
     memory = ("diffops", "func", "autograd")  # XLA keeps its buffers between steps: RSS cannot see folx's
-    rows = run_table(args, "laplacian", [str(d) for d in sizes.laplacian_dims], memory)
-    print_table(
-        f"Laplacian, MLP {sizes.depth}x{sizes.laplacian_width}, B={sizes.laplacian_batch} (case = d)",
-        rows, ["diffops", "autograd", "func", "folx"], ["autograd", "func", "folx"], args.memory,
-    )  # fmt: skip
-    rows = run_table(args, "order", [str(k) for k in sizes.orders], ("diffops", "autograd"))
-    print_table(
-        f"d^k u/dx^k, MLP {sizes.depth}x{sizes.order_width}, d=1, B={sizes.order_batch} (case = k)",
-        rows, ["diffops", "autograd"], ["autograd"], False,
-    )  # fmt: skip
-    _print_memory(rows)
-    rows = run_table(args, "mixed", ["d3u/dx0^2dx1", "biharmonic"])
-    print_table(
-        f"Mixed partials, MLP {sizes.depth}x{sizes.order_width}, d=2, B={sizes.order_batch}",
-        rows, ["diffops", "autograd"], ["autograd"], False,
-    )  # fmt: skip
+    if "laplacian" in args.tables:
+        rows = run_table(args, "laplacian", [str(d) for d in sizes.laplacian_dims], memory)
+        print_table(
+            f"Laplacian, MLP {sizes.depth}x{sizes.laplacian_width}, B={sizes.laplacian_batch} (case = d)",
+            rows, ["diffops", "autograd", "func", "folx"], ["autograd", "func", "folx"], args.memory,
+        )  # fmt: skip
+    if "order" in args.tables:
+        rows = run_table(args, "order", [str(k) for k in sizes.orders], ("diffops", "autograd"))
+        print_table(
+            f"d^k u/dx^k, MLP {sizes.depth}x{sizes.order_width}, d=1, B={sizes.order_batch} (case = k)",
+            rows, ["diffops", "autograd"], ["autograd"], False,
+        )  # fmt: skip
+        _print_memory(rows)
+    if "mixed" in args.tables:
+        rows = run_table(args, "mixed", ["d3u/dx0^2dx1", "biharmonic"])
+        print_table(
+            f"Mixed partials, MLP {sizes.depth}x{sizes.order_width}, d=2, B={sizes.order_batch}",
+            rows, ["diffops", "autograd"], ["autograd"], False,
+        )  # fmt: skip
     if args.compile:
         print_table(
             f"torch.compile of the Taylor Laplacian step, MLP {sizes.depth}x{sizes.laplacian_width}, "

@@ -25,6 +25,11 @@ def test_quick_mode_prints_every_table():
     assert "biharmonic" in out
 
 
+def test_tables_can_be_chosen():
+    out = run("--no-memory", "--no-folx", "--tables", "mixed")
+    assert "Mixed partials, MLP" in out and "Laplacian, MLP" not in out
+
+
 def test_a_memory_probe_reports_bytes():
     out = run("--probe", json.dumps(["laplacian", "2", "diffops"]))
     assert int(out.strip().splitlines()[-1]) >= 0
