@@ -28,7 +28,7 @@ next, so the resident set does not show what a step needs.
 
 Usage::
 
-    python benchmarks/bench_taylor.py [--device cuda] [--threads 1] [--quick]
+    python benchmarks/bench_taylor.py [--device cuda] [--threads 1] [--quick] [--tables laplacian order mixed]
 """
 
 from __future__ import annotations
