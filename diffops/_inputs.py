@@ -96,7 +96,8 @@ def _check_coordinates(name: str, position: int, value: Any) -> torch.Tensor:
 
 def flatten_inputs(name: str, inputs: tuple, argnums: tuple[int, ...]) -> Rows:
     """Check ``inputs`` against ``argnums`` and flatten them; raises ``TypeError``/``ValueError``."""
-    if torch.is_inference_mode_enabled():
+    # torch.compile cannot trace this query (a graph break in every compiled step), so compiled calls skip it
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
         raise RuntimeError(
             f"{name}: derivatives need autograd, which torch.inference_mode() disables; evaluate under "
             "torch.no_grad() or torch.enable_grad() instead (with Lightning: Trainer(inference_mode=False))"

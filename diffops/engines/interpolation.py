@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache, lru_cache, reduce
+from functools import reduce
 
 from .base import MultiIndex
 
@@ -45,7 +45,7 @@ class Interpolation:
 
     @property
     def order(self) -> int:
-        return max((recipe.order for recipe in self.recipes.values()), default=0)
+        return max([0, *(recipe.order for recipe in self.recipes.values())])
 
 
 def count_vectors(order: int, size: int) -> list[Direction]:
@@ -83,9 +83,17 @@ def solve_exact(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fract
     return [rows[i][n] / rows[i][i] for i in range(n)]
 
 
-@cache
+_COMBINATIONS: dict[Direction, tuple[tuple[Direction, Fraction], ...]] = {}
+
+
 def local_combination(counts: Direction) -> tuple[tuple[Direction, Fraction], ...]:
     """The combination for the partial with these (positive) counts, on its support's coordinates."""
+    if counts not in _COMBINATIONS:
+        _COMBINATIONS[counts] = _solve_combination(counts)
+    return _COMBINATIONS[counts]
+
+
+def _solve_combination(counts: Direction) -> tuple[tuple[Direction, Fraction], ...]:
     exponents = count_vectors(sum(counts), len(counts))
     directions = [primitive(a) for a in exponents]
     # sum_r w_r c_k(v_r) = d^b u  <=>  sum_r w_r v_r^a / a! = [a == b] for every exponent a
@@ -102,11 +110,26 @@ def combination(index: MultiIndex, d: int) -> dict[Direction, Fraction]:
     return {embed(v): w for v, w in terms}
 
 
-@lru_cache(maxsize=256)
-def interpolate(partials: frozenset[MultiIndex], d: int, base: tuple[Direction, ...] = ()) -> Interpolation:
-    """Directions (starting with ``base``) and recipes for every partial of order >= 1 in ``partials``."""
-    directions = list(base)
-    position = {v: i for i, v in enumerate(directions)}
+_PLANS: dict[tuple[frozenset[MultiIndex], int], Interpolation] = {}
+
+
+def interpolate(partials: frozenset[MultiIndex], d: int) -> Interpolation:
+    """Directions and recipes for every partial of order >= 1 in ``partials``, solved once per request.
+
+    Plans are memoised in plain dicts rather than ``functools`` caches, through
+    which torch.compile would trace with a warning on every compiled operator.
+    """
+    key = (partials, d)
+    if key not in _PLANS:
+        if len(_PLANS) >= 256:  # requests are few in practice; the bound keeps a long-running process small
+            _PLANS.clear()
+        _PLANS[key] = _interpolate(partials, d)
+    return _PLANS[key]
+
+
+def _interpolate(partials: frozenset[MultiIndex], d: int) -> Interpolation:
+    directions: list[Direction] = []
+    position: dict[Direction, int] = {}
     recipes = {}
     for index in sorted(partials, key=lambda i: (len(i), i)):
         if not index:

@@ -121,21 +121,21 @@ class _CollapsedSecondOrder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, derivatives: Derivatives, x0, x1, x2):
         f0, f1, f2, f3 = derivatives(x0)
-        squares = _direction_sum(x1, x1)  # (N, *f)
-        y2 = (0.5 * f2) * squares
+        half_squares = _direction_sum(x1, x1, scale=0.5)  # (N, *f)
+        y2 = f2 * half_squares
         if x2 is not None:
-            y2 = torch.addcmul(y2, f1, x2)
+            y2.addcmul_(f1, x2)
         ctx.derivatives = derivatives
-        ctx.save_for_backward(x0, x1, x2, f1, f2, f3, squares)
+        ctx.save_for_backward(x0, x1, x2, f1, f2, f3, half_squares)
         ctx.set_materialize_grads(False)  # an unused y1 (the last layer's, for a Laplacian) costs nothing
         return f0, x1 * f1, y2
 
     @staticmethod
     def backward(ctx, g0, g1, g2):
-        x0, x1, x2, f1, f2, f3, squares = ctx.saved_tensors
+        x0, x1, x2, f1, f2, f3, half_squares = ctx.saved_tensors
         if torch.is_grad_enabled():  # a differentiable backward: what was saved, recomputed from the inputs
             _, f1, f2, f3 = ctx.derivatives(x0)
-            squares = _direction_sum(x1, x1)
+            half_squares = _direction_sum(x1, x1, scale=0.5)
         # Each result is a fresh tensor, so the sums accumulate in place, differentiably too.
         grad_x0 = None if g0 is None else g0 * f1
         grad_x1 = grad_x2 = None
@@ -146,9 +146,9 @@ class _CollapsedSecondOrder(torch.autograd.Function):
         if g2 is not None:
             top = g2 * f2
             grad_x1 = x1 * top if grad_x1 is None else grad_x1.addcmul_(x1, top)
-            z2 = (0.5 * f3) * squares  # the collapsed top of the series of f'(x): d y2 / d x0
+            z2 = f3 * half_squares  # the collapsed top of the series of f'(x): d y2 / d x0
             if x2 is not None:
-                z2 = z2.addcmul_(f2, x2)
+                z2.addcmul_(f2, x2)
                 grad_x2 = g2 * f1
             grad_x0 = g2 * z2 if grad_x0 is None else grad_x0.addcmul_(g2, z2)
         return None, grad_x0, grad_x1, grad_x2
@@ -157,8 +157,8 @@ class _CollapsedSecondOrder(torch.autograd.Function):
 _CACHED_ELEMENTS = 2**16  # (R, N, *f) elements below which one product and sum beat R slices
 
 
-def _direction_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum_r a_r b_r: (N, *f)`` of two ``(R, N, *f)`` tensors, a slice at a time.
+def _direction_sum(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * sum_r a_r b_r: (N, *f)`` of two ``(R, N, *f)`` tensors, a slice at a time.
 
     Slice by slice, the running sum stays in cache and no ``(R, N, *f)``
     product is allocated; directions repeated over the batch (the first
@@ -168,14 +168,15 @@ def _direction_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     instead of 101 us at N = 32; at N = 256 the slices win, 289 against 412 us).
     """
     if a.dim() > 1 and a.shape[1] > 1 and a.stride(1) == 0 and b.stride(1) == 0:
-        return _direction_sum(a.narrow(1, 0, 1), b.narrow(1, 0, 1)).expand(a.shape[1:])
+        return _direction_sum(a.narrow(1, 0, 1), b.narrow(1, 0, 1), scale).expand(a.shape[1:])
     if a.numel() <= _CACHED_ELEMENTS:
-        return (a * b).sum(0)
+        total = (a * b).sum(0)
+        return total if scale == 1 else total.mul_(scale)
     pairs = zip(a.unbind(0), b.unbind(0))
     first, second = next(pairs)
-    total = first * second
+    total = torch.addcmul(_scalar(0.0, first), first, second, value=scale)
     for a_r, b_r in pairs:
-        total.addcmul_(a_r, b_r)
+        total.addcmul_(a_r, b_r, value=scale)
     return total
 
 
@@ -234,12 +235,18 @@ def tanh(func: Callable, x: Jet) -> Jet:
 
 
 def _tanh_derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+    # Written in f' = 1 - t^2, one fused kernel each, since these run on every layer of every step.
     t = torch.tanh(x0)
     yield t
-    f1 = 1 - t * t
+    f1 = torch.addcmul(_scalar(1.0, t), t, t, value=-1)
     yield f1
-    yield -2 * t * f1
-    yield (6 * t * t - 2) * f1
+    yield torch.addcmul(_scalar(0.0, t), t, f1, value=-2)  # -2 t f'
+    yield torch.addcmul(4 * f1, f1, f1, value=-6)  # (6 t^2 - 2) f' = (4 - 6 f') f'
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor, the broadcast first operand of a fused ``addcmul``."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)
 
 
 def _tanh_series(x: Jet) -> tuple[list, list]:
@@ -257,10 +264,12 @@ def _sigmoid_derivatives(x0: torch.Tensor, beta: float = 1.0) -> Iterator[torch.
     """``sigmoid(beta x)`` and its derivatives."""
     s = torch.sigmoid(x0 * beta if beta != 1 else x0)
     yield s
-    f1 = s * (1 - s)
-    yield beta * f1
-    yield beta**2 * f1 * (1 - 2 * s)
-    yield beta**3 * f1 * (1 - 6 * s * (1 - s))
+    f1 = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
+    yield beta * f1 if beta != 1 else f1
+    f2 = torch.addcmul(f1, f1, s, value=-2)  # f1 (1 - 2 s)
+    yield beta**2 * f2 if beta != 1 else f2
+    f3 = torch.addcmul(f1, f1, f1, value=-6)  # f1 (1 - 6 f1)
+    yield beta**3 * f3 if beta != 1 else f3
 
 
 def _sigmoid_series(x: Jet) -> tuple[list, list]:

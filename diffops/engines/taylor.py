@@ -100,12 +100,14 @@ def requested_partials(request: Request, d: int) -> set[MultiIndex]:
 
 
 def laplacian(fn: BatchedFn, x: torch.Tensor, first: set[MultiIndex]) -> tuple[torch.Tensor, dict]:
-    """The Laplacian from one collapsed order-2 pass, plus the value and the ``first`` partials."""
-    d = x.shape[1]
-    units = tuple(tuple(int(i == j) for j in range(d)) for i in range(d))
-    interpolation = interpolate(frozenset(first), d, units)
-    coefficients = propagate(fn, x, along(units, x), order=2, collapse=True)
-    results = read_partials(coefficients, interpolation)
+    """The Laplacian from one collapsed order-2 pass, plus the value and the ``first`` partials.
+
+    Along the unit vectors, ``c_1`` of direction i is the partial in x_i, so the
+    first partials are read off directly.
+    """
+    units = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)[:, None, :].expand(x.shape[1], *x.shape)
+    coefficients = propagate(fn, x, units, order=2, collapse=True)
+    results = {index: coefficients[1][index[0]] for index in first}
     results[()] = coefficients[0]
     return 2 * coefficients[2], results
 

@@ -334,30 +334,38 @@ def test_float32_and_the_input_gradient():
     torch.testing.assert_close(g_actual, g_expected, rtol=1e-4, atol=1e-5)
 
 
-def compile_and_compare(backend: str) -> None:
-    """A compiled Laplacian loss step gives the eager loss and parameter gradients."""
+COMPILED_OPERATORS = {
+    "laplacian": lambda u: do.Laplacian(u, method="taylor"),
+    "mixed": lambda u: do.Derivative(u, wrt=(0, 0, 1), method="taylor"),
+    "fourth": lambda u: do.Derivative(u, wrt=0, order=4, method="taylor"),
+}
+
+
+def compile_and_compare(backend: str, operator: str = "laplacian") -> None:
+    """A compiled loss step is one graph, without warnings, and gives the eager loss and parameter gradients."""
     torch._dynamo.reset()
     u = mlp(2, width=8, depth=1)
-    lap = do.Laplacian(u, method="taylor")
+    op = COMPILED_OPERATORS[operator](u)
     x = torch.randn(16, 2, dtype=torch.float64)
 
     def loss_step(x: torch.Tensor) -> torch.Tensor:
-        return (lap(x) - 1.0).square().mean()
+        return (op(x) - 1.0).square().mean()
 
     def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.autograd.grad(loss, list(u.parameters()), allow_unused=True, materialize_grads=True))
 
     eager = loss_step(x)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dynamo notes that it traces through the plan cache
-        compiled = torch.compile(loss_step, backend=backend)(x)
+        warnings.simplefilter("error")
+        compiled = torch.compile(loss_step, backend=backend, fullgraph=True)(x)
     assert_close(compiled, eager)
     for a, e in zip(gradients(compiled), gradients(eager)):
         assert_close(a, e)
 
 
-def test_torch_compile_traces_a_laplacian_loss_step():
-    compile_and_compare("aot_eager")  # dynamo and AOT autograd, without code generation
+@pytest.mark.parametrize("operator", COMPILED_OPERATORS)
+def test_torch_compile_traces_a_loss_step_in_one_graph(operator):
+    compile_and_compare("aot_eager", operator)  # dynamo and AOT autograd, without code generation
 
 
 @pytest.mark.slow
