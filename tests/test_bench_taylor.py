@@ -28,6 +28,8 @@ def test_quick_mode_prints_every_table():
 def test_tables_can_be_chosen():
     out = run("--no-memory", "--no-folx", "--tables", "mixed")
     assert "Mixed partials, MLP" in out and "Laplacian, MLP" not in out
+    out = run("--no-memory", "--no-folx", "--tables", "compile")
+    assert "torch.compile of the Taylor Laplacian step" in out and "Mixed partials, MLP" not in out
 
 
 def test_a_memory_probe_reports_bytes():
