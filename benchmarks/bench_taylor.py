@@ -192,9 +192,14 @@ def compile_table(args: argparse.Namespace, sizes: Sizes) -> list[dict]:
         net, _, x = build("laplacian", str(d), sizes, args.device)
         op = do.Laplacian(net, method="taylor")
         steps = {"eager": training_step(net, op, x), "compiled": training_step(net, op, x, compile=True)}
-        rounds = time_rounds(steps, sizes.repeats, args.device)
-        rows.append({"case": str(d), "time": _medians(rounds), "rounds": rounds, "memory": {}})
+        rows.append(timed_row(str(d), steps, sizes.repeats, args.device))
     return rows
+
+
+def timed_row(case: str, steps: dict[str, Step], repeats: int, device: str) -> dict:
+    """One table row: the rounds of :func:`time_rounds`, their medians, and room for memory."""
+    rounds = time_rounds(steps, repeats, device)
+    return {"case": case, "time": _medians(rounds), "rounds": rounds, "memory": {}}
 
 
 def time_rounds(steps: dict[str, Step], repeats: int, device: str, block: int = 3) -> dict[str, list[float]]:
@@ -365,8 +370,7 @@ def run_table(args, table: str, cases: list[str], memory_methods: tuple[str, ...
         net, steps, x = build(table, case, sizes, args.device)
         if table == "laplacian" and args.device == "cpu" and args.folx and (folx := folx_step(net, x)) is not None:
             steps["folx"] = folx
-        rounds = time_rounds(steps, sizes.repeats, args.device)
-        row = {"case": case, "time": _medians(rounds), "rounds": rounds, "memory": {}}
+        row = timed_row(case, steps, sizes.repeats, args.device)
         for method in memory_methods if args.memory else ():
             if method in steps:
                 row["memory"][method] = memory_in_subprocess(args, table, case, method)

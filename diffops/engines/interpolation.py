@@ -18,9 +18,11 @@ The combinations are solved once per request, exactly in rationals.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import reduce
+from functools import reduce, wraps
+from typing import Any
 
 from .base import MultiIndex
 
@@ -83,17 +85,28 @@ def solve_exact(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fract
     return [rows[i][n] / rows[i][i] for i in range(n)]
 
 
-_COMBINATIONS: dict[Direction, tuple[tuple[Direction, Fraction], ...]] = {}
+def memoised(function: Callable) -> Callable:
+    """``function`` with its results kept in a plain dict (at most 256, then cleared).
+
+    Not ``functools.lru_cache``: torch.compile traces through that wrapper with a
+    warning on every compiled operator, where it reads a dict as it is.
+    """
+    results: dict = {}
+
+    @wraps(function)
+    def lookup(*key: Any) -> Any:
+        if key not in results:
+            if len(results) >= 256:  # requests are few in practice; the bound keeps a long-running process small
+                results.clear()
+            results[key] = function(*key)
+        return results[key]
+
+    return lookup
 
 
+@memoised
 def local_combination(counts: Direction) -> tuple[tuple[Direction, Fraction], ...]:
     """The combination for the partial with these (positive) counts, on its support's coordinates."""
-    if counts not in _COMBINATIONS:
-        _COMBINATIONS[counts] = _solve_combination(counts)
-    return _COMBINATIONS[counts]
-
-
-def _solve_combination(counts: Direction) -> tuple[tuple[Direction, Fraction], ...]:
     exponents = count_vectors(sum(counts), len(counts))
     directions = [primitive(a) for a in exponents]
     # sum_r w_r c_k(v_r) = d^b u  <=>  sum_r w_r v_r^a / a! = [a == b] for every exponent a
@@ -110,24 +123,9 @@ def combination(index: MultiIndex, d: int) -> dict[Direction, Fraction]:
     return {embed(v): w for v, w in terms}
 
 
-_PLANS: dict[tuple[frozenset[MultiIndex], int], Interpolation] = {}
-
-
+@memoised
 def interpolate(partials: frozenset[MultiIndex], d: int) -> Interpolation:
-    """Directions and recipes for every partial of order >= 1 in ``partials``, solved once per request.
-
-    Plans are memoised in plain dicts rather than ``functools`` caches, through
-    which torch.compile would trace with a warning on every compiled operator.
-    """
-    key = (partials, d)
-    if key not in _PLANS:
-        if len(_PLANS) >= 256:  # requests are few in practice; the bound keeps a long-running process small
-            _PLANS.clear()
-        _PLANS[key] = _interpolate(partials, d)
-    return _PLANS[key]
-
-
-def _interpolate(partials: frozenset[MultiIndex], d: int) -> Interpolation:
+    """Directions and recipes for every partial of order >= 1 in ``partials``, solved once per request."""
     directions: list[Direction] = []
     position: dict[Direction, int] = {}
     recipes = {}

@@ -262,14 +262,13 @@ def sigmoid(func: Callable, x: Jet) -> Jet:
 
 def _sigmoid_derivatives(x0: torch.Tensor, beta: float = 1.0) -> Iterator[torch.Tensor]:
     """``sigmoid(beta x)`` and its derivatives."""
+    scaled = lambda f, k: f if beta == 1 else beta**k * f  # noqa: E731 - the chain rule's factor beta^k
     s = torch.sigmoid(x0 * beta if beta != 1 else x0)
     yield s
     f1 = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
-    yield beta * f1 if beta != 1 else f1
-    f2 = torch.addcmul(f1, f1, s, value=-2)  # f1 (1 - 2 s)
-    yield beta**2 * f2 if beta != 1 else f2
-    f3 = torch.addcmul(f1, f1, f1, value=-6)  # f1 (1 - 6 f1)
-    yield beta**3 * f3 if beta != 1 else f3
+    yield scaled(f1, 1)
+    yield scaled(torch.addcmul(f1, f1, s, value=-2), 2)  # f1 (1 - 2 s)
+    yield scaled(torch.addcmul(f1, f1, f1, value=-6), 3)  # f1 (1 - 6 f1)
 
 
 def _sigmoid_series(x: Jet) -> tuple[list, list]:
