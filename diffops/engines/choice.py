@@ -25,15 +25,14 @@ Hessian d=4 32.2 / 17.0 / 22.3; Hessian d=16 438 / 62.4 / 59.2 (a tie between th
 Laplacian d=16 with 3 outputs 21.0 / 203 / 103.
 4 x 64, batch 1024, d = 1, d^k u/dx^k for k = 1..6: taylor 4.5, 8.2, 9.2, 10.8,
 16.0, 18.4; autograd 3.8, 8.6, 20.5, 65.9, 219, 591.  Since the Taylor engine's
-backward runs through the series of f' (``jet_functions``), its cost grows more
+backward runs through the series of f' (``taylor.rules.elementwise``), its cost grows more
 slowly in K than the model says; the model still ranks it first wherever it is.
 """
 
 from __future__ import annotations
 
 from .base import Request
-from .interpolation import interpolate
-from .taylor import requested_partials
+from .taylor import interpolate, requested_partials
 
 
 def taylor_cost(request: Request, d: int) -> float:

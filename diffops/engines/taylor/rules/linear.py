@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .jet import Jet, jets_in, map_coefficients, rule, unsupported
+from ..jet import Jet, jets_in, map_coefficients, rule, unsupported
 
 T = torch.Tensor
 

@@ -24,7 +24,7 @@ from fractions import Fraction
 from functools import reduce, wraps
 from typing import Any
 
-from .base import MultiIndex
+from ..base import MultiIndex
 
 Direction = tuple[int, ...]  # an integer vector with one entry per coordinate
 

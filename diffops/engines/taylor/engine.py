@@ -1,6 +1,6 @@
 """The fast engine: ``method="taylor"``, forward propagation of truncated Taylor series.
 
-One forward pass of the network on a :class:`~diffops.engines.jet.Jet` gives
+One forward pass of the network on a :class:`~diffops.engines.taylor.jet.Jet` gives
 the Taylor coefficients of ``t -> u(x + t v)`` along R directions at once, at
 O(K^2) elementwise work per layer for order K, instead of the 2^K passes of
 nested differentiation.  What each request reads off the jets:
@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from . import jet_functions, jet_linear, jet_products  # noqa: F401 - register the jet rules
-from .base import BatchedFn, EngineUnsupported, MultiIndex, Request
+from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request
+from . import rules  # noqa: F401 - register the jet rules
 from .interpolation import Direction, Interpolation, interpolate
 from .jet import Jet
 

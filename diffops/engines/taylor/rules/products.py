@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
-from .jet import Jet, map_coefficients, rule, unsupported
-from .jet_linear import align
+from ..jet import Jet, map_coefficients, rule, unsupported
+from .linear import align
 
 T = torch.Tensor
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
-from .jet import Jet, rule, unsupported
-from .jet_products import accumulate, convolution, reciprocal, series_product
+from ..jet import Jet, rule, unsupported
+from .products import accumulate, convolution, reciprocal, series_product
 
 T = torch.Tensor
 Slope = Callable[[int, list], torch.Tensor]

@@ -20,7 +20,7 @@ sum with weights ``w_r > 0`` is the plain sum along the directions
 Jets enter the network through ``__torch_function__``: ``nn.Linear`` calls
 ``F.linear``, ``nn.Tanh`` calls ``torch.tanh``, a residual calls ``__add__``;
 each call is routed to the rule registered for it in ``RULES`` (see the
-``jet_*`` modules).  Any other torch function on a jet raises
+modules of ``diffops.engines.taylor.rules``).  Any other torch function on a jet raises
 :class:`~diffops.engines.base.EngineUnsupported` naming it.
 """
 
@@ -33,7 +33,7 @@ import torch
 from torch.overrides import resolve_name
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .base import EngineUnsupported
+from ..base import EngineUnsupported
 
 RULES: dict[Callable, Callable] = {}
 
