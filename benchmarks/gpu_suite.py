@@ -13,10 +13,11 @@ skipped, and the summary says so):
 2. ``cuda-tests``: every test marked ``cuda`` (``tests/test_cuda.py``: every
    operator and engine in float32 and float64, estimators, DDP), compilation aside;
 3. ``bench``: ``bench_gpu.py --device cuda``, the Laplacian, jet-configuration
-   and k-th derivative tables;
-4. ``cuda-compile-tests``: the ``torch.compile`` tests on the device;
-5. ``bench-compile``: ``bench_gpu.py --tables compile``;
-6. ``test-suite``: the rest of the test suite, split over parallel pytest processes;
+   and k-th derivative tables, alone on the machine;
+4. ``test-suite``: the rest of the test suite, split over parallel pytest
+   processes, in the background of
+5. ``cuda-compile-tests``: the ``torch.compile`` tests on the device;
+6. ``bench-compile``: ``bench_gpu.py --tables compile``, alone again;
 7. ``bench-estimators`` and ``gauss-newton``: the other benchmarks with ``--device cuda``.
 
 Every log, table (Markdown and JSON) and JUnit report lands in ``OUT``
@@ -62,6 +63,8 @@ class Step:
     env: dict[str, str] = field(default_factory=dict)
     parallel: list[list[str]] | None = None  # several commands at once (the test-suite shards)
     junit: list[str] = field(default_factory=list)  # report files, for the counts in the summary
+    quiet: bool = False  # timed: waits for the steps running in the background, runs alone
+    background: bool = False  # the next steps start while it runs (until one needs quiet)
 
 
 # -- the environment ------------------------------------------------------------------------
@@ -168,26 +171,43 @@ def steps(python: str, out: Path, args: argparse.Namespace) -> list[Step]:
         Step("cuda-tests", [*pytest, *cuda_selection, "--junitxml", str(out / "cuda-tests.xml")], 150, ("pytest",),
              rehearsal, junit=["cuda-tests.xml"]),
         Step("bench", [*bench, "--tables", "laplacian", "jet", "order", "--json", str(out / "bench_gpu.json"),
-                       "--budget", str(30 if dry else 150)], 200),
+                       "--budget", str(30 if dry else 140)], 180, quiet=True),
+        # the rest of the suite shares the machine with the compile tests, whose times do not matter
+        Step("test-suite", [], 240, ("pytest",), {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs))},
+             parallel=[[*suite, *group, "--junitxml", str(out / f"test-suite-{i}.xml")] for i, group in
+                       enumerate(groups)], junit=[f"test-suite-{i}.xml" for i in range(len(groups))], background=True),
         Step("cuda-compile-tests", [*pytest, *compile_selection, "--junitxml",
                                     str(out / "cuda-compile-tests.xml")], 150, ("pytest",), rehearsal,
              junit=["cuda-compile-tests.xml"]),
         Step("bench-compile", [*bench, "--tables", "compile", "--json", str(out / "bench_gpu_compile.json"),
-                               "--budget", str(30 if dry else 120)] + ["--compile-backend", "eager"] * dry, 200),
-        Step("test-suite", [], 240, ("pytest",), {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs))},
-             parallel=[[*suite, *group, "--junitxml", str(out / f"test-suite-{i}.xml")] for i, group in
-                       enumerate(groups)], junit=[f"test-suite-{i}.xml" for i in range(len(groups))]),
+                               "--budget", str(30 if dry else 110)] + ["--compile-backend", "eager"] * dry, 150,
+             quiet=True),
         Step("bench-estimators", [python, "benchmarks/bench_estimators.py", *examples,
-                                  *(["--quick"] * dry)], 60),
-        Step("gauss-newton", [python, "benchmarks/gauss_newton_poisson.py", *examples, *(["--quick"] * dry)], 60),
+                                  *(["--quick"] * dry)], 60, quiet=True),
+        Step("gauss-newton", [python, "benchmarks/gauss_newton_poisson.py", *examples, *(["--quick"] * dry)], 60,
+             quiet=True),
     ]  # fmt: skip
 
 
 # -- running --------------------------------------------------------------------------------
 
 
-def run_step(step: Step, out: Path, seconds: float, info: dict) -> dict:
-    """Run ``step`` for at most ``seconds``; its output goes to ``OUT/<name>.log`` (one per shard)."""
+@dataclass
+class Running:
+    """A step's processes while they run."""
+
+    step: Step
+    processes: list[subprocess.Popen]
+    logs: list[Path]
+    deadline: float  # time.perf_counter() by which it is stopped
+    start: float = field(default_factory=time.perf_counter)
+
+
+def start_step(step: Step, out: Path, seconds: float, info: dict) -> Running | dict:
+    """Start ``step``, to be stopped after ``seconds``; output goes to ``OUT/<name>.log`` (one per shard).
+
+    Returns the skip record instead when a package the step needs is missing.
+    """
     missing = [m for m in step.needs if m in info.get("missing", [])]
     if missing:
         return {"status": "skipped", "why": f"{', '.join(missing)} not importable"}
@@ -195,41 +215,50 @@ def run_step(step: Step, out: Path, seconds: float, info: dict) -> dict:
     env.setdefault("MPLBACKEND", "Agg")
     commands = step.parallel or [step.command]
     logs = [out / (f"{step.name}-{i}.log" if step.parallel else f"{step.name}.log") for i in range(len(commands))]
-    start = time.perf_counter()
-    processes, handles = [], []
+    processes = []
     for command, log in zip(commands, logs):
-        handle = log.open("w")
-        handles.append(handle)
-        handle.write(f"$ {' '.join(command)}\n")
-        handle.flush()
-        # a session of its own, so that a timeout ends the step's children (pytest's, spawn's) with it
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        processes.append(process)
+        with log.open("w") as handle:
+            handle.write(f"$ {' '.join(command)}\n")
+            handle.flush()
+            # a session of its own, so that a timeout ends the step's children (pytest's, spawn's) with it
+            processes.append(
+                subprocess.Popen(
+                    command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
+    return Running(step, processes, logs, time.perf_counter() + seconds)
+
+
+def finish_step(running: Running | dict, out: Path) -> dict:
+    """Wait for a started step until its deadline, stop it there; its record for the summary."""
+    if isinstance(running, dict):
+        return running
     codes, timed_out = [], False
-    for process in processes:
+    for process in running.processes:
         try:
-            codes.append(process.wait(timeout=max(1.0, seconds - (time.perf_counter() - start))))
+            codes.append(process.wait(timeout=max(0.1, running.deadline - time.perf_counter())))
         except subprocess.TimeoutExpired:
             timed_out = True
             os.killpg(process.pid, 9)
             codes.append(process.wait())
-    for handle in handles:
-        handle.close()
     record = {
         "status": "timeout" if timed_out else "passed" if all(c == 0 for c in codes) else "failed",
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(time.perf_counter() - running.start, 1),
         "returncodes": codes,
-        "logs": [log.name for log in logs],
+        "logs": [log.name for log in running.logs],
     }
-    counts = junit_counts([out / name for name in step.junit])
+    counts = junit_counts([out / name for name in running.step.junit])
     if counts:
         record["tests"] = counts
-    collected = [re.search(r"(\d+)(?:/\d+)? tests? collected", log.read_text()) for log in logs]
+    collected = [re.search(r"(\d+)(?:/\d+)? tests? collected", log.read_text()) for log in running.logs]
     if any(collected):  # a collection-only run: how many tests it found
         record["collected"] = sum(int(match.group(1)) for match in collected if match)
     return record
+
+
+def run_step(step: Step, out: Path, seconds: float, info: dict) -> dict:
+    """Run ``step`` for at most ``seconds``: :func:`start_step`, then :func:`finish_step`."""
+    return finish_step(start_step(step, out, seconds, info), out)
 
 
 def junit_counts(paths: list[Path]) -> dict[str, int]:
@@ -290,17 +319,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python={python} torch={info.get('torch')} cuda={info.get('cuda')} devices={info.get('devices')}")
     results: dict[str, dict] = {"environment": {"status": "passed", "seconds": round(time.perf_counter() - start, 1),
                                                 "logs": ["environment.json"]}}  # fmt: skip
+    background: list[Running] = []
+
+    def wait_for_background() -> None:
+        while background:
+            running = background.pop(0)
+            results[running.step.name] = finish_step(running, out)
+            print(f"{running.step.name}: {results[running.step.name]['status']}", flush=True)
+
     for step in steps(python, out, args):
         if (args.only and step.name not in args.only) or step.name in args.skip:
             continue
+        if step.quiet:  # its timings need the machine to itself
+            wait_for_background()
         left = args.budget - (time.perf_counter() - start)
         if left < 20:
             results[step.name] = {"status": "skipped", "why": f"past the budget of {args.budget:.0f} s"}
         else:
             print(f"{step.name}: up to {min(step.timeout, left):.0f} s ...", flush=True)
-            results[step.name] = run_step(step, out, min(step.timeout, left), info)
+            running = start_step(step, out, min(step.timeout, left), info)
+            if step.background and isinstance(running, Running):
+                background.append(running)
+                results[step.name] = {"status": "running"}  # keeps its place in the summary
+                continue
+            results[step.name] = finish_step(running, out)
         print(f"{step.name}: {results[step.name]['status']}", flush=True)
         (out / "summary.json").write_text(json.dumps({"environment": info, "setup": setup, "steps": results}, indent=1))
+    wait_for_background()
+    (out / "summary.json").write_text(json.dumps({"environment": info, "setup": setup, "steps": results}, indent=1))
     (out / "summary.md").write_text(summary(out, info, setup, results, args.budget))
     print(f"summary: {out / 'summary.md'}")
     return 0 if all(r["status"] in ("passed", "skipped") for r in results.values()) else 1

@@ -62,7 +62,9 @@ def test_every_step_writes_under_the_output_folder_and_the_cuda_tests_come_first
         for command in step.parallel or [step.command]:
             written = [arg for flag, arg in zip(command, command[1:]) if flag in ("--json", "--junitxml")]
             assert all(Path(path).parent == tmp_path for path in written)
-    assert len(steps[4].parallel) == 4
+    suite = next(step for step in steps if step.name == "test-suite")
+    assert len(suite.parallel) == 4 and suite.background
+    assert all(step.quiet for step in steps if step.name.startswith("bench"))
 
 
 def test_shards_hold_every_test_file_once():
