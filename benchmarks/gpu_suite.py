@@ -42,6 +42,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -201,6 +202,15 @@ class Running:
     logs: list[Path]
     deadline: float  # time.perf_counter() by which it is stopped
     start: float = field(default_factory=time.perf_counter)
+    end: float | None = None  # when the last process exited, noted by a watcher thread
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        for process in self.processes:
+            process.wait()
+        self.end = time.perf_counter()
 
 
 def start_step(step: Step, out: Path, seconds: float, info: dict) -> Running | dict:
@@ -243,7 +253,7 @@ def finish_step(running: Running | dict, out: Path) -> dict:
             codes.append(process.wait())
     record = {
         "status": "timeout" if timed_out else "passed" if all(c == 0 for c in codes) else "failed",
-        "seconds": round(time.perf_counter() - running.start, 1),
+        "seconds": round((running.end or time.perf_counter()) - running.start, 1),
         "returncodes": codes,
         "logs": [log.name for log in running.logs],
     }
