@@ -192,10 +192,9 @@ def measure(case: Case, repeats: int, device: str, memory: bool = True, backend:
     ``backend``: the ``torch.compile`` backend of the ``+compile`` methods.
     """
     steps, compile_seconds = {}, {}
+    torch._dynamo.reset()  # fresh, static-shape graphs for each case, as a training run compiles them
     for name, derivative in case.methods.items():
         compiled = name.endswith("+compile")
-        if compiled:
-            torch._dynamo.reset()  # a fresh, static-shape graph per case, as a training run compiles it
         steps[name] = training_step(case.net, derivative, case.x, compile=compiled and backend)
         if compiled:
             compile_seconds[name] = _seconds(steps[name], device)
