@@ -64,6 +64,7 @@ def test_every_step_writes_under_the_output_folder_and_the_cuda_tests_come_first
             assert all(Path(path).parent == tmp_path for path in written)
     suite = next(step for step in steps if step.name == "test-suite")
     assert len(suite.parallel) == 4 and suite.background
+    assert not any("test_gpu_suite.py" in arg for command in suite.parallel for arg in command)
     assert all(step.quiet for step in steps if step.name.startswith("bench"))
 
 
