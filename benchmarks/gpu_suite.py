@@ -24,9 +24,10 @@ Every log, table (Markdown and JSON) and JUnit report lands in ``OUT``
 (default ``$OUT``, else ``outputs/gpu_suite``), with ``summary.md`` and
 ``summary.json`` last.  The suite uses the Python it runs on when its torch
 sees a GPU; it never downloads anything unless ``--allow-download`` is given.
-Test packages it lacks (pytest, hypothesis) are installed, into a virtual
-environment over that Python's packages, from ``--wheelhouse`` (a folder of
-wheels) when one exists; without them the steps that need them are skipped.
+Test packages it lacks (pytest, hypothesis) are installed into
+``outputs/gpu-site``, on the steps' ``PYTHONPATH``, from ``--wheelhouse`` (a
+folder of wheels) when one exists; without them the steps that need them are
+skipped.
 
 ``--dry-run`` rehearses every step on the CPU with tiny sizes: the CUDA tests
 run on the CPU (``DIFFOPS_CUDA_TESTS_DEVICE=cpu``, a subset), the benchmarks
@@ -51,6 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TEST_PACKAGES = ("pytest", "hypothesis")  # what the suite's own steps import; the examples' tests skip without theirs
 OPTIONAL_PACKAGES = ("pytorch_lightning", "matplotlib", "jsonargparse", "numpy", "scipy")
+SITE = ROOT / "outputs" / "gpu-site"  # test packages installed for the suite, when the machine lacks them
 
 
 @dataclass
@@ -87,26 +89,27 @@ print(json.dumps(info))
 """
 
 
-def probe(python: str) -> dict:
-    """What ``python`` offers: torch and CUDA, the GPUs, the missing packages, a C compiler."""
+def probe(python: str, site: Path | None = None) -> dict:
+    """What ``python`` offers (with ``site`` on its path): torch and CUDA, the GPUs, missing packages, a C compiler."""
     script = PROBE % ((*TEST_PACKAGES, *OPTIONAL_PACKAGES),)
-    result = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site or ""), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=120, check=False, env=env)
     if result.returncode != 0:
         return {"python": python, "error": result.stderr.strip()[-2000:]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), **({"site": str(site)} if site else {})}
 
 
-def prepare(python: str, out: Path, args: argparse.Namespace) -> tuple[str, dict, list[str]]:
-    """The Python to run the steps with, its probe, and a log of what was set up.
+def prepare(python: str, out: Path, args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The probe of the Python that runs the steps, after installing what it lacks; and a log of that.
 
-    The Python running the suite is used as it is when it has torch (with CUDA
-    unless this is a dry run) and the test packages.  Missing test packages are
-    installed into ``outputs/gpu-venv``, a virtual environment that sees the
-    same site-packages (so the same torch), from the wheelhouse, or from the
+    That Python is used as it is when it has torch (with CUDA unless this is a
+    dry run).  Missing test packages are installed into ``outputs/gpu-site``,
+    which the steps find on their ``PYTHONPATH`` (so they keep the machine's
+    torch, which a constraint file also pins), from the wheelhouse, or from the
     package index only with ``--allow-download``.
     """
     log = []
-    info = probe(python)
+    info = probe(python, SITE if SITE.is_dir() else None)
     if "torch" not in info:
         raise SystemExit(f"{python}: torch does not import ({info.get('torch_error') or info.get('error')})")
     if not args.dry_run and not info.get("cuda"):
@@ -119,18 +122,14 @@ def prepare(python: str, out: Path, args: argparse.Namespace) -> tuple[str, dict
     if not missing or not (wheelhouse.is_dir() or args.allow_download):
         if missing:
             log.append(f"missing {missing}: no wheelhouse at {wheelhouse} and downloads not allowed")
-        return python, info, log
-    venv = ROOT / "outputs" / "gpu-venv"
-    if not (venv / "bin" / "python").exists():
-        subprocess.run([python, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    venv_python = str(venv / "bin" / "python")
+        return info, log
     constraint = out / "torch-constraint.txt"  # never replace the machine's torch
     constraint.write_text(f"torch=={info['torch']}\n")
     source = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse.is_dir() else ["--timeout", "20"]
-    command = [venv_python, "-m", "pip", "install", "--quiet", "-c", str(constraint), *source, *missing]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    log.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}".strip())
-    return venv_python, probe(venv_python), log
+    command = [python, "-m", "pip", "install", "--quiet", "--target", str(SITE), "-c", str(constraint), *source]
+    result = subprocess.run([*command, *missing], capture_output=True, text=True, check=False)
+    log.append(f"$ {' '.join([*command, *missing])}\n{result.stdout}{result.stderr}".strip())
+    return probe(python, SITE), log
 
 
 # -- the steps ------------------------------------------------------------------------------
@@ -222,7 +221,8 @@ def start_step(step: Step, out: Path, seconds: float, info: dict) -> Running | d
     missing = [m for m in step.needs if m in info.get("missing", [])]
     if missing:
         return {"status": "skipped", "why": f"{', '.join(missing)} not importable"}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **step.env}
+    path = [str(ROOT), info.get("site"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), **step.env}
     env.setdefault("MPLBACKEND", "Agg")
     commands = step.parallel or [step.command]
     logs = [out / (f"{step.name}-{i}.log" if step.parallel else f"{step.name}.log") for i in range(len(commands))]
@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    python, info, setup = prepare(sys.executable, out, args)
+    python = sys.executable
+    info, setup = prepare(python, out, args)
     (out / "environment.json").write_text(json.dumps(info, indent=1))
     if not args.dry_run and shutil.which("nvidia-smi"):
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False)

@@ -111,3 +111,41 @@ def test_the_table_shows_times_ratios_and_memory():
     table = bench_gpu.markdown("title", [row])
     assert "| d=2 | 1.00 | 3.00 | 2.90x | 1.5 | 4.0 |" in table
     assert bench_gpu.cpu_model()
+
+
+def test_missing_test_packages_come_from_the_wheelhouse_beside_the_machines_torch(tmp_path, monkeypatch):
+    probes, commands = [], []
+
+    def probe(python, site=None):
+        probes.append(site)
+        missing = ["pytest"] if site is None else []
+        return {"torch": "2.5.1+cu124", "cuda": True, "missing": missing, **({"site": str(site)} if site else {})}
+
+    monkeypatch.setattr(gpu_suite, "probe", probe)
+    monkeypatch.setattr(gpu_suite, "SITE", tmp_path / "site")
+    monkeypatch.setattr(gpu_suite.subprocess, "run", lambda command, **_: commands.append(command) or Namespace(
+        stdout="", stderr=""))  # fmt: skip
+    (tmp_path / "wheels").mkdir()
+    args = Namespace(dry_run=False, wheelhouse=str(tmp_path / "wheels"), allow_download=False)
+    info, log = gpu_suite.prepare("python", tmp_path, args)
+    (command,) = commands
+    assert command[-1] == "pytest" and ["--no-index", "--find-links", str(tmp_path / "wheels")] == command[-4:-1]
+    assert ["--target", str(tmp_path / "site")] == command[5:7]
+    assert (tmp_path / "torch-constraint.txt").read_text() == "torch==2.5.1+cu124\n"
+    assert info["site"] == str(tmp_path / "site") and not info["missing"]
+
+
+def test_without_a_wheelhouse_nothing_is_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        gpu_suite, "probe", lambda python, site=None: {"torch": "2.5", "cuda": True, "missing": ["pytest"]}
+    )
+    monkeypatch.setattr(gpu_suite.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    args = Namespace(dry_run=False, wheelhouse=str(tmp_path / "absent"), allow_download=False)
+    info, log = gpu_suite.prepare("python", tmp_path, args)
+    assert info["missing"] == ["pytest"] and "downloads not allowed" in log[0]
+
+
+def test_a_torch_without_cuda_is_refused_outside_a_dry_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_suite, "probe", lambda python, site=None: {"torch": "2.5", "cuda": False, "missing": []})
+    with pytest.raises(SystemExit, match="sees no CUDA device"):
+        gpu_suite.prepare("python", tmp_path, Namespace(dry_run=False, wheelhouse="", allow_download=False))
