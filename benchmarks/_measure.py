@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
-def tanh_mlp(d: int, width: int, depth: int, outputs: int = 1) -> torch.nn.Module:
-    """``depth`` hidden tanh layers of ``width`` and (by default) a scalar output: the network every benchmark times."""
+def tanh_mlp(d: int, width: int | Sequence[int], depth: int | None = None, outputs: int = 1) -> torch.nn.Module:
+    """Tanh hidden layers and (by default) a scalar output: the network every benchmark times.
+
+    ``width`` is one width repeated ``depth`` times, or the hidden widths in turn
+    (``(768, 768, 512, 512)``, with ``depth`` left out).
+    """
+    widths = [width] * depth if isinstance(width, int) else list(width)
     layers: list[torch.nn.Module] = []
-    for size in [d] + [width] * (depth - 1):
-        layers += [torch.nn.Linear(size, width), torch.nn.Tanh()]
-    return torch.nn.Sequential(*layers, torch.nn.Linear(width, outputs))
+    for size_in, size_out in zip([d, *widths[:-1]], widths):
+        layers += [torch.nn.Linear(size_in, size_out), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], outputs))
 
 
 def synchronize(device: torch.device) -> None:

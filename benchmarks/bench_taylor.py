@@ -126,15 +126,17 @@ def diffops_biharmonic(net: nn.Module) -> do.DifferentialOperator:
 
 
 def training_step(
-    net: nn.Module, derivative: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, compile: bool = False
+    net: nn.Module, derivative: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, compile: bool | str = False
 ) -> Step:
     """One step: the derivative, an MSE loss against a fixed target, gradients to the parameters.
 
-    With ``compile``, ``torch.compile`` compiles the loss (and, through AOT autograd, its backward).
+    With ``compile``, ``torch.compile`` compiles the loss (and, through AOT autograd, its backward);
+    a string names the backend (default ``"inductor"``).
     """
     target = torch.linspace(-1, 1, x.shape[0], device=x.device)[:, None]
     loss = lambda x: ((derivative(x) - target) ** 2).mean()  # noqa: E731
-    loss = torch.compile(loss) if compile else loss
+    if compile:
+        loss = torch.compile(loss, backend=compile if isinstance(compile, str) else "inductor")
 
     def step() -> None:
         for p in net.parameters():
