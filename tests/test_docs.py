@@ -49,7 +49,15 @@ def page_id(path: Path) -> str:
 def test_page_runs(path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     torch.manual_seed(0)
-    namespace: dict = {"__name__": f"docs_{path.stem}"}
+    # a page may change the default dtype, as a reader's session would; the suite must not see it
+    dtype = torch.get_default_dtype()
+    try:
+        run_blocks(path, {"__name__": f"docs_{path.stem}"})
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+def run_blocks(path: Path, namespace: dict) -> None:
     for line, code in python_blocks(path.read_text()):
         if path.name == "README.md":
             for old, new in SHORTER.items():
