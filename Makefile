@@ -37,10 +37,10 @@ $(VENV)/.docs-installed: $(VENV)/.installed
 	touch $@
 
 docs: $(VENV)/.docs-installed
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs-serve: $(VENV)/.docs-installed
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # An sdist and a wheel in dist/, checked as a package index would show them.
 $(VENV)/.release-installed: $(VENV)/.installed
