@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup example test lint benchmarks
+.PHONY: setup example test lint benchmarks docs docs-serve dist
 
 setup: $(VENV)/.installed
 
@@ -30,3 +30,24 @@ benchmarks: setup
 	$(BIN)/python benchmarks/bench_taylor.py --threads 1 --compile
 	$(BIN)/python benchmarks/bench_estimators.py
 	$(BIN)/python benchmarks/auto_rule.py --threads 1
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict turns a broken link or reference into an error.
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# An sdist and a wheel in dist/, checked as a package index would show them.
+$(VENV)/.release-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[release]'
+	touch $@
+
+dist: $(VENV)/.release-installed
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*

@@ -19,7 +19,7 @@ from .operators import (
 )
 from .parameter_jacobian import parameter_jacobian
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Biharmonic",
