@@ -34,7 +34,8 @@ def masked(x: Jet, y0: torch.Tensor, inside: torch.Tensor, slope: float = 1.0) -
 
 
 def quadratic(x: Jet, f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor) -> Jet:
-    """``f(x)`` for an ``f`` that is ``f0 + f1 h + f2 h^2 / 2`` near ``c_0``: ``y_k = f1 x_k + f2/2 sum x_i x_(k-i)``."""
+    """``f(x)`` for an ``f`` that is ``f0 + f1 h + f2 h^2 / 2`` near ``c_0``:
+    ``y_k = f1 x_k + f2/2 sum x_i x_(k-i)``."""
     if x.order <= 2:
         return second_order(x, [f0, f1, f2][: x.order + 1])
     step = x.like([torch.zeros_like(x.primal), *x.coefficients[1:]], x.degree)
@@ -104,7 +105,12 @@ def prelu(func: Callable, x: Jet, weight: torch.Tensor) -> Jet:
 
 @rule(F.rrelu)
 def rrelu(
-    func: Callable, x: Jet, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False, inplace: bool = False
+    func: Callable,
+    x: Jet,
+    lower: float = 1.0 / 8,
+    upper: float = 1.0 / 3,
+    training: bool = False,
+    inplace: bool = False,
 ) -> Jet:
     """In eval mode a leaky ReLU of slope ``(lower + upper) / 2``; in training its slopes are random."""
     _inplace(func, inplace)
