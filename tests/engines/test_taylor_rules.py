@@ -130,6 +130,24 @@ class Transformer(nn.Module):
         return self.out(self.layer(h).reshape(x.shape[0], -1))
 
 
+class Decoder(nn.Module):
+    """A TransformerDecoderLayer: causal self-attention on 4 tokens, cross-attention to 3 memory tokens."""
+
+    def __init__(self, d: int = D, embed: int = 8):
+        super().__init__()
+        self.embed = embed
+        self.target, self.memory = nn.Linear(d, 4 * embed), nn.Linear(d, 3 * embed)
+        self.layer = nn.TransformerDecoderLayer(embed, 2, 16, dropout=0.0, batch_first=True)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(4, dtype=torch.float64))
+        self.out = nn.Linear(4 * embed, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        target = torch.tanh(self.target(x)).reshape(x.shape[0], 4, self.embed)
+        memory = torch.sin(self.memory(x)).reshape(x.shape[0], 3, self.embed)
+        return self.out(self.layer(target, memory, tgt_mask=self.mask).reshape(x.shape[0], -1))
+
+
 class GatedMLP(nn.Module):
     """RMSNorm, a SwiGLU block and a GLU: products of two branches that both depend on x."""
 
@@ -188,6 +206,7 @@ NETWORKS = {
     "transformer-eval": lambda: Transformer().eval(),
     "transformer-train": lambda: Transformer().train(),
     "transformer-norm-first": lambda: Transformer(norm_first=True).eval(),
+    "transformer-decoder": lambda: Decoder().eval(),
     "gated-mlp": GatedMLP,
     "masked-attention": lambda: MaskedAttention().eval(),
     "reductions": Reductions,
