@@ -165,7 +165,8 @@ class GatedMLP(nn.Module):
 
 
 class MaskedAttention(nn.Module):
-    """nn.MultiheadAttention over 3 tokens with a causal boolean mask; its averaged weights are used too."""
+    """nn.MultiheadAttention over 3 tokens with a causal boolean mask and a padding mask (a key of each
+    sample but the first); its averaged weights are used too."""
 
     def __init__(self, d: int = D, tokens: int = 3, embed: int = 4):
         super().__init__()
@@ -178,7 +179,9 @@ class MaskedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.sin(self.inp(x)).reshape(x.shape[0], self.tokens, self.embed)
-        out, weights = self.attention(h, h, h, attn_mask=self.mask)
+        keys = torch.arange(self.tokens, device=x.device)
+        padding = (keys == (torch.arange(x.shape[0], device=x.device) % self.tokens)[:, None]) & (keys > 0)
+        out, weights = self.attention(h, h, h, attn_mask=self.mask, key_padding_mask=padding)
         return self.out(out.reshape(x.shape[0], -1)) + (weights * weights).sum((1, 2))[:, None]
 
 
@@ -197,6 +200,7 @@ class Reductions(nn.Module):
         h = self.group(h) + self.instance(h.reshape(-1, 2, 4)).reshape(h.shape)
         h = F.softmax(self.mid(h), dim=-1) + F.log_softmax(h, dim=-1) * 0.1
         h = F.normalize(h, dim=-1) * torch.linalg.vector_norm(h, dim=-1, keepdim=True) + h.std(-1, keepdim=True)
+        h = h + torch.softmax(h, -1, torch.float64) * h.log_softmax(-1) + torch.var(h, (-1,), False, True)
         return self.out(h) + torch.logsumexp(h, -1, keepdim=True) + h.norm(dim=-1, keepdim=True)
 
 

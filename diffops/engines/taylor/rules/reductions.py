@@ -201,10 +201,15 @@ def _softmax_dim(name: str, x: Jet, dim: int | None) -> int:
     return F._get_softmax_dim(name, x.ndim, 3) if dim is None else dim
 
 
-@rule(F.softmax, torch.softmax, T.softmax)
+@rule(F.softmax)
 def softmax_rule(func: Callable, x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Jet:
     x = x if dtype is None else x.to(dtype)
     return softmax(x, _softmax_dim("softmax", x, dim))
+
+
+@rule(torch.softmax, T.softmax)
+def tensor_softmax(func: Callable, x: Jet, dim: int, dtype: Any = None) -> Jet:
+    return softmax_rule(func, x, dim, dtype=dtype)
 
 
 @rule(F.softmin)
@@ -213,11 +218,16 @@ def softmin(func: Callable, x: Jet, dim: int | None = None, _stacklevel: int = 3
     return softmax(-x, _softmax_dim("softmin", x, dim))
 
 
-@rule(F.log_softmax, torch.log_softmax, T.log_softmax)
+@rule(F.log_softmax)
 def log_softmax(func: Callable, x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Jet:
     x = x if dtype is None else x.to(dtype)
     dim = trailing(_softmax_dim("log_softmax", x, dim), x.ndim)
     return x - logsumexp(x, dim, keepdim=True)
+
+
+@rule(torch.log_softmax, T.log_softmax)
+def tensor_log_softmax(func: Callable, x: Jet, dim: int, dtype: Any = None) -> Jet:
+    return log_softmax(func, x, dim, dtype=dtype)
 
 
 @rule(torch.logsumexp, T.logsumexp)
