@@ -250,6 +250,18 @@ def test_networks_match_the_reference(net, request_name):
     check(u, make(u)(x), reference(reference_net, x, key), reference_net)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("net", ["layernorm-residual", "masked-attention", "reductions", "transformer-decoder"])
+def test_on_cuda(net):
+    """The rules create their constants (masks, shifts, slopes) on the input's device."""
+    u = NETWORKS[net]()
+    x = torch.randn(3, D, dtype=torch.float64)
+    expected = reference(decomposed(u), x, "laplacian")
+    actual = do.Laplacian(u.to("cuda"), method="taylor")(x.cuda())
+    assert actual.device.type == "cuda"
+    assert_close(actual.cpu(), expected)
+
+
 @pytest.mark.parametrize("net", ["layernorm-residual", "reductions", "transformer-eval"])
 def test_the_decomposed_reference_is_the_network(net):
     """The reference computes what the network does, to its second derivatives (where torch's are right)."""

@@ -41,6 +41,12 @@ def _channels(parameter: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
     return None if parameter is None else parameter.reshape(-1, *(1,) * (ndim - 2))
 
 
+def _last(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    """The trailing dimensions a ``normalized_shape`` names, negative."""
+    size = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    return tuple(range(-size, 0))
+
+
 @rule(F.layer_norm)
 def layer_norm(
     func: Callable,
@@ -50,8 +56,7 @@ def layer_norm(
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
 ) -> Jet:
-    dims = tuple(range(-len(normalized_shape), 0))
-    return affine(normalise(x, dims, eps), weight, bias)
+    return affine(normalise(x, _last(normalized_shape), eps), weight, bias)
 
 
 @rule(F.rms_norm)
@@ -63,9 +68,8 @@ def rms_norm(
     eps: float | None = None,
 ) -> Jet:
     """``x / sqrt(mean(x^2) + eps)``; ``eps`` defaults to the machine epsilon of the dtype, as in torch."""
-    dims = tuple(range(-len(normalized_shape), 0))
     eps = torch.finfo(x.dtype).eps if eps is None else eps
-    return affine(x * power(mean(x * x, dims) + eps, -0.5), weight, None)
+    return affine(x * power(mean(x * x, _last(normalized_shape)) + eps, -0.5), weight, None)
 
 
 def _group_normalise(x: Jet, groups: int, eps: float) -> Jet:
