@@ -50,9 +50,6 @@ def additive_mask(mask: Any, allowed: bool, dtype: torch.dtype, func: Callable) 
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(blocked, -math.inf)
 
 
-def _causal(length: int, source: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    allowed = torch.ones(length, source, dtype=torch.bool, device=device).tril()
-    return torch.zeros(length, source, dtype=dtype, device=device).masked_fill(~allowed, -math.inf)
 
 
 @rule(F.scaled_dot_product_attention)
@@ -76,7 +73,8 @@ def scaled_dot_product_attention(
     dtype = query.dtype
     bias = additive_mask(attn_mask, True, dtype, func)
     if is_causal:
-        bias = _causal(query.shape[-2], key.shape[-2], dtype, query.device)
+        causal = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
+        bias = additive_mask(causal, True, dtype, func)
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     return attention(query, key, value, bias, scale)[0]
 
