@@ -519,3 +519,23 @@ def test_the_activations_see_both_sides_of_their_kinks():
     u = Activated(nn.Identity())
     h = u.b(u.a(torch.randn(5, D + 1, dtype=torch.float64)))
     assert (h < -math.pi / 2).any() and (h > math.pi / 2).any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["layernorm-residual", "transformer-eval", "reductions"])
+def test_torch_compile_traces_the_new_rules_in_one_graph(net):
+    torch._dynamo.reset()
+    u = NETWORKS[net]()
+    op = do.Laplacian(u, method="taylor")
+    x = torch.randn(4, D, dtype=torch.float64)
+
+    def loss_step(x: torch.Tensor) -> torch.Tensor:
+        return (op(x) - 1.0).square().mean()
+
+    eager = loss_step(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled = torch.compile(loss_step, backend="aot_eager", fullgraph=True)(x)
+    assert_close(compiled, eager)
+    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, eager)):
+        assert_close(a, e)

@@ -85,7 +85,7 @@ def _projections(
     """``q, k, v``: the inputs through the packed or the separate input projections."""
     weights = separate if separate is not None else in_proj_weight.chunk(3)
     biases = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
-    return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+    return tuple([F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases)])
 
 
 @rule(F.multi_head_attention_forward)
@@ -126,7 +126,7 @@ def multi_head_attention_forward(
         raise ValueError("multi_head_attention_forward: is_causal=True needs the causal attn_mask")
     batched = query.dim() == 3
     if not batched:
-        query, key, value = (x.unsqueeze(1) for x in (query, key, value))
+        query, key, value = [x.unsqueeze(1) for x in (query, key, value)]
         key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
     length, batch, embed = query.shape
     if embed != embed_dim_to_check:
@@ -137,7 +137,7 @@ def multi_head_attention_forward(
     q, k, v = _projections(query, key, value, in_proj_weight, in_proj_bias, separate)
     head = embed // num_heads
     # (L, N, E) -> (N, H, L, E / H)
-    q, k, v = (x.reshape(x.shape[0], batch, num_heads, head).permute(1, 2, 0, 3) for x in (q, k, v))
+    q, k, v = [x.reshape(x.shape[0], batch, num_heads, head).permute(1, 2, 0, 3) for x in (q, k, v)]
     bias = _merged_mask(attn_mask, key_padding_mask, batch, num_heads, query.dtype, func)
     out, weights = attention(q, k, v, bias, 1 / math.sqrt(head))
     out = F.linear(out.permute(2, 0, 1, 3).reshape(length, batch, embed), out_proj_weight, out_proj_bias)

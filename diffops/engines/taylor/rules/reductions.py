@@ -47,7 +47,7 @@ def trailing(dim: Any, ndim: int) -> tuple[int, ...]:
 
 def count(x: Jet, dims: tuple[int, ...]) -> int:
     """The number of elements a reduction over ``dims`` takes together."""
-    return math.prod(x.shape[d] for d in dims)
+    return math.prod([x.shape[d] for d in dims])
 
 
 def mean(x: Jet, dims: tuple[int, ...], keepdim: bool = True) -> Jet:
@@ -185,7 +185,7 @@ def _shift(x: Jet, dim: int) -> torch.Tensor:
 def softmax(x: Jet, dim: int) -> Jet:
     """``exp(x - m) / sum exp(x - m)`` along ``dim``."""
     dim = trailing(dim, x.ndim)[0]
-    e = torch.exp(x - _shift(x, dim))
+    e = torch.exp(torch.sub(x, _shift(x, dim)))  # torch.sub: under torch.compile ``jet - tensor`` asks the tensor
     return e / total(e, (dim,))
 
 
@@ -193,7 +193,7 @@ def logsumexp(x: Jet, dims: tuple[int, ...], keepdim: bool) -> Jet:
     """``m + log sum exp(x - m)`` over ``dims``."""
     shift = x.primal.detach().amax(dims, keepdim=True)
     shift = shift.masked_fill(~torch.isfinite(shift), 0)
-    result = torch.log(total(torch.exp(x - shift), dims)) + shift
+    result = torch.add(torch.log(total(torch.exp(torch.sub(x, shift)), dims)), shift)
     return result if keepdim else over(result, lambda c: c.squeeze(dims))
 
 
