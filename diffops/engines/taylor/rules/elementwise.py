@@ -493,8 +493,8 @@ def _exponential_linear(x: Jet, alpha: float, scale: float, input_scale: float) 
             return torch.where(x0 <= 0, input_scale * (ys[0] + shift), _scalar(scale, x0))
         return torch.where(x0 < 0, input_scale * ys[k], _scalar(0.0, x0))
 
-    def value(x0: torch.Tensor) -> torch.Tensor:
-        return F.elu(x0, alpha) if input_scale == 1 and scale == 1 else _elu(x0, alpha, scale, input_scale)
+    def value(x0: torch.Tensor) -> torch.Tensor:  # torch's ELU with its three constants: SELU and CELU are such ELUs
+        return torch._C._nn.elu(x0, alpha, scale, input_scale)
 
     def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
         y0 = value(x0)
@@ -508,11 +508,6 @@ def _exponential_linear(x: Jet, alpha: float, scale: float, input_scale: float) 
         return solve(x, value(x.primal), lambda k, ys: slope(x.primal, ys, k))
 
     return elementwise(x, derivatives, series)
-
-
-def _elu(x0: torch.Tensor, alpha: float, scale: float, input_scale: float) -> torch.Tensor:
-    """torch's ELU with its three constants (``torch._C._nn.elu``): SELU and CELU are ELUs so parametrised."""
-    return torch._C._nn.elu(x0, alpha, scale, input_scale)
 
 
 @rule(F.elu)
