@@ -197,6 +197,10 @@ class Jet:
     def ndim(self) -> int:
         return self.primal.dim()
 
+    @property
+    def is_nested(self) -> bool:  # read by the checks for the fused paths of nn.MultiheadAttention and others
+        return self.primal.is_nested
+
     def dim(self) -> int:
         return self.primal.dim()
 

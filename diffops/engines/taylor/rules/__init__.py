@@ -3,9 +3,23 @@
 * :mod:`.linear`: functions linear in their jet arguments (``F.linear``, reshapes,
   indexing, concatenation, sums);
 * :mod:`.products`: products, quotients, powers and matrix products of jets;
-* :mod:`.elementwise`: activations and other elementwise functions, from the ODEs they satisfy.
+* :mod:`.elementwise`: activations and other elementwise functions, from the ODEs they satisfy;
+* :mod:`.piecewise`: piecewise-linear and piecewise-quadratic activations, clamp;
+* :mod:`.reductions`: moments, norms, softmax and log-sum-exp along dimensions;
+* :mod:`.normalization`: layer, RMS, group and instance norm, batch norm in eval mode;
+* :mod:`.attention`: scaled dot-product and multi-head attention;
+* :mod:`.dropout`: dropout layers, the identity when off.
 """
 
-from . import elementwise, linear, products  # noqa: F401
+from . import attention, dropout, elementwise, linear, normalization, piecewise, products, reductions  # noqa: F401
 
-__all__ = ["elementwise", "linear", "products"]
+__all__ = [
+    "attention",
+    "dropout",
+    "elementwise",
+    "linear",
+    "normalization",
+    "piecewise",
+    "products",
+    "reductions",
+]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from itertools import islice
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -459,10 +460,103 @@ def relu(func: Callable, x: Jet, inplace: bool = False) -> Jet:
 @rule(F.leaky_relu)
 def leaky_relu(func: Callable, x: Jet, negative_slope: float = 0.01, inplace: bool = False) -> Jet:
     _inplace(func, inplace)
-    slope = torch.where(x.primal > 0, 1.0, negative_slope).to(x.dtype)
-    return piecewise_linear(x, F.leaky_relu(x.primal, negative_slope), slope)
+    return piecewise_linear(x, F.leaky_relu(x.primal, negative_slope), leaky_slope(x.primal, negative_slope))
+
+
+def leaky_slope(x0: torch.Tensor, negative_slope: Any) -> torch.Tensor:
+    """1 where ``x0 > 0``, else ``negative_slope`` (a number or a tensor), in ``x0``'s dtype: a float
+    slope rounded to float32 would be off by 1e-10 relative in a float64 network."""
+    negative = torch.as_tensor(negative_slope, dtype=x0.dtype, device=x0.device)
+    return torch.where(x0 > 0, torch.ones((), dtype=x0.dtype, device=x0.device), negative)
 
 
 @rule(torch.abs, T.abs, T.__abs__)
 def abs_(func: Callable, x: Jet) -> Jet:
     return piecewise_linear(x, torch.abs(x.primal), torch.sgn(x.primal))
+
+
+# -- the exponential linear units and other smooth activations ------------------------------------
+
+
+def _exponential_linear(x: Jet, alpha: float, scale: float, input_scale: float) -> Jet:
+    """``scale * x`` for ``x > 0``, ``scale * alpha * (exp(input_scale * x) - 1)`` else: ELU, CELU, SELU.
+
+    With ``y' = z x'``: ``z = scale`` on the linear branch and ``z = input_scale
+    (y + scale alpha)`` on the exponential one.  At 0, autograd takes the
+    exponential branch's slope and the linear branch's higher derivatives
+    (zero), so ``z_0`` switches at ``x <= 0`` and ``z_k`` (k >= 1) at ``x < 0``.
+    """
+    shift = scale * alpha
+
+    def slope(x0: torch.Tensor, ys: list, k: int) -> torch.Tensor:
+        if k == 0:
+            return torch.where(x0 <= 0, input_scale * (ys[0] + shift), _scalar(scale, x0))
+        return torch.where(x0 < 0, input_scale * ys[k], _scalar(0.0, x0))
+
+    def value(x0: torch.Tensor) -> torch.Tensor:  # torch's ELU with its three constants: SELU and CELU are such ELUs
+        return torch._C._nn.elu(x0, alpha, scale, input_scale)
+
+    def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+        y0 = value(x0)
+        exponential = input_scale * (y0 + shift)
+        yield y0
+        yield torch.where(x0 <= 0, exponential, _scalar(scale, x0))
+        yield torch.where(x0 < 0, input_scale * exponential, _scalar(0.0, x0))
+        yield torch.where(x0 < 0, input_scale**2 * exponential, _scalar(0.0, x0))
+
+    def series(x: Jet) -> tuple[list, list]:
+        return solve(x, value(x.primal), lambda k, ys: slope(x.primal, ys, k))
+
+    return elementwise(x, derivatives, series)
+
+
+@rule(F.elu)
+def elu(func: Callable, x: Jet, alpha: float = 1.0, inplace: bool = False) -> Jet:
+    _inplace(func, inplace)
+    return _exponential_linear(x, alpha, 1.0, 1.0)
+
+
+@rule(F.celu)
+def celu(func: Callable, x: Jet, alpha: float = 1.0, inplace: bool = False) -> Jet:
+    _inplace(func, inplace)
+    return _exponential_linear(x, alpha, 1.0, 1.0 / alpha)
+
+
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+@rule(F.selu)
+def selu(func: Callable, x: Jet, inplace: bool = False) -> Jet:
+    _inplace(func, inplace)
+    return _exponential_linear(x, SELU_ALPHA, SELU_SCALE, 1.0)
+
+
+@rule(F.logsigmoid)
+def logsigmoid(func: Callable, x: Jet) -> Jet:
+    """``log sigmoid(x)``, with ``f' = sigmoid(-x)``."""
+
+    def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+        yield F.logsigmoid(x0)
+        for k, f in enumerate(islice(_sigmoid_derivatives(-x0), 3)):
+            yield f if k % 2 == 0 else -f  # d^k/dx^k sigmoid(-x) = (-1)^k sigmoid^(k)(-x)
+
+    return elementwise(x, derivatives, _with_derivative(F.logsigmoid, lambda t: torch.sigmoid(-t)))
+
+
+@rule(F.tanhshrink)
+def tanhshrink(func: Callable, x: Jet) -> Jet:
+    return x - torch.tanh(x)
+
+
+@rule(F.softsign)
+def softsign(func: Callable, x: Jet) -> Jet:
+    """``x / (1 + |x|)``, torch's own composition (so the slope of ``|x|`` at 0 is autograd's, 0)."""
+    return x / (torch.abs(x) + 1)
+
+
+@rule(F.glu)
+def glu(func: Callable, x: Jet, dim: int = -1) -> Jet:
+    if x.shape[dim] % 2:
+        raise ValueError(f"glu: the dimension {dim} of the input must have an even size, got shape {tuple(x.shape)}")
+    a, b = x.chunk(2, dim)
+    return a * torch.sigmoid(b)

@@ -1,0 +1,235 @@
+"""Jet rules of reductions along dimensions: moments, norms, softmax and log-sum-exp.
+
+Each is written with other jet rules (sums, products, ``exp``, ``log``,
+powers), so it is exact at any order, works on collapsed jets, and runs
+through the hand-written backward passes of the elementwise rules it uses.
+Softmax and log-sum-exp shift by the maximum of ``c_0``, a constant: both
+are invariant under the shift, so the derivatives are those of the unshifted
+function while no ``exp`` overflows.
+
+Where a root is singular (a norm or a standard deviation at zero), the
+coefficients are those nested autograd returns there: torch's backward of
+``std`` masks the point to zero at every order, that of ``vector_norm``
+to zero at first order, after which its derivatives are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..jet import Jet, rule, unsupported
+from .products import power
+
+T = torch.Tensor
+
+
+def over(x: Jet, reduce: Callable[[torch.Tensor], torch.Tensor]) -> Jet:
+    """``reduce`` applied to every coefficient: for linear maps of the trailing (negative) dimensions.
+
+    Negative dimensions name the same axes of ``c_0: (N, *f)`` and of ``c_k:
+    (R, N, *f)``, so no ``vmap`` over the direction axis is needed.
+    """
+    return x.like([reduce(c) for c in x.coefficients], x.degree)
+
+
+def trailing(dim: Any, ndim: int) -> tuple[int, ...]:
+    """``dim`` (an int, a sequence of ints, or None for all) as negative dimensions of an ``ndim``-dim sample."""
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        return tuple(range(-ndim, 0))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(sorted({d - ndim if d >= 0 else d for d in dims}))
+
+
+def count(x: Jet, dims: tuple[int, ...]) -> int:
+    """The number of elements a reduction over ``dims`` takes together."""
+    return math.prod([x.shape[d] for d in dims])
+
+
+def mean(x: Jet, dims: tuple[int, ...], keepdim: bool = True) -> Jet:
+    return over(x, lambda c: c.mean(dims, keepdim=keepdim))
+
+
+def total(x: Jet, dims: tuple[int, ...], keepdim: bool = True) -> Jet:
+    return over(x, lambda c: c.sum(dims, keepdim=keepdim))
+
+
+def variance(x: Jet, dims: tuple[int, ...], correction: float = 0, keepdim: bool = True) -> tuple[Jet, Jet]:
+    """``(variance, centred x)`` over ``dims``, the sum of squares divided by ``n - correction``."""
+    centred = x - mean(x, dims)
+    squares = total(centred * centred, dims, keepdim)
+    return squares / max(count(x, dims) - correction, 0), centred
+
+
+def masked_root(s: Jet, higher: float) -> Jet:
+    """``sqrt(s)`` for ``s >= 0``; where ``s_0 = 0`` (not differentiable), ``c_1 = 0`` and ``c_k = higher`` above.
+
+    The root is taken of a copy with ``s_0`` set to 1 there, so that neither
+    its values nor its backward pass see a division by zero.
+    """
+    zero = s.primal == 0
+    safe = s.like([torch.where(zero, 1.0, s.primal), *s.coefficients[1:]], s.degree)
+    root = power(safe, 0.5)
+    coefficients = [torch.where(zero, 0.0, root.primal)]
+    for k, c in enumerate(root.coefficients[1:], start=1):
+        coefficients.append(torch.where(zero, 0.0 if k == 1 else higher, c))
+    return s.like(coefficients)
+
+
+# -- moments ---------------------------------------------------------------------------------------
+
+
+def _moment_arguments(args: tuple, kwargs: dict) -> tuple[Any, float, bool]:
+    """``(dim, correction, keepdim)`` from any of torch's ``var``/``std`` signatures."""
+    dim, correction, keepdim, rest = None, 1.0, False, list(args)
+    if rest and isinstance(rest[0], bool):  # var(x, unbiased)
+        correction = float(rest.pop(0))
+    elif rest:  # var(x, dim, unbiased, keepdim)
+        dim = rest.pop(0)
+        if rest:
+            correction = float(rest.pop(0))
+        if rest:
+            keepdim = rest.pop(0)
+    dim = kwargs.get("dim", dim)
+    if kwargs.get("unbiased") is not None:
+        correction = float(kwargs["unbiased"])
+    if kwargs.get("correction") is not None:
+        correction = float(kwargs["correction"])
+    return dim, correction, kwargs.get("keepdim", keepdim)
+
+
+@rule(torch.var, T.var)
+def var(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> Jet:
+    dim, correction, keepdim = _moment_arguments(args, kwargs)
+    return variance(x, trailing(dim, x.ndim), correction, keepdim)[0]
+
+
+@rule(torch.std, T.std)
+def std(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> Jet:
+    dim, correction, keepdim = _moment_arguments(args, kwargs)
+    return masked_root(variance(x, trailing(dim, x.ndim), correction, keepdim)[0], higher=0.0)
+
+
+@rule(torch.var_mean)
+def var_mean(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> tuple[Jet, Jet]:
+    dim, correction, keepdim = _moment_arguments(args, kwargs)
+    dims = trailing(dim, x.ndim)
+    return variance(x, dims, correction, keepdim)[0], mean(x, dims, keepdim)
+
+
+@rule(torch.std_mean)
+def std_mean(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> tuple[Jet, Jet]:
+    deviation, average = var_mean(func, x, *args, **kwargs)
+    return masked_root(deviation, higher=0.0), average
+
+
+# -- norms -----------------------------------------------------------------------------------------
+
+
+def vector_norm(func: Callable, x: Jet, ord: Any, dim: Any, keepdim: bool) -> Jet:
+    """The 2-norm (NaN above first order at zero, as autograd) or the 1-norm over ``dim``."""
+    dims = trailing(dim, x.ndim)
+    if ord in (2, 2.0, "fro"):
+        return masked_root(total(x * x, dims, keepdim), higher=math.nan)
+    if ord in (1, 1.0):
+        return total(torch.abs(x), dims, keepdim)
+    raise unsupported(func, f" with ord={ord!r} (only the 1- and 2-norms of vectors)")
+
+
+@rule(torch.linalg.vector_norm)
+def linalg_vector_norm(
+    func: Callable, x: Jet, ord: Any = 2, dim: Any = None, keepdim: bool = False, *, dtype: Any = None
+) -> Jet:
+    return vector_norm(func, x if dtype is None else x.to(dtype), ord, dim, keepdim)
+
+
+@rule(T.norm, torch.norm)
+def norm(func: Callable, x: Jet, p: Any = "fro", dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Jet:
+    return vector_norm(func, x if dtype is None else x.to(dtype), 2 if p is None else p, dim, keepdim)
+
+
+@rule(torch.linalg.norm)
+def linalg_norm(func: Callable, x: Jet, ord: Any = None, dim: Any = None, keepdim: bool = False, **kwargs: Any) -> Jet:
+    matrix = (dim is None and x.ndim == 2 and ord is not None) or (isinstance(dim, (tuple, list)) and len(dim) == 2)
+    if matrix and ord not in (None, "fro"):
+        raise unsupported(func, f" of matrices with ord={ord!r}")
+    if kwargs.get("dtype") is not None:
+        x = x.to(kwargs["dtype"])
+    return vector_norm(func, x, 2 if ord is None else ord, dim, keepdim)
+
+
+@rule(F.normalize)
+def normalize(func: Callable, x: Jet, p: float = 2.0, dim: int = 1, eps: float = 1e-12, out: Any = None) -> Jet:
+    """``x / max(||x||_p, eps)``, as torch writes it (the clamp's slope is 1 at ``eps``)."""
+    if out is not None:
+        raise unsupported(func, " with out=")
+    size = vector_norm(func, x, p, dim, keepdim=True)
+    kept = size.primal >= eps
+    denominator = size.like([torch.where(kept, c, eps if k == 0 else 0.0) for k, c in enumerate(size.coefficients)])
+    return x / denominator
+
+
+# -- softmax and log-sum-exp -----------------------------------------------------------------------
+
+
+def _shift(x: Jet, dim: int) -> torch.Tensor:
+    """The maximum of ``c_0`` along ``dim`` (0 where it is infinite, as torch's logsumexp): a constant."""
+    peak = x.primal.detach().amax(dim, keepdim=True)
+    return peak.masked_fill(~torch.isfinite(peak), 0)
+
+
+def softmax(x: Jet, dim: int) -> Jet:
+    """``exp(x - m) / sum exp(x - m)`` along ``dim``."""
+    dim = trailing(dim, x.ndim)[0]
+    e = torch.exp(torch.sub(x, _shift(x, dim)))  # torch.sub: under torch.compile ``jet - tensor`` asks the tensor
+    return e / total(e, (dim,))
+
+
+def logsumexp(x: Jet, dims: tuple[int, ...], keepdim: bool) -> Jet:
+    """``m + log sum exp(x - m)`` over ``dims``."""
+    shift = x.primal.detach().amax(dims, keepdim=True)
+    shift = shift.masked_fill(~torch.isfinite(shift), 0)
+    result = torch.add(torch.log(total(torch.exp(torch.sub(x, shift)), dims)), shift)
+    return result if keepdim else over(result, lambda c: c.squeeze(dims))
+
+
+def _softmax_dim(name: str, x: Jet, dim: int | None) -> int:
+    return F._get_softmax_dim(name, x.ndim, 3) if dim is None else dim
+
+
+@rule(F.softmax)
+def softmax_rule(func: Callable, x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Jet:
+    x = x if dtype is None else x.to(dtype)
+    return softmax(x, _softmax_dim("softmax", x, dim))
+
+
+@rule(torch.softmax, T.softmax)
+def tensor_softmax(func: Callable, x: Jet, dim: int, dtype: Any = None) -> Jet:
+    return softmax_rule(func, x, dim, dtype=dtype)
+
+
+@rule(F.softmin)
+def softmin(func: Callable, x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Jet:
+    x = x if dtype is None else x.to(dtype)
+    return softmax(-x, _softmax_dim("softmin", x, dim))
+
+
+@rule(F.log_softmax)
+def log_softmax(func: Callable, x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Jet:
+    x = x if dtype is None else x.to(dtype)
+    dim = trailing(_softmax_dim("log_softmax", x, dim), x.ndim)
+    return x - logsumexp(x, dim, keepdim=True)
+
+
+@rule(torch.log_softmax, T.log_softmax)
+def tensor_log_softmax(func: Callable, x: Jet, dim: int, dtype: Any = None) -> Jet:
+    return log_softmax(func, x, dim, dtype=dtype)
+
+
+@rule(torch.logsumexp, T.logsumexp)
+def logsumexp_rule(func: Callable, x: Jet, dim: Any = None, keepdim: bool = False) -> Jet:
+    return logsumexp(x, trailing(dim, x.ndim), keepdim)

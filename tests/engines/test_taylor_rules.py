@@ -1,0 +1,541 @@
+"""The Taylor rules of normalisation, reductions, attention and the activations of ``torch.nn``,
+against the float64 nested-autograd reference: values and parameter gradients.
+
+Some upstream rules are not a reference: torch's backward passes of
+``layer_norm`` and ``instance_norm`` are wrong from the third derivative on
+(finite differences of their second derivatives disagree with their third by
+O(1), and agree with the Taylor rules), and that of ``celu`` uses a rounded
+``1 / alpha`` (1e-9 relative).  The reference networks therefore run a plain
+composition of the same function (``decomposed`` below) where the network has
+those layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import diffops as do
+from diffops.engines import EngineUnsupported, Request, candidates
+
+from .. import reference as ref
+
+RTOL, ATOL = 1e-9, 1e-12
+D = 2
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL) -> None:
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=ATOL, equal_nan=True)
+
+
+# -- networks -------------------------------------------------------------------------------------
+
+
+class DecomposedLayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the last dimension written in plain ops, sharing the original's parameters."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        centred = h - h.mean(-1, keepdim=True)
+        normalised = centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + self.eps)
+        return normalised if self.weight is None else normalised * self.weight + self.bias
+
+
+class Function(nn.Module):
+    """A function as a module."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.f(h)
+
+
+class DecomposedInstanceNorm(nn.Module):
+    """An affine ``nn.InstanceNorm1d`` without running statistics, in plain ops, sharing its parameters."""
+
+    def __init__(self, norm: nn.InstanceNorm1d):
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        centred = h - h.mean(-1, keepdim=True)
+        normalised = centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + self.eps)
+        return normalised * self.weight[:, None] + self.bias[:, None]
+
+
+def decomposed(u: nn.Module) -> nn.Module:
+    """A copy of ``u`` (sharing its parameters) with its layer and instance norms in plain ops: the reference."""
+    copied = copy.copy(u)
+    copied._modules = dict(u._modules)
+    for name, child in u.named_children():
+        if isinstance(child, nn.LayerNorm):
+            copied._modules[name] = DecomposedLayerNorm(child)
+        elif isinstance(child, nn.InstanceNorm1d):
+            copied._modules[name] = DecomposedInstanceNorm(child)
+        else:
+            copied._modules[name] = decomposed(child)
+    return copied
+
+
+class LayerNormResidual(nn.Module):
+    """x -> Linear -> tanh -> [h + tanh(Linear(LayerNorm(h)))] x 2 -> LayerNorm -> Linear."""
+
+    def __init__(self, d: int = D, width: int = 8, affine: bool = True):
+        super().__init__()
+        self.inp = nn.Linear(d, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=affine) for _ in range(3))
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(2))
+        self.out = nn.Linear(width, 1)
+        if affine:  # away from the initial ones and zeros, so that a wrong affine map shows
+            for norm in self.norms:
+                nn.init.normal_(norm.weight, 1.0, 0.3)
+                nn.init.normal_(norm.bias, 0.0, 0.3)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        for norm, block in zip(self.norms, self.blocks):
+            h = h + torch.tanh(block(norm(h)))
+        return self.out(self.norms[-1](h))
+
+
+class Transformer(nn.Module):
+    """``tokens`` tokens made from x by a Linear, one TransformerEncoderLayer, a Linear read-out."""
+
+    def __init__(self, d: int = D, tokens: int = 4, embed: int = 8, heads: int = 2, norm_first: bool = False):
+        super().__init__()
+        self.tokens, self.embed = tokens, embed
+        self.inp = nn.Linear(d, tokens * embed)
+        self.layer = nn.TransformerEncoderLayer(
+            embed, heads, 16, dropout=0.0, batch_first=True, activation="gelu", norm_first=norm_first
+        )
+        self.out = nn.Linear(tokens * embed, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x)).reshape(x.shape[0], self.tokens, self.embed)
+        return self.out(self.layer(h).reshape(x.shape[0], -1))
+
+
+class Decoder(nn.Module):
+    """A TransformerDecoderLayer: causal self-attention on 4 tokens, cross-attention to 3 memory tokens."""
+
+    def __init__(self, d: int = D, embed: int = 8):
+        super().__init__()
+        self.embed = embed
+        self.target, self.memory = nn.Linear(d, 4 * embed), nn.Linear(d, 3 * embed)
+        self.layer = nn.TransformerDecoderLayer(embed, 2, 16, dropout=0.0, batch_first=True)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(4, dtype=torch.float64))
+        self.out = nn.Linear(4 * embed, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        target = torch.tanh(self.target(x)).reshape(x.shape[0], 4, self.embed)
+        memory = torch.sin(self.memory(x)).reshape(x.shape[0], 3, self.embed)
+        return self.out(self.layer(target, memory, tgt_mask=self.mask).reshape(x.shape[0], -1))
+
+
+class GatedMLP(nn.Module):
+    """RMSNorm, a SwiGLU block and a GLU: products of two branches that both depend on x."""
+
+    def __init__(self, d: int = D, width: int = 8):
+        super().__init__()
+        self.inp, self.norm = nn.Linear(d, width), nn.RMSNorm(width)
+        self.gate, self.up, self.down = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sin(self.inp(x))
+        h = h + F.silu(self.gate(self.norm(h))) * self.up(h)
+        return self.out(F.glu(self.down(h), dim=-1))
+
+
+class MaskedAttention(nn.Module):
+    """nn.MultiheadAttention over 3 tokens with a causal boolean mask and a padding mask (a key of each
+    sample but the first); its averaged weights are used too."""
+
+    def __init__(self, d: int = D, tokens: int = 3, embed: int = 4):
+        super().__init__()
+        self.tokens, self.embed = tokens, embed
+        self.inp = nn.Linear(d, tokens * embed)
+        self.attention = nn.MultiheadAttention(embed, 2, batch_first=True)
+        self.register_buffer("mask", torch.ones(tokens, tokens, dtype=torch.bool).triu(1))
+        self.out = nn.Linear(tokens * embed, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sin(self.inp(x)).reshape(x.shape[0], self.tokens, self.embed)
+        keys = torch.arange(self.tokens, device=x.device)
+        padding = (keys == (torch.arange(x.shape[0], device=x.device) % self.tokens)[:, None]) & (keys > 0)
+        out, weights = self.attention(h, h, h, attn_mask=self.mask, key_padding_mask=padding)
+        return self.out(out.reshape(x.shape[0], -1)) + (weights * weights).sum((1, 2))[:, None]
+
+
+class Reductions(nn.Module):
+    """Group and instance norm, softmax, log-softmax, logsumexp, std, norms and F.normalize."""
+
+    def __init__(self, d: int = D, width: int = 8):
+        super().__init__()
+        self.inp, self.mid = nn.Linear(d, width), nn.Linear(width, width)
+        self.group, self.instance = nn.GroupNorm(2, width), nn.InstanceNorm1d(2, affine=True)
+        self.out = nn.Linear(width, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        h = self.group(h) + self.instance(h.reshape(-1, 2, 4)).reshape(h.shape)
+        h = F.softmax(self.mid(h), dim=-1) + F.log_softmax(h, dim=-1) * 0.1
+        h = F.normalize(h, dim=-1) * torch.linalg.vector_norm(h, dim=-1, keepdim=True) + h.std(-1, keepdim=True)
+        h = h + torch.softmax(h, -1, torch.float64) * h.log_softmax(-1) + torch.var(h, (-1,), False, True)
+        return self.out(h) + torch.logsumexp(h, -1, keepdim=True) + h.norm(dim=-1, keepdim=True)
+
+
+NETWORKS = {
+    "layernorm-residual": LayerNormResidual,
+    "layernorm-no-affine": lambda: LayerNormResidual(affine=False),
+    "transformer-eval": lambda: Transformer().eval(),
+    "transformer-train": lambda: Transformer().train(),
+    "transformer-norm-first": lambda: Transformer(norm_first=True).eval(),
+    "transformer-decoder": lambda: Decoder().eval(),
+    "gated-mlp": GatedMLP,
+    "masked-attention": lambda: MaskedAttention().eval(),
+    "reductions": Reductions,
+}
+REQUESTS = {
+    **{f"order-{k}": (lambda u, k=k: do.Derivative(u, wrt=1, order=k, method="taylor"), (1,) * k) for k in range(5)},
+    "mixed": (lambda u: do.Derivative(u, wrt=(0, 1, 1), method="taylor"), (0, 1, 1)),
+    "laplacian": (lambda u: do.Laplacian(u, method="taylor"), "laplacian"),  # the collapsed pass
+    "hessian": (lambda u: do.Hessian(u, method="taylor"), "hessian"),
+}
+
+
+def reference(u: nn.Module, x: torch.Tensor, key) -> torch.Tensor:
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernels have no double backward
+        if isinstance(key, tuple):
+            return ref.partial(u, x, key)
+        return {"laplacian": ref.laplacian, "hessian": ref.hessian}[key](u, x)
+
+
+def check(u: nn.Module, actual: torch.Tensor, expected: torch.Tensor, reference_net: nn.Module) -> None:
+    """Values, and the gradients of a loss of them w.r.t. the (shared) parameters."""
+    assert_close(actual, expected)
+    actual_grads = ref.parameter_gradients(u, actual)
+    with sdpa_kernel(SDPBackend.MATH):
+        expected_grads = ref.parameter_gradients(reference_net, expected)
+    for a, e in zip(actual_grads, expected_grads):
+        assert_close(a, e)
+
+
+@pytest.mark.parametrize("request_name", sorted(REQUESTS))
+@pytest.mark.parametrize("net", sorted(NETWORKS))
+def test_networks_match_the_reference(net, request_name):
+    u = NETWORKS[net]()
+    make, key = REQUESTS[request_name]
+    x = torch.randn(3, D, dtype=torch.float64)
+    reference_net = decomposed(u)
+    check(u, make(u)(x), reference(reference_net, x, key), reference_net)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("net", ["layernorm-residual", "masked-attention", "reductions", "transformer-decoder"])
+def test_on_cuda(net):
+    """The rules create their constants (masks, shifts, slopes) on the input's device."""
+    u = NETWORKS[net]()
+    x = torch.randn(3, D, dtype=torch.float64)
+    expected = reference(decomposed(u), x, "laplacian")
+    actual = do.Laplacian(u.to("cuda"), method="taylor")(x.cuda())
+    assert actual.device.type == "cuda"
+    assert_close(actual.cpu(), expected)
+
+
+@pytest.mark.parametrize("net", ["layernorm-residual", "reductions", "transformer-eval"])
+def test_the_decomposed_reference_is_the_network(net):
+    """The reference computes what the network does, to its second derivatives (where torch's are right)."""
+    u = NETWORKS[net]()
+    x = torch.randn(4, D, dtype=torch.float64)
+    assert_close(decomposed(u)(x), u(x))
+    assert_close(reference(decomposed(u), x, "laplacian"), reference(u, x, "laplacian"))
+
+
+@pytest.mark.parametrize("net", ["layernorm-residual", "transformer-eval"])
+def test_auto_takes_the_taylor_engine_for_the_laplacian_and_pure_derivatives(net):
+    u = NETWORKS[net]()
+    x = torch.randn(3, D, dtype=torch.float64)
+    operators = {"laplacian": do.Laplacian(u)} | {(1,) * k: do.Derivative(u, wrt=1, order=k) for k in (2, 3, 4)}
+    for key, op in operators.items():
+        request = Request(full=frozenset({key})) if key == "laplacian" else Request(frozenset({key}))
+        assert candidates("auto", request, D)[0] == "taylor"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            actual = op(x)
+        assert_close(actual, reference(decomposed(u), x, key))
+
+
+# -- activations ----------------------------------------------------------------------------------
+
+
+class Activated(nn.Module):
+    """Linear -> f -> Linear -> f -> Linear, with pre-activations spread over [-4, 4] to cover every piece."""
+
+    def __init__(self, f, width: int = 6):
+        super().__init__()
+        self.f = f if isinstance(f, nn.Module) else Function(f)
+        self.a, self.b, self.c = nn.Linear(D + 1, width), nn.Linear(width, width), nn.Linear(width, 1)
+        with torch.no_grad():
+            self.a.weight.mul_(3)
+            self.b.weight.mul_(3)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.f(self.b(self.f(self.a(x)))))
+
+
+def _celu(alpha: float):
+    return lambda h: torch.where(h > 0, h, alpha * torch.expm1(h / alpha))
+
+
+# name: (the activation, a reference of the same function where torch's own backward is not one)
+ACTIVATIONS = {
+    "elu": (nn.ELU(0.7), None),
+    "celu": (nn.CELU(0.7), _celu(0.7)),
+    "selu": (nn.SELU(), None),
+    "hardtanh": (nn.Hardtanh(-0.5, 0.8), None),
+    "relu6": (nn.ReLU6(), None),
+    "hardswish": (nn.Hardswish(), None),
+    "hardsigmoid": (nn.Hardsigmoid(), lambda h: F.relu6(h + 3) / 6),  # torch has no second derivative of it
+    "hardshrink": (nn.Hardshrink(0.3), None),
+    "softshrink": (nn.Softshrink(0.3), None),
+    "threshold": (nn.Threshold(0.1, 2.0), None),
+    "tanhshrink": (nn.Tanhshrink(), None),
+    "softsign": (nn.Softsign(), None),
+    "logsigmoid": (nn.LogSigmoid(), None),
+    "leaky-relu": (nn.LeakyReLU(0.1), None),
+    "prelu-channels": (nn.PReLU(6).double(), None),
+    "prelu": (nn.PReLU(init=0.3).double(), None),
+    "rrelu-eval": (nn.RReLU().eval(), None),
+    "mish": (nn.Mish(), None),
+    "softplus": (nn.Softplus(beta=2.0, threshold=1.0), None),
+    "glu": (lambda h: F.glu(torch.cat([h, h.flip(-1)], -1)), None),
+    "softmax": (nn.Softmax(dim=-1), None),
+    "softmin": (nn.Softmin(dim=-1), None),
+    "log-softmax": (nn.LogSoftmax(dim=-1), None),
+    "clamp": (lambda h: h.clamp(-0.5, 1.0), None),
+    "layer-norm": (nn.LayerNorm(6, elementwise_affine=False), None),
+    "rms-norm": (nn.RMSNorm(6).double(), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_match_the_reference(name):
+    f, same = ACTIVATIONS[name]
+    u = Activated(f)
+    reference_net = decomposed(u)
+    if same is not None:
+        reference_net._modules["f"] = Function(same)
+    x = torch.randn(5, D + 1, dtype=torch.float64)
+    for make, key in (REQUESTS["order-3"], REQUESTS["mixed"], REQUESTS["laplacian"]):
+        check(u, make(u)(x), reference(reference_net, x, key), reference_net)
+
+
+KINKS = {
+    "relu": (F.relu, [0.0]),
+    "leaky-relu": (lambda h: F.leaky_relu(h, 0.1), [0.0]),
+    "elu": (lambda h: F.elu(h, 0.7), [0.0]),
+    "selu": (F.selu, [0.0]),
+    "hardtanh": (F.hardtanh, [-1.0, 1.0]),
+    "relu6": (F.relu6, [0.0, 6.0]),
+    "hardswish": (F.hardswish, [-3.0, 3.0]),
+    "hardsigmoid": (F.hardsigmoid, [-3.0, 3.0]),
+    "hardshrink": (lambda h: F.hardshrink(h, 0.5), [-0.5, 0.5]),
+    "softshrink": (lambda h: F.softshrink(h, 0.5), [-0.5, 0.5]),
+    "threshold": (lambda h: F.threshold(h, 0.1, 2.0), [0.1]),
+    "prelu": (lambda h: F.prelu(h, torch.tensor([0.25], dtype=torch.float64)), [0.0]),
+    "clamp": (lambda h: h.clamp(-1.0, 1.0), [-1.0, 1.0]),
+    "abs": (torch.abs, [0.0]),
+    "softsign": (F.softsign, [0.0]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KINKS))
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_derivatives_at_kinks_are_autograds(name, order):
+    """At a kink every derivative is the one nested autograd returns there (and away from it, the smooth one)."""
+    f, kinks = KINKS[name]
+
+    def network(f):  # x^4 keeps the reference's graphs alive past the kinks' constants
+        weights = torch.tensor([1.0, -2.0], dtype=torch.float64)
+        return lambda x: (f(x) * weights).sum(-1, keepdim=True) + 0.1 * (x**4).sum(-1, keepdim=True)
+
+    u, x = network(f), x_at(kinks)
+    u_ref = u
+    if name == "hardsigmoid":  # torch has no second derivative of it: the same function, and kinks, by relu6
+        u_ref = network(lambda h: F.relu6(h + 3) / 6)
+        assert_close(ref.partial(u, x, (0,)), ref.partial(u_ref, x, (0,)))
+    for i in range(D):
+        actual = do.Derivative(u, wrt=i, order=order, method="taylor")(x)
+        assert_close(actual, ref.partial(u_ref, x, (i,) * order))
+    assert_close(do.Laplacian(u, method="taylor")(x), ref.laplacian(u_ref, x))
+
+
+def x_at(kinks: list[float]) -> torch.Tensor:
+    """Rows with one coordinate at a kink and the other a quarter away from it."""
+    return torch.tensor([[k, k + 0.25] for k in kinks] + [[k - 0.25, k] for k in kinks], dtype=torch.float64)
+
+
+def test_leaky_relu_slope_is_exact_in_float64():
+    u = nn.Sequential(nn.Linear(D, 8), nn.LeakyReLU(0.01), nn.Linear(8, 1)).double()
+    with torch.no_grad():
+        u[0].bias.fill_(-1.0)  # most pre-activations negative: the slope shows
+    x = torch.randn(16, D, dtype=torch.float64)
+    for make, key in (REQUESTS["order-1"], REQUESTS["laplacian"]):
+        assert_close(make(u)(x), reference(u, x, key), rtol=1e-14)
+    assert_close(do.Jacobian(u, method="taylor")(x), ref.jacobian(u, x), rtol=1e-14)
+
+
+# -- singular points --------------------------------------------------------------------------------
+
+
+def test_std_and_norm_at_zero_follow_autograd():
+    """std masks its root's singularity to zero at every order; the 2-norm to zero at first order, then NaN."""
+
+    def u(x: torch.Tensor) -> torch.Tensor:
+        pair = torch.stack([x[:, 0], 2 * x[:, 0]], dim=-1)  # constant rows where x_0 = 0
+        return pair.std(-1, keepdim=True) + 0.5 * x[:, 1:] ** 2
+
+    def v(x: torch.Tensor) -> torch.Tensor:  # the zero vector where x_0 = 0
+        return torch.linalg.vector_norm(x * x[:, :1], dim=-1, keepdim=True)
+
+    x = torch.tensor([[0.0, 0.5], [1.0, -1.0]], dtype=torch.float64)
+    assert torch.isnan(ref.partial(v, x, (0, 0))[0]).all()  # what autograd has there
+    for order in (1, 2, 3):
+        for function in (u, v):
+            assert_close(
+                do.Derivative(function, wrt=0, order=order, method="taylor")(x), ref.partial(function, x, (0,) * order)
+            )
+    assert_close(do.Laplacian(u, method="taylor")(x), ref.laplacian(u, x))
+
+
+def test_layer_norm_of_constant_features_is_finite_like_torch():
+    """var = 0: the root is that of eps, regular, as in torch."""
+    u = nn.Sequential(nn.Linear(D, 4), nn.LayerNorm(4), nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        u[0].weight[:, 0] = 1.0  # every feature the same function of x_0 ...
+        u[0].weight[:, 1] = 0.0
+        u[0].bias.zero_()
+    x = torch.randn(4, D, dtype=torch.float64)
+    actual = do.Laplacian(u, method="taylor")(x)
+    assert torch.isfinite(actual).all()
+    assert_close(actual, ref.laplacian(u, x))
+
+
+def test_normalize_of_a_zero_vector_is_clamped_like_torch():
+    """Below eps F.normalize is ``v / eps``: smooth, where autograd's second derivative is NaN (0 times the
+    norm's NaN); elsewhere the reference."""
+    eps = 1e-3
+
+    def u(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x * x[:, :1], dim=-1, eps=eps).sum(-1, keepdim=True)
+
+    x = torch.tensor([[0.0, 0.3], [0.5, -1.0]], dtype=torch.float64)
+    first = do.Derivative(u, wrt=0, method="taylor")(x)
+    assert_close(first, ref.partial(u, x, (0,)))
+    second = do.Derivative(u, wrt=0, order=2, method="taylor")(x)
+    assert_close(second[1:], ref.partial(u, x, (0, 0))[1:])
+    assert_close(second[:1], torch.tensor([[2 / eps]], dtype=torch.float64))  # u = x_0 (x_0 + x_1) / eps near row 0
+
+
+# -- refusals and bad input ---------------------------------------------------------------------------
+
+
+REFUSED = {
+    "dropout": (lambda h: F.dropout(h, 0.1, training=True), "dropout"),
+    "rrelu": (lambda h: F.rrelu(h, training=True), "rrelu"),
+    "batch-norm": (lambda h: F.batch_norm(h, None, None, training=True), "batch_norm"),
+    "norm-ord-3": (lambda h: torch.linalg.vector_norm(h, ord=3, dim=-1, keepdim=True), "vector_norm"),
+    "sdpa-dropout": (
+        lambda h: F.scaled_dot_product_attention(h[:, None], h[:, None], h[:, None], dropout_p=0.5),
+        "attention",
+    ),
+    "inplace": (lambda h: F.elu(h, inplace=True), "elu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_random_or_unsupported_layers_are_refused_by_name(name):
+    f, op_name = REFUSED[name]
+    x = torch.randn(3, D, dtype=torch.float64)
+    with pytest.raises(EngineUnsupported, match=op_name):
+        do.Laplacian(f, method="taylor")(x)
+
+
+def test_layers_that_are_off_are_the_identity():
+    u = nn.Sequential(nn.Linear(D, 4), nn.Dropout(0.3), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double().eval()
+    with torch.no_grad():
+        u[2].running_mean.normal_()
+        u[2].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, D, dtype=torch.float64)
+    check(u, do.Laplacian(u, method="taylor")(x), ref.laplacian(u, x), u)
+
+
+@pytest.mark.parametrize(
+    "f, match",
+    [
+        (lambda h: F.group_norm(h, 3), "group_norm.*num_groups=3.*shape \\(3, 2\\)"),
+        (lambda h: F.glu(h[:, :1]), "glu.*even.*shape \\(3, 1\\)"),
+    ],
+)
+def test_bad_shapes_name_the_layer(f, match):
+    with pytest.raises(ValueError, match=match):
+        do.Laplacian(f, method="taylor")(torch.randn(3, D, dtype=torch.float64))
+
+
+# -- the hand-written backward of the new series --------------------------------------------------------
+
+
+@pytest.mark.parametrize("f", [nn.ELU(0.7), nn.SELU(), nn.LogSigmoid()], ids=["elu", "selu", "logsigmoid"])
+def test_new_series_backward_is_twice_differentiable(f):
+    u = Activated(f, width=3)
+    x = torch.randn(2, D + 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(do.Derivative(u, wrt=(0, 1, 1), method="taylor"), (x,))
+    assert torch.autograd.gradgradcheck(do.Laplacian(u, method="taylor"), (x,))
+
+
+def test_the_activations_see_both_sides_of_their_kinks():
+    """A sanity check of the test inputs: the activations see pre-activations on both sides of their kinks."""
+    u = Activated(nn.Identity())
+    h = u.b(u.a(torch.randn(5, D + 1, dtype=torch.float64)))
+    assert (h < -math.pi / 2).any() and (h > math.pi / 2).any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["layernorm-residual", "transformer-eval", "reductions"])
+def test_torch_compile_traces_the_new_rules_in_one_graph(net):
+    torch._dynamo.reset()
+    u = NETWORKS[net]()
+    op = do.Laplacian(u, method="taylor")
+    x = torch.randn(4, D, dtype=torch.float64)
+
+    def loss_step(x: torch.Tensor) -> torch.Tensor:
+        return (op(x) - 1.0).square().mean()
+
+    eager = loss_step(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled = torch.compile(loss_step, backend="aot_eager", fullgraph=True)(x)
+    assert_close(compiled, eager)
+    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, eager)):
+        assert_close(a, e)
