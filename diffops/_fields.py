@@ -18,14 +18,14 @@ from torch import nn
 
 
 class Field:
-    """A vector (``matrix=False``) or matrix field stored on ``owner`` under ``attribute``.
+    """A vector (``matrix=False``) or matrix field given as ``keyword``, stored on ``owner`` under ``attribute``.
 
     A tensor is registered as a buffer (an ``nn.Parameter`` as a parameter, so it
     is trained with the rest); a module as a submodule.
     """
 
-    def __init__(self, owner: nn.Module, attribute: str, value: Any, operator: str, matrix: bool) -> None:
-        self.attribute, self.operator, self.matrix = attribute, operator, matrix
+    def __init__(self, owner: nn.Module, attribute: str, value: Any, operator: str, keyword: str, matrix: bool) -> None:
+        self.attribute, self.operator, self.keyword, self.matrix = attribute, operator, keyword, matrix
         self.trailing = "(d, r)" if matrix else "(d,)"
         self.name = "S" if matrix else "v"
         if isinstance(value, torch.Tensor):
@@ -40,7 +40,7 @@ class Field:
             self.name = self.name if name == "<lambda>" else name
         else:
             raise TypeError(
-                f"{operator}: {attribute} must be a tensor of shape {self.trailing} or (*batch, "
+                f"{operator}: {keyword} must be a tensor of shape {self.trailing} or (*batch, "
                 f"{self.trailing[1:]}, or a callable of the operator's inputs; got {type(value).__name__}"
             )
         self.constant = isinstance(value, torch.Tensor)
@@ -48,10 +48,10 @@ class Field:
     def _check_tensor(self, value: torch.Tensor, source: str) -> None:
         minimum = 2 if self.matrix else 1
         if not value.is_floating_point():
-            raise TypeError(f"{self.operator}: {self.attribute}{source} must have a floating dtype, got {value.dtype}")
+            raise TypeError(f"{self.operator}: {self.keyword}{source} must have a floating dtype, got {value.dtype}")
         if value.dim() < minimum or value.shape[-1] == 0:
             raise ValueError(
-                f"{self.operator}: {self.attribute}{source} must have shape {self.trailing} or "
+                f"{self.operator}: {self.keyword}{source} must have shape {self.trailing} or "
                 f"(*batch, {self.trailing[1:]} with r >= 1, got shape {tuple(value.shape)}"
             )
 
@@ -64,7 +64,7 @@ class Field:
             source = " (the callable's result)"
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
-                    f"{self.operator}: {self.attribute} must return a tensor, got {type(value).__name__}"
+                    f"{self.operator}: {self.keyword} must return a tensor, got {type(value).__name__}"
                 )
             self._check_tensor(value, source)
         n, d = x.shape
@@ -78,7 +78,7 @@ class Field:
             per_sample = f"({dims}{d}, r)" if self.matrix else f"({dims}{d})"
             constant = (f"({d}, r) or " if self.matrix else f"({d},) or ") if self.constant else ""
             raise ValueError(
-                f"{self.operator}: {self.attribute}{source} must have shape {constant}{per_sample} for inputs of "
+                f"{self.operator}: {self.keyword}{source} must have shape {constant}{per_sample} for inputs of "
                 f"batch shape {tuple(batch_shape)} and d={d} coordinates; got shape {tuple(value.shape)}"
             )
         value = value.to(dtype=x.dtype, device=x.device)

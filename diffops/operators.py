@@ -130,7 +130,7 @@ class Laplacian(_Estimable):
 
     def __init__(self, u: Callable, /, *, sigma: Any = None, **options: Any) -> None:
         super().__init__(u, **options)
-        self.sigma = None if sigma is None else Field(self, "S", sigma, "Laplacian", matrix=True)
+        self.sigma = None if sigma is None else Field(self, "S", sigma, "Laplacian", "sigma", matrix=True)
         if self.sigma is not None and self.estimator is not None and self.estimator.name != "hutchinson":
             raise ValueError(
                 f"Laplacian: estimator={self.estimator.name!r} samples coordinates, which a weighted Laplacian "
@@ -234,7 +234,7 @@ class DirectionalDerivative(BuiltinOperator):
         if order < 0:
             raise ValueError(f"DirectionalDerivative: order must be a non-negative int, got {order}")
         self.order = order
-        self.v = Field(self, "direction", v, "DirectionalDerivative", matrix=False)
+        self.v = Field(self, "direction", v, "DirectionalDerivative", "v", matrix=False)
 
     def _request(self, d: int) -> Request:
         if self.order == 0:

@@ -109,7 +109,7 @@ class AutogradEngine:
         with torch.enable_grad():
             t = torch.zeros(x.shape[0], r, dtype=x.dtype, device=x.device, requires_grad=True)
             value = fn(x + torch.einsum("nr,rnd->nd", t, directions.to(x.dtype)))
-            components = value.reshape(value.shape[0], -1)
+            components = value.reshape(value.shape[0], value.shape[1:].numel())  # also for an empty batch
             columns = []
             for m in range(components.shape[1]):
                 first = _grad(components[:, m], t) if order else components[:, m, None].expand(-1, r)
