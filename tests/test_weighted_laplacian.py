@@ -180,7 +180,7 @@ def test_hutchinson_sigma_estimate_is_differentiable_in_sigma_and_parameters():
 @pytest.mark.parametrize(
     ("sigma", "error", "match"),
     [
-        (torch.randn(D + 1, 2, dtype=torch.float64), ValueError, r"sigma must have shape \(4, r\) or \(5, 4, r\).*\(5, 2\)"),
+        (torch.randn(D + 1, 2, dtype=torch.float64), ValueError, r"sigma must have shape \(4, r\) or \(5, 4, r\)"),
         (torch.randn(3, D, 2, dtype=torch.float64), ValueError, r"got shape \(3, 4, 2\)"),
         (torch.randn(D, dtype=torch.float64), ValueError, r"Laplacian: sigma must have shape \(d, r\)"),
         (torch.randn(D, 0, dtype=torch.float64), ValueError, r"r >= 1"),
