@@ -146,7 +146,7 @@ class DivergenceHutchinson(Estimator):
 
         along = op._directional(inputs, make, self.order)  # (*batch, S, *out)
         batch_shape = along.shape[: inputs[op.argnums[0]].dim() - 1]
-        v = drawn[0].movedim(0, 1).reshape(*batch_shape, self.samples, -1)  # (*batch, S, d)
+        v = drawn[0].movedim(0, 1).reshape(*batch_shape, *drawn[0].shape[::2])  # (*batch, S, d)
         check_square_field(tuple(along.shape[len(batch_shape) + 1 :]), v.shape[-1])
         return (along * v).sum(-1).mean(-1, keepdim=True)
 
