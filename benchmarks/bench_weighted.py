@@ -139,7 +139,8 @@ def divergence_row(d: int, args: argparse.Namespace, device: torch.device) -> di
 
 def weighted_table(rows: list[dict]) -> str:
     names = list(rows[0]["seconds"])
-    header = f"{'d':>4} | {'r':>3} | " + " | ".join(f"{n:>18}" for n in names) + " | auto engine | vs func | vs autograd"
+    columns = " | ".join(f"{n:>18}" for n in names)
+    header = f"{'d':>4} | {'r':>3} | {columns} | auto engine | vs func | vs autograd"
     lines = [header, "-" * len(header)]
     for row in rows:
         cells = [f"{row['d']:>4}", f"{row['r']:>3}"]
