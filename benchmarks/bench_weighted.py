@@ -5,7 +5,8 @@ parameters) of the weighted Laplacian of a tanh MLP for each d and rank r of
 ``S``: diffops (``auto`` and each engine) against the full Hessian contracted
 with ``S S^T``, by ``torch.func`` (``vmap(hessian)``) and by nested autograd.
 Part 2 times the Hutchinson divergence with S probes against the exact
-divergence of a field ``d -> d``.  The works take turns within each round and
+divergence of a field ``d -> d``.  Part 3 times each engine on the directional
+requests (the measurements behind ``engines.choice.along_cost``).  The works take turns within each round and
 every ratio is the median over rounds of the paired per-round ratio, so load
 from other processes falls on both sides of a ratio alike.  Peak memory is the
 tensor storage a step allocates.
@@ -137,6 +138,40 @@ def divergence_row(d: int, args: argparse.Namespace, device: torch.device) -> di
     return row
 
 
+def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Part 3: each engine's training step on directional requests of a scalar network at d = 16."""
+    torch.manual_seed(0)
+    d = 16
+    u = tanh_mlp(d, args.width, args.depth).to(device)
+    x = torch.randn(args.batch, d, device=device)
+    requests = {
+        "(v·∇)u": lambda m: do.DirectionalDerivative(u, torch.randn(d, device=device), method=m),
+        "(v·∇)²u": lambda m: do.DirectionalDerivative(u, torch.randn(d, device=device), order=2, method=m),
+        **{
+            f"tr(SSᵀ∇²u) r={r}": (lambda m, r=r: do.Laplacian(u, sigma=torch.randn(d, r, device=device), method=m))
+            for r in (1, 2, 8)
+        },
+    }
+    params = list(u.parameters())
+    rows = []
+    for name, make in requests.items():
+        ops = {m: make(m) for m in ("taylor", "func", "autograd")}
+        steps = {m: (lambda op=op: training_step(params, lambda: op(x).square().mean())) for m, op in ops.items()}
+        times = paired_seconds(steps, device, args.repeats)
+        rows.append({"request": name, "seconds": {m: min(t) for m, t in times.items()}})
+    return rows
+
+
+def engine_table(rows: list[dict]) -> str:
+    header = f"{'request':>18} | {'taylor':>9} | {'func':>9} | {'autograd':>9}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        times = [f"{row['seconds'][m] * 1e3:>7.1f}ms" for m in ("taylor", "func", "autograd")]
+        cells = [f"{row['request']:>18}", *times]
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
 def weighted_table(rows: list[dict]) -> str:
     names = list(rows[0]["seconds"])
     columns = " | ".join(f"{n:>18}" for n in names)
@@ -199,6 +234,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=8, help="Hutchinson probes S")
     parser.add_argument("--exact-max-d", type=int, default=1000, help="largest d for the exact divergence")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parts", nargs="+", default=["weighted", "divergence", "engines"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test of the script")
     args = parser.parse_args(argv)
     if args.quick:
@@ -212,19 +248,27 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     where = cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"{where}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(
-        f"\nWeighted Laplacian training step, tanh MLP {args.depth} x {args.width}, batch {args.batch}, float32; "
-        f"best of {args.repeats} ms and peak MB; speedups of diffops auto: medians of paired ratios"
-    )
-    weighted = [weighted_row(d, max(1, round(f * d)), args, device) for d in args.dims for f in args.ranks]
-    print(weighted_table(weighted))
-    print(
-        f"\nDivergence training step, field d -> d, tanh MLP {args.depth} x {args.width}, batch "
-        f"{args.divergence_batch}; exact/Hutch: median of paired ratios"
-    )
-    divergence = [divergence_row(d, args, device) for d in args.divergence_dims]
-    print(divergence_table(divergence, args.samples))
-    return {"weighted": weighted, "divergence": divergence}
+    result: dict = {}
+    if "weighted" in args.parts:
+        print(
+            f"\nWeighted Laplacian training step, tanh MLP {args.depth} x {args.width}, batch {args.batch}, "
+            f"float32; best of {args.repeats} ms and peak MB; speedups of diffops auto: medians of paired ratios"
+        )
+        ranks = [(d, max(1, round(f * d))) for d in args.dims for f in args.ranks]
+        result["weighted"] = [weighted_row(d, r, args, device) for d, r in ranks]
+        print(weighted_table(result["weighted"]))
+    if "divergence" in args.parts:
+        print(
+            f"\nDivergence training step, field d -> d, tanh MLP {args.depth} x {args.width}, batch "
+            f"{args.divergence_batch}; exact/Hutch: median of paired ratios"
+        )
+        result["divergence"] = [divergence_row(d, args, device) for d in args.divergence_dims]
+        print(divergence_table(result["divergence"], args.samples))
+    if "engines" in args.parts:
+        print(f"\nEach engine on directional requests, d = 16, batch {args.batch}: step, best of {args.repeats}")
+        result["engines"] = engine_rows(args, device)
+        print(engine_table(result["engines"]))
+    return result
 
 
 if __name__ == "__main__":
