@@ -93,7 +93,7 @@ def weighted_row(d: int, r: int, args: argparse.Namespace, device: torch.device)
     x = torch.randn(args.batch, d, device=device)
     s = torch.randn(d, r, device=device) / r**0.5
     ss = s @ s.T
-    ops = {m: do.Laplacian(u, sigma=s, method=m) for m in ("auto", "taylor", "func", "autograd")}
+    ops = {m: do.Laplacian(u, sigma=s, method=m) for m in ("auto",)}  # each engine apart: part 3
     losses = {f"diffops {m}": (lambda op=op: op(x).square().mean()) for m, op in ops.items()}
     losses["torch.func hessian"] = lambda: weighted_by_torch_func(u, x, ss).square().mean()
     if d <= args.autograd_max_d:
@@ -138,28 +138,29 @@ def divergence_row(d: int, args: argparse.Namespace, device: torch.device) -> di
     return row
 
 
-def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """Part 3: each engine's training step on directional requests of a scalar network at d = 16."""
+def engine_requests(args: argparse.Namespace) -> list[tuple[str, Callable]]:
+    """Part 3's requests: ``(name, make(u, d, method) -> operator)``."""
+    sigma = lambda d, r: torch.randn(d, r, device=args.device)  # noqa: E731
+    requests = [
+        ("(v·∇)u", lambda u, d, m: do.DirectionalDerivative(u, torch.randn(d, device=args.device), method=m)),
+        ("(v·∇)²u", lambda u, d, m: do.DirectionalDerivative(u, torch.randn(d, device=args.device), order=2, method=m)),
+    ]
+    for r in (1, 2, 8):
+        requests.append((f"tr(SSᵀ∇²u) r={r}", lambda u, d, m, r=r: do.Laplacian(u, sigma=sigma(d, r), method=m)))
+    return requests
+
+
+def engine_row(name: str, make: Callable, args: argparse.Namespace, device: torch.device) -> dict:
+    """Part 3, one row: each engine's training step on one directional request of a scalar network at d = 16."""
     torch.manual_seed(0)
     d = 16
     u = tanh_mlp(d, args.width, args.depth).to(device)
     x = torch.randn(args.batch, d, device=device)
-    requests = {
-        "(v·∇)u": lambda m: do.DirectionalDerivative(u, torch.randn(d, device=device), method=m),
-        "(v·∇)²u": lambda m: do.DirectionalDerivative(u, torch.randn(d, device=device), order=2, method=m),
-        **{
-            f"tr(SSᵀ∇²u) r={r}": (lambda m, r=r: do.Laplacian(u, sigma=torch.randn(d, r, device=device), method=m))
-            for r in (1, 2, 8)
-        },
-    }
     params = list(u.parameters())
-    rows = []
-    for name, make in requests.items():
-        ops = {m: make(m) for m in ("taylor", "func", "autograd")}
-        steps = {m: (lambda op=op: training_step(params, lambda: op(x).square().mean())) for m, op in ops.items()}
-        times = paired_seconds(steps, device, args.repeats)
-        rows.append({"request": name, "seconds": {m: min(t) for m, t in times.items()}})
-    return rows
+    ops = {m: make(u, d, m) for m in ("taylor", "func", "autograd")}
+    steps = {m: (lambda op=op: training_step(params, lambda: op(x).square().mean())) for m, op in ops.items()}
+    times = paired_seconds(steps, device, args.repeats)
+    return {"request": name, "seconds": {m: min(t) for m, t in times.items()}}
 
 
 def engine_table(rows: list[dict]) -> str:
@@ -233,7 +234,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--divergence-batch", type=int, default=64)
     parser.add_argument("--samples", type=int, default=8, help="Hutchinson probes S")
     parser.add_argument("--exact-max-d", type=int, default=1000, help="largest d for the exact divergence")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=["weighted", "divergence", "engines"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test of the script")
     args = parser.parse_args(argv)
@@ -241,6 +242,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.dims, args.batch, args.width, args.depth, args.repeats = [8], 4, 8, 2, 1
         args.divergence_dims, args.divergence_batch, args.samples = [4, 8], 4, 2
     return args
+
+
+def incrementally(measure: Callable, items: list, table: Callable[[list[dict]], str]) -> list[dict]:
+    """``[measure(item) ...]``, printing each table line as soon as its row is measured."""
+    rows: list[dict] = []
+    for item in items:
+        rows.append(measure(item))
+        lines = table(rows).splitlines()
+        print("\n".join(lines if len(rows) == 1 else lines[-1:]), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -255,19 +266,18 @@ def main(argv: list[str] | None = None) -> dict:
             f"float32; best of {args.repeats} ms and peak MB; speedups of diffops auto: medians of paired ratios"
         )
         ranks = [(d, max(1, round(f * d))) for d in args.dims for f in args.ranks]
-        result["weighted"] = [weighted_row(d, r, args, device) for d, r in ranks]
-        print(weighted_table(result["weighted"]))
+        result["weighted"] = incrementally(lambda d_r: weighted_row(*d_r, args, device), ranks, weighted_table)
     if "divergence" in args.parts:
         print(
             f"\nDivergence training step, field d -> d, tanh MLP {args.depth} x {args.width}, batch "
             f"{args.divergence_batch}; exact/Hutch: median of paired ratios"
         )
-        result["divergence"] = [divergence_row(d, args, device) for d in args.divergence_dims]
-        print(divergence_table(result["divergence"], args.samples))
+        table = lambda rows: divergence_table(rows, args.samples)  # noqa: E731
+        result["divergence"] = incrementally(lambda d: divergence_row(d, args, device), args.divergence_dims, table)
     if "engines" in args.parts:
         print(f"\nEach engine on directional requests, d = 16, batch {args.batch}: step, best of {args.repeats}")
-        result["engines"] = engine_rows(args, device)
-        print(engine_table(result["engines"]))
+        measure = lambda item: engine_row(*item, args, device)  # noqa: E731
+        result["engines"] = incrementally(measure, engine_requests(args), engine_table)
     return result
 
 
