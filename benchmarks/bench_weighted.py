@@ -114,7 +114,7 @@ def _chosen(op: do.Laplacian, x: torch.Tensor) -> str:
     """The engine ``auto`` tries first for this operator and input."""
     from diffops.engines import candidates
 
-    return candidates("auto", op._request(x.shape[-1]), x.shape[-1], 1)[0]
+    return candidates("auto", op._request(x.shape[-1]).bind((x,), x), x.shape[-1], 1)[0]
 
 
 def divergence_row(d: int, args: argparse.Namespace, device: torch.device) -> dict:

@@ -175,3 +175,17 @@ def test_bad_v_or_order_is_refused(v, order, error, match):
     x = torch.randn(5, D, dtype=torch.float64)
     with pytest.raises(error, match=match):
         do.DirectionalDerivative(mlp(D), v, order=order)(x)
+
+
+@pytest.mark.parametrize("outputs", [1, 4])
+def test_auto_ranks_taylor_first_for_directional_requests(outputs):
+    """The measured cost model of ``engines.choice.along_costs``: Taylor mode first for every order and rank."""
+    from diffops.engines import candidates
+
+    x = torch.randn(5, 16, dtype=torch.float64)
+    for op in (
+        do.DirectionalDerivative(mlp(16), torch.randn(16, dtype=torch.float64)),
+        do.DirectionalDerivative(mlp(16), torch.randn(16, dtype=torch.float64), order=3),
+        do.Laplacian(mlp(16), sigma=torch.randn(16, 8, dtype=torch.float64)),
+    ):
+        assert candidates("auto", op._request(16).bind((x,), x), 16, outputs)[0] == "taylor"
