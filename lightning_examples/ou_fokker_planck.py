@@ -115,6 +115,13 @@ class KolmogorovModule(PINNModule):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.u(z)
 
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        # fresh points make every gradient noisy: Adam's step decays from lr to lr / 100 over its run
+        adam = self.optimizers()[0]
+        for group in adam.optimizer.param_groups:
+            group["lr"] = self.lr * 0.01 ** min(1.0, self.global_step / max(1, self.adam_steps))
+        super().training_step(batch, batch_idx)
+
     def residual(self, z: torch.Tensor) -> torch.Tensor:
         return self.pde(z)
 

@@ -90,6 +90,15 @@ def test_order_one_is_the_jacobian_times_v_and_order_zero_is_u():
     torch.testing.assert_close(do.DirectionalDerivative(u, v, order=0)(x), u(x))
 
 
+def test_a_leaf_used_twice_is_computed_once():
+    u = mlp(D)
+    dd = do.DirectionalDerivative(u, torch.ones(D, dtype=torch.float64))
+    x = torch.randn(4, D, dtype=torch.float64)
+    request = dd._request(D) | dd._request(D)
+    assert len(request.along) == 1
+    torch.testing.assert_close((dd + dd)(x), 2 * dd(x))
+
+
 def test_symbols():
     u = mlp(D)
 

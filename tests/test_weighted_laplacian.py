@@ -115,12 +115,13 @@ def test_empty_batch_gives_an_empty_result(method):
         assert do.Laplacian(u, sigma=sigma, method=method)(torch.randn(0, D, dtype=torch.float64)).shape == (0, 2)
 
 
-def test_generator_of_a_diffusion_in_one_expression():
+@pytest.mark.parametrize("method", METHODS)
+def test_generator_of_a_diffusion_in_one_expression(method):
     """``0.5 tr(S S^T H) + b.grad u - f``, the generator of dX = b dt + S dW, shares one engine call."""
     u, field = mlp(D), SigmaField(D, 2)
     b = lambda x: -x  # noqa: E731 - an Ornstein-Uhlenbeck drift
     f = lambda x: x[..., :1] ** 2  # noqa: E731
-    generator = 0.5 * do.Laplacian(u, sigma=field) + do.DirectionalDerivative(u, b) - f
+    generator = 0.5 * do.Laplacian(u, sigma=field, method=method) + do.DirectionalDerivative(u, b, method=method) - f
     assert str(generator) == "0.5·tr(SSᵀ∇²u) + (v·∇)u - f"
     x = torch.randn(7, D, dtype=torch.float64)
     actual = generator(x)

@@ -83,7 +83,9 @@ class Request:
                 raise ValueError(f"multi-index {index} must be sorted")
 
     def __or__(self, other: Request) -> Request:
-        return Request(self.partials | other.partials, self.full | other.full, self.along + other.along)
+        keys = {along.key for along in self.along}
+        along = self.along + tuple(item for item in other.along if item.key not in keys)  # a leaf used twice
+        return Request(self.partials | other.partials, self.full | other.full, along)
 
     def bind(self, inputs: tuple, x: torch.Tensor) -> Request:
         """The directions of every :class:`Along` evaluated at the operator's ``inputs`` (``x``: ``(N, d)``)."""
