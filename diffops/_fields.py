@@ -10,7 +10,6 @@ and evaluates to ``(N, d, r)`` rows (``r = 1`` for a vector) at the base point.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,7 +51,7 @@ class Field:
         if value.dim() < minimum or value.shape[-1] == 0:
             raise ValueError(
                 f"{self.operator}: {self.keyword}{source} must have shape {self.trailing} or "
-                f"(*batch, {self.trailing[1:]} with r >= 1, got shape {tuple(value.shape)}"
+                f"(*batch, {self.trailing[1:]}{' with r >= 1' if self.matrix else ''}, got shape {tuple(value.shape)}"
             )
 
     def rows(self, owner: nn.Module, inputs: tuple, x: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
@@ -97,5 +96,3 @@ def batch_shape_of(inputs: tuple, argnums: tuple[int, ...]) -> torch.Size:
     """The batch shape of the (already validated) differentiated inputs."""
     return inputs[argnums[0]].shape[:-1]
 
-
-MakeDirections = Callable[[tuple, torch.Tensor], torch.Tensor]

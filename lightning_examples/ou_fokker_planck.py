@@ -13,11 +13,15 @@ closed form: X_T given X_t = x is Gaussian with mean e^(-theta tau) x and covari
     v(t, x) = cos(e^(-theta tau) a . x) exp(-k(tau) |S^T a|^2) + sin(e^(-theta tau) c . x) exp(-k(tau) |S^T c|^2),
 
 with k(tau) = (1 - e^(-2 theta tau)) / (4 theta).  The network takes z = (x, t) and the ansatz
-v = g(x) + (T - t) N(z) meets the terminal condition exactly, so the loss is the mean squared
-residual alone.  In space-time coordinates the whole generator is two diffops operators that share
-one engine call: the drift and the time derivative are one ``DirectionalDerivative`` along
-(-theta x, 1), the diffusion a weighted ``Laplacian`` with sigma = [S; 0] (r + 2 vectors per layer
-in Taylor mode instead of a d x d Hessian).
+v = g(x) + (T - t) N(z) meets the terminal condition exactly.  The equation holds in all of R^d;
+trained in the box [-1, 1]^d, the diffusion also needs v on the box's faces (else v plus any
+solution vanishing at t = T fits the residual), so the loss is the mean squared residual plus a
+penalty on the faces against the closed form, as in a Dirichlet problem.
+
+In space-time coordinates the whole generator is two diffops operators that share one engine
+call: the drift and the time derivative are one ``DirectionalDerivative`` along (-theta x, 1),
+the diffusion a weighted ``Laplacian`` with sigma = [S; 0] (r + 2 vectors per layer in Taylor
+mode instead of a d x d Hessian).
 
     python lightning_examples/ou_fokker_planck.py
 """
@@ -101,6 +105,8 @@ class KolmogorovModule(PINNModule):
         lr: float = 3e-3,
         method: str = "auto",
         seed: int = 0,
+        boundary_weight: float = 10.0,
+        final_lr: float = 1.0,
     ) -> None:
         super().__init__(adam_steps, lr)
         self.save_hyperparameters()
@@ -115,20 +121,31 @@ class KolmogorovModule(PINNModule):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.u(z)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        # fresh points make every gradient noisy: Adam's step decays from lr to lr / 100 over its run
-        adam = self.optimizers()[0]
-        for group in adam.optimizer.param_groups:
-            group["lr"] = self.lr * 0.01 ** min(1.0, self.global_step / max(1, self.adam_steps))
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        # fresh points make every gradient noisy: Adam's step decays geometrically to final_lr * lr
+        progress = min(1.0, self.global_step / max(1, self.adam_steps))
+        for group in self.optimizers()[0].optimizer.param_groups:
+            group["lr"] = self.lr * self.hparams.final_lr**progress
         super().training_step(batch, batch_idx)
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        interior, faces = batch
+        mismatch = self.u(faces) - self.process.exact(faces)
+        return {
+            "residual": self.residual(interior).square().mean(),
+            "boundary": self.hparams.boundary_weight * mismatch.square().mean(),
+        }
 
     def residual(self, z: torch.Tensor) -> torch.Tensor:
         return self.pde(z)
 
 
-def draw_points(count: int, dim: int, horizon: float, generator: torch.Generator) -> torch.Tensor:
-    """``(count, dim + 1)``: x uniform in [-1, 1]^d, t uniform in [0, T]."""
+def draw_points(count: int, dim: int, horizon: float, generator: torch.Generator, faces: bool = False) -> torch.Tensor:
+    """``(count, dim + 1)``: x uniform in [-1, 1]^d (on its faces: one coordinate set to -1 or 1), t in [0, T]."""
     x = torch.rand(count, dim, dtype=torch.float64, generator=generator) * 2 - 1
+    if faces:
+        face = torch.randint(dim, (count,), generator=generator)
+        x[torch.arange(count), face] = torch.randint(2, (count,), generator=generator).double() * 2 - 1
     t = torch.rand(count, 1, dtype=torch.float64, generator=generator) * horizon
     return torch.cat([x, t], dim=-1)
 
@@ -141,16 +158,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rank", type=int, default=3, help="rank r of the noise matrix S")
     parser.add_argument("--theta", type=float, default=1.0, help="mean reversion rate")
     parser.add_argument("--horizon", type=float, default=1.0, help="terminal time T")
+    parser.add_argument("--boundary-points", type=int, default=256, help="points on the faces of the box per step")
+    parser.add_argument("--boundary-weight", type=float, default=10.0)
+    parser.add_argument("--final-lr", type=float, default=1.0, help="Adam's last step size, as a fraction of --lr")
     parser.add_argument("--test-points", type=int, default=2000, help="held-out points")
     args = parser.parse_args(argv)
     start = setup(args)
 
     model = KolmogorovModule(
         args.dim, args.rank, args.theta, args.horizon, args.hidden, args.layers, args.adam_steps, args.lr,
-        args.method, args.seed,
+        args.method, args.seed, args.boundary_weight, args.final_lr,
     )  # fmt: skip
-    # every step trains on fresh points: a fixed set covers 13 dimensions poorly
-    draw = lambda generator: draw_points(args.points, args.dim, args.horizon, generator)  # noqa: E731
+
+    def draw(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        # every step trains on fresh points: a fixed set covers 13 dimensions poorly
+        interior = draw_points(args.points, args.dim, args.horizon, generator)
+        return interior, draw_points(args.boundary_points, args.dim, args.horizon, generator, faces=True)
+
     test = draw_points(args.test_points, args.dim, args.horizon, torch.Generator().manual_seed(args.seed + 1))
     data = CollocationData(draw, test, model.process.exact(test), steps_per_epoch=args.val_every)
     trainer, metrics = fit_and_test(model, data, args)

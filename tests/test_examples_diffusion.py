@@ -45,8 +45,8 @@ def test_the_residual_is_the_generator_applied_to_the_network():
 
 def test_example_runs_a_few_steps(tmp_path, capsys):
     result = example.main(
-        ["--hidden", "8", "--layers", "1", "--points", "16", "--test-points", "32", "--adam-steps", "6",
-         "--val-every", "3", "--no-progress-bar", "--threads", "1", "--dim", "4", "--rank", "2",
+        ["--hidden", "8", "--layers", "1", "--points", "16", "--boundary-points", "8", "--test-points", "32",
+         "--adam-steps", "6", "--val-every", "3", "--no-progress-bar", "--threads", "1", "--dim", "4", "--rank", "2",
          "--output-dir", str(tmp_path)]
     )  # fmt: skip
     assert math.isfinite(result["error"]) and result["error"] > 0 and result["steps"] == 6
