@@ -1,6 +1,7 @@
 """Stochastic operator estimators: unbiasedness, variance, reproducibility, gradients, errors."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -310,3 +311,16 @@ def test_hutchinson_divergence_refuses_a_non_square_field_and_bad_settings():
         do.Divergence(mlp(d_out=D), estimator="coordinates", samples=2)
     empty = torch.randn(0, D, dtype=torch.float64)
     assert do.Divergence(mlp(d_out=D), estimator="hutchinson", samples=2)(empty).shape == (0, 1)
+
+
+def test_hutchinson_divergence_compiles_to_one_graph():
+    torch._dynamo.reset()
+    u = mlp(d_out=D)
+    op = do.Divergence(u, estimator="hutchinson", samples=2)
+    x = torch.randn(8, D, dtype=torch.float64)
+    compiled = torch.compile(lambda y: op(y).square().mean(), backend="aot_eager", fullgraph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = compiled(x)
+    assert torch.isfinite(loss) and loss > 0
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, [u[0].weight]))
