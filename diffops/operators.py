@@ -227,7 +227,7 @@ class DirectionalDerivative(BuiltinOperator):
     along one direction, whatever d is.
     """
 
-    def __init__(self, u: Callable, v: Any, /, order: int = 1, **options: Any) -> None:
+    def __init__(self, u: Callable, /, v: Any, order: int = 1, **options: Any) -> None:
         super().__init__(u, **options)
         if isinstance(order, bool) or not isinstance(order, int):
             raise TypeError(f"DirectionalDerivative: order must be a non-negative int, got {order!r}")
