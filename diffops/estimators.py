@@ -12,15 +12,20 @@ operator        estimator        order  identity
                                         (``distribution="rademacher"`` or ``"gaussian"``)
 ``Laplacian``   ``coordinates``  2      ``d/S sum_s d^2u/dx_{i_s}^2`` over S coordinates
                                         drawn without replacement
+``Laplacian``   ``hutchinson``   2      ``E[D_v^2 u] = tr(S S^T H)`` for ``v = S z`` with
+(``sigma=S``)                           ``E[z z^T] = I`` (``z`` of size r)
 ``Biharmonic``  ``stde``         4      ``E[D_v^4 u] = 3 Δ²u`` for Gaussian ``v``
                                         (Isserlis: ``E[v_i v_j v_k v_l] = δ_ij δ_kl + δ_ik δ_jl + δ_il δ_jk``)
+``Divergence``  ``hutchinson``   1      ``E[v^T (D_v u)] = E[v^T J v] = tr J`` when ``E[v v^T] = I``
 ==============  ===============  =====  =====================================================
 
 Each sample (row) gets its own S directions, drawn afresh at every call, so
 the cost is S directional passes whatever d is (only the first layer of the
 network sees the d-dimensional direction).  With Rademacher directions the
 Hutchinson variance for one direction is ``2 (||H||_F^2 - sum_i H_ii^2)``,
-below the Gaussian ``2 ||H||_F^2``.
+below the Gaussian ``2 ||H||_F^2``.  For the divergence, with ``A = (J + J^T)/2``,
+one Rademacher direction has variance ``2 (||A||_F^2 - sum_i A_ii^2)`` and a
+Gaussian one ``2 ||A||_F^2``.
 
 Directions come from ``generator`` (a ``torch.Generator``, or the global
 generator when ``None``) on the generator's own device and are then moved to
@@ -33,6 +38,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .engines.base import Along, Request
 
 if TYPE_CHECKING:
     from .operator import DifferentialOperator
@@ -97,11 +104,51 @@ class Estimator:
 
 
 class Hutchinson(Estimator):
-    """``mean_s D_{v_s}^2 u`` with ``E[v v^T] = I``: the Laplacian (trace of the Hessian)."""
+    """``mean_s D_{v_s}^2 u`` with ``E[v v^T] = I``: the Laplacian (trace of the Hessian).
+
+    For a weighted Laplacian (``sigma=S``) the directions are ``v = S z`` with
+    ``z`` of size r, so ``E[v v^T] = S S^T``; their second derivatives are summed
+    in one collapsed pass, with ``S`` held fixed as in the exact operator.
+    """
 
     name = "hutchinson"
     order = 2
     distributions = ("rademacher", "gaussian")
+
+    def estimate(self, op: DifferentialOperator, inputs: tuple) -> torch.Tensor:
+        if getattr(op, "sigma", None) is None:
+            return super().estimate(op, inputs)
+
+        def make(inputs: tuple, x: torch.Tensor) -> torch.Tensor:
+            s = op.sigma_rows(inputs, x)  # (N, d, r)
+            device = x.device if self.generator is None else self.generator.device
+            z = self.draw((self.samples, s.shape[0], s.shape[2]), x.dtype, device).to(x.device)
+            return torch.einsum("ndr,snr->snd", s, z)
+
+        along = Along(("hutchinson", id(op)), self.order, True, make)
+        computed = op._compute(inputs, lambda d: Request(along=(along,)))
+        return computed.results[along.key] / self.samples
+
+
+class DivergenceHutchinson(Estimator):
+    """``mean_s v_s^T (D_{v_s} u)`` with ``E[v v^T] = I``: the divergence (trace of the Jacobian)."""
+
+    name = "hutchinson"
+    order = 1
+    distributions = ("rademacher", "gaussian")
+
+    def estimate(self, op: DifferentialOperator, inputs: tuple) -> torch.Tensor:
+        drawn = []
+
+        def make(x: torch.Tensor) -> torch.Tensor:
+            drawn.append(self.directions(x))
+            return drawn[-1]
+
+        along = op._directional(inputs, make, self.order)  # (*batch, S, *out)
+        batch_shape = along.shape[: inputs[op.argnums[0]].dim() - 1]
+        v = drawn[0].movedim(0, 1).reshape(*batch_shape, *drawn[0].shape[::2])  # (*batch, S, d)
+        check_square_field(tuple(along.shape[len(batch_shape) + 1 :]), v.shape[-1])
+        return (along * v).sum(-1).mean(-1, keepdim=True)
 
 
 class SampledCoordinates(Estimator):
@@ -142,9 +189,19 @@ class GaussianQuartic(Estimator):
         return 1.0 / 3.0
 
 
+def check_square_field(out_shape: tuple, d: int) -> None:
+    """``Divergence`` needs a field with per-sample output ``(d,)``."""
+    if out_shape != (d,):
+        raise ValueError(
+            f"Divergence: u must be a square field, with per-sample output ({d},) for d={d} "
+            f"coordinates, but its per-sample output has shape {out_shape}"
+        )
+
+
 ESTIMATORS: dict[str, dict[str, type[Estimator]]] = {
     "Laplacian": {"hutchinson": Hutchinson, "coordinates": SampledCoordinates},
     "Biharmonic": {"stde": GaussianQuartic},
+    "Divergence": {"hutchinson": DivergenceHutchinson},
 }
 
 

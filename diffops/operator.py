@@ -116,11 +116,11 @@ class DifferentialOperator(nn.Module):
         name = type(self).__name__
         rows = flatten_inputs(name, inputs, self.argnums)
         d = rows.num_coordinates
-        request = make_request(d)
+        request = make_request(d).bind(inputs, rows.x)  # directions that depend on the inputs, evaluated once
         for index in request.partials:
             check_range(name, index, d, self.coords)
         check_range(name, (), d, self.coords)
-        work = lambda engine, rows_slice, x, fn: engine.compute(fn, x, request)  # noqa: E731
+        work = lambda engine, rows_slice, x, fn: engine.compute(fn, x, request.rows(rows_slice))  # noqa: E731
         results = self._run_engines(rows, candidates(self.method, request, d, self._outputs), work)
         computed = Computed(results, rows.batch_shape, d)
         self._outputs = math.prod(computed.out_shape)

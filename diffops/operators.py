@@ -8,6 +8,8 @@ output ``u(x): (*batch, *out)``:
 ``Gradient(u)(x)``                  ``(*batch, d)``, scalar ``u``
 ``Hessian(u)(x)``                   ``(*batch, *out, d, d)``
 ``Laplacian(u)(x)``                 ``(*batch, *out)``
+``Laplacian(u, sigma=S)(x)``        ``(*batch, *out)``, ``S``: ``(d, r)`` or ``(*batch, d, r)``
+``DirectionalDerivative(u, v)(x)``  ``(*batch, *out)``, ``v``: ``(d,)`` or ``(*batch, d)``
 ``Biharmonic(u)(x)``                ``(*batch, *out)``
 ``Derivative(u, wrt, order)(x)``    ``(*batch, *out)``
 ``Divergence(u)(x)``                ``(*batch, 1)``, ``out == (d,)``
@@ -25,8 +27,10 @@ from typing import Any
 import torch
 
 from ._coords import coordinate, derivative_spec, multi_index, partial_symbol
+from ._fields import Field, batch_shape_of, columns
 from .engines import Request
-from .estimators import make_estimator
+from .engines.base import Along
+from .estimators import check_square_field, make_estimator
 from .operator import BuiltinOperator, Computed, DifferentialOperator
 
 
@@ -114,16 +118,42 @@ class Laplacian(_Estimable):
     ``Laplacian(u, estimator="hutchinson", samples=S)`` (Rademacher or, with
     ``distribution="gaussian"``, Gaussian directions) or ``estimator="coordinates"``
     returns an unbiased estimate at the cost of S second-order directional passes.
+
+    ``Laplacian(u, sigma=S)`` is the weighted Laplacian ``tr(S S^T H)`` (``H`` the
+    Hessian of each output component): ``S`` is ``(d, r)``, ``(*batch, d, r)`` or a
+    callable of the operator's inputs returning ``(*batch, d, r)``, evaluated at the
+    base point (derivatives act on ``u`` only; the result is differentiable with
+    respect to ``S``).  It is the sum of the second directional derivatives along
+    the r columns of ``S``: one collapsed Taylor pass of r + 2 vectors a layer.
+    With ``estimator="hutchinson"`` the directions are ``S z``, ``z`` of size r.
     """
 
+    def __init__(self, u: Callable, /, *, sigma: Any = None, **options: Any) -> None:
+        super().__init__(u, **options)
+        self.sigma = None if sigma is None else Field(self, "S", sigma, "Laplacian", "sigma", matrix=True)
+        if self.sigma is not None and self.estimator is not None and self.estimator.name != "hutchinson":
+            raise ValueError(
+                f"Laplacian: estimator={self.estimator.name!r} samples coordinates, which a weighted Laplacian "
+                "(sigma=S) does not have; use estimator='hutchinson' (directions S z) or None (exact)"
+            )
+
+    def sigma_rows(self, inputs: tuple, x: torch.Tensor) -> torch.Tensor:
+        """``S`` at the base points ``x: (N, d)``: ``(N, d, r)``."""
+        return self.sigma.rows(self, inputs, x, batch_shape_of(inputs, self.argnums))
+
     def _request(self, d: int) -> Request:
-        return Request(full=frozenset({"laplacian"}))
+        if self.sigma is None:
+            return Request(full=frozenset({"laplacian"}))
+        make = lambda inputs, x: columns(self.sigma_rows(inputs, x))  # noqa: E731
+        return Request(along=(Along(("laplacian", id(self)), 2, True, make),))
 
     def _assemble(self, computed: Computed) -> torch.Tensor:
-        return computed.results["laplacian"]
+        if self.sigma is None:
+            return computed.results["laplacian"]
+        return computed.results[("laplacian", id(self))]
 
     def _symbol(self) -> str:
-        return "Δu"
+        return "Δu" if self.sigma is None else f"tr({self.sigma.name}{self.sigma.name}ᵀ∇²u)"
 
 
 class Biharmonic(_Estimable):
@@ -186,18 +216,58 @@ class Derivative(BuiltinOperator):
         return partial_symbol(self.index, self.coords)
 
 
-class Divergence(BuiltinOperator):
-    """``sum_i du_i/dx_i`` of a field with per-sample output ``(d,)``: ``(*batch, 1)``."""
+class DirectionalDerivative(BuiltinOperator):
+    """``d^k/dt^k u(x + t v)`` at ``t = 0``, shaped like ``u(x)``: ``v·∇u`` for ``order=1``, ``v^T H v`` for 2.
+
+    ``v`` is ``(d,)``, ``(*batch, d)`` or a callable of the operator's inputs
+    returning ``(*batch, d)`` (a boundary normal, a drift field ``b(x)``).  It is
+    evaluated at the base point ``x`` and held fixed: the derivatives act on ``u``
+    only, and the result stays differentiable with respect to ``x`` through both
+    ``u`` and ``v(x)``, and with respect to a learnable ``v``.  One Taylor pass
+    along one direction, whatever d is.
+    """
+
+    def __init__(self, u: Callable, /, v: Any, order: int = 1, **options: Any) -> None:
+        super().__init__(u, **options)
+        if isinstance(order, bool) or not isinstance(order, int):
+            raise TypeError(f"DirectionalDerivative: order must be a non-negative int, got {order!r}")
+        if order < 0:
+            raise ValueError(f"DirectionalDerivative: order must be a non-negative int, got {order}")
+        self.order = order
+        self.v = Field(self, "direction", v, "DirectionalDerivative", "v", matrix=False)
+
+    def _request(self, d: int) -> Request:
+        if self.order == 0:
+            return Request(frozenset({()}))
+        make = lambda inputs, x: columns(  # noqa: E731
+            self.v.rows(self, inputs, x, batch_shape_of(inputs, self.argnums))
+        )
+        return Request(along=(Along(("directional", id(self)), self.order, True, make),))
+
+    def _assemble(self, computed: Computed) -> torch.Tensor:
+        return computed.results[()] if self.order == 0 else computed.results[("directional", id(self))]
+
+    def _symbol(self) -> str:
+        power = "" if self.order == 1 else str(self.order).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+        return "u" if self.order == 0 else f"({self.v.name}·∇){power}u"
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}"
+
+
+class Divergence(_Estimable):
+    """``sum_i du_i/dx_i`` of a field with per-sample output ``(d,)``: ``(*batch, 1)``.
+
+    ``Divergence(u, estimator="hutchinson", samples=S)`` averages ``v^T J v`` over S
+    Rademacher (or Gaussian) directions: an unbiased estimate from S first-order
+    directional derivatives instead of the d of the exact Jacobian.
+    """
 
     def _request(self, d: int) -> Request:
         return Request(full=frozenset({"jacobian"}))
 
     def _assemble(self, computed: Computed) -> torch.Tensor:
-        if tuple(computed.out_shape) != (computed.d,):
-            raise ValueError(
-                f"Divergence: u must be a square field, with per-sample output ({computed.d},) for d={computed.d} "
-                f"coordinates, but its per-sample output has shape {tuple(computed.out_shape)}"
-            )
+        check_square_field(tuple(computed.out_shape), computed.d)
         return computed.results["jacobian"].diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
 
     def _symbol(self) -> str:
@@ -260,6 +330,7 @@ __all__ = [
     "Curl",
     "Derivative",
     "Derivatives",
+    "DirectionalDerivative",
     "Divergence",
     "Gradient",
     "Hessian",

@@ -1,12 +1,14 @@
 """Stochastic operator estimators: unbiasedness, variance, reproducibility, gradients, errors."""
 
 import copy
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import diffops as do
+from tests import reference
 
 D = 4
 REPEATS = 4000  # independent estimates per point
@@ -221,3 +223,104 @@ def test_cpu_generator_with_cuda_inputs():
     on_cpu = make()(x)
     on_gpu = make().to("cuda")(x.cuda())
     torch.testing.assert_close(on_gpu.cpu(), on_cpu)
+
+
+# -- the Hutchinson divergence ------------------------------------------------------------
+
+
+def jacobians(u: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(POINTS, d, d)`` Jacobians of a field ``u`` at the distinct points, by nested autograd."""
+    return reference.jacobian(u, x[0]).detach()
+
+
+def divergence_variance(j: torch.Tensor, distribution: str) -> torch.Tensor:
+    """Variance of one direction's ``v^T J v = sum_ij J_ij v_i v_j`` for a non-symmetric ``J``.
+
+    With ``E[v_i v_j v_k v_l]`` = 1 when the indices pair up (plus 3 for i = j = k = l, Gaussian),
+    ``Var = sum_(i != j) J_ij (J_ij + J_ji)`` for Rademacher directions; Gaussian ones add the
+    ``i = j`` terms (``2 J_ii^2``), giving ``2 ||(J + J^T)/2||_F^2``.
+    """
+    pairs = j * (j + j.transpose(-1, -2))
+    diagonal = pairs.diagonal(dim1=-2, dim2=-1).sum(-1)
+    total = pairs.sum((-2, -1))
+    return total if distribution == "gaussian" else total - diagonal
+
+
+@pytest.mark.parametrize("method", ["taylor", "func", "autograd"])
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_hutchinson_divergence_is_unbiased(method, distribution, samples):
+    u, x = mlp(d_out=D), repeated_points()
+    op = do.Divergence(u, estimator="hutchinson", samples=samples, distribution=distribution, method=method)
+    estimates = op(x).detach()
+    assert estimates.shape == (REPEATS, POINTS, 1)
+    exact = jacobians(u, x).diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    torch.testing.assert_close(do.Divergence(u)(x[0]).detach(), exact)
+    assert_within_standard_errors(estimates, exact)
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_hutchinson_divergence_variance_matches_theory(distribution):
+    u, x = mlp(d_out=D), repeated_points()
+    samples = 2
+    op = do.Divergence(u, estimator="hutchinson", samples=samples, distribution=distribution)
+    observed = op(x).detach()[..., 0].var(0)
+    expected = divergence_variance(jacobians(u, x), distribution) / samples
+    torch.testing.assert_close(observed, expected, rtol=0.2, atol=0)
+
+
+def test_hutchinson_divergence_of_a_linear_field_with_rademacher_directions():
+    """``J`` diagonal and constant: every Rademacher draw gives the exact divergence."""
+    scales = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    u = lambda x: x * scales  # noqa: E731
+    x = torch.randn(5, D, dtype=torch.float64)
+    estimate = do.Divergence(u, estimator="hutchinson", samples=1)(x)
+    torch.testing.assert_close(estimate, torch.full((5, 1), scales.sum().item(), dtype=torch.float64))
+
+
+def test_hutchinson_divergence_gradients_batch_rank_and_expressions():
+    u = mlp(d_out=D)
+    x = torch.randn(2, 3, D, dtype=torch.float64)
+    seeded = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    op = do.Divergence(u, estimator="hutchinson", samples=D, generator=seeded())
+    assert str(op) == "∇·u" and "hutchinson(samples=4" in repr(op)
+    estimate = op(x)
+    assert estimate.shape == (2, 3, 1)
+    again = do.Divergence(u, estimator="hutchinson", samples=D, generator=seeded())
+    torch.testing.assert_close((again - 1.0)(x), estimate - 1.0)
+    grads = torch.autograd.grad(estimate.square().sum(), [u[0].weight, u[-1].weight])
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_hutchinson_divergence_with_several_inputs():
+    net = mlp(d_in=3, d_out=3)
+    u = lambda x, t: net(torch.cat([x, t], dim=-1))  # noqa: E731
+    x, t = torch.randn(2000, 2, dtype=torch.float64), torch.randn(2000, 1, dtype=torch.float64)
+    x, t = x[:1].expand(2000, 2).clone(), t[:1].expand(2000, 1).clone()
+    estimates = do.Divergence(u, argnums=(0, 1), estimator="hutchinson", samples=2)(x, t).detach()
+    exact = do.Divergence(u, argnums=(0, 1))(x[:1], t[:1]).detach()
+    assert_within_standard_errors(estimates, exact)
+
+
+def test_hutchinson_divergence_refuses_a_non_square_field_and_bad_settings():
+    with pytest.raises(ValueError, match=r"Divergence: u must be a square field.*\(4,\).*\(2,\)"):
+        do.Divergence(mlp(d_out=2), estimator="hutchinson", samples=2)(torch.randn(3, D, dtype=torch.float64))
+    with pytest.raises(ValueError, match="Divergence.*samples.*estimator=None"):
+        do.Divergence(mlp(d_out=D), samples=2)
+    with pytest.raises(ValueError, match="Divergence.*hutchinson.*'coordinates'"):
+        do.Divergence(mlp(d_out=D), estimator="coordinates", samples=2)
+    empty = torch.randn(0, D, dtype=torch.float64)
+    assert do.Divergence(mlp(d_out=D), estimator="hutchinson", samples=2)(empty).shape == (0, 1)
+
+
+def test_hutchinson_divergence_compiles_to_one_graph():
+    torch._dynamo.reset()
+    u = mlp(d_out=D)
+    op = do.Divergence(u, estimator="hutchinson", samples=2)
+    x = torch.randn(8, D, dtype=torch.float64)
+    compiled = torch.compile(lambda y: op(y).square().mean(), backend="aot_eager", fullgraph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = compiled(x)
+    assert torch.isfinite(loss) and loss > 0
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, [u[0].weight]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BatchedFn, Request
+from .base import BatchedFn, Request, compute_along
 
 
 def _grad(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +49,8 @@ class AutogradEngine:
     name = "autograd"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        if request.along:
+            return compute_along(self, fn, x, request)
         with torch.enable_grad():
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
@@ -94,3 +96,29 @@ class AutogradEngine:
                     columns.append(y)
                 per_direction.append(torch.stack(columns, dim=1).reshape(value.shape))
         return torch.stack(per_direction)
+
+    def along(
+        self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, summed: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Derivatives in ``t`` of ``fn(x + sum_r t_r v_r)``: the directions stay fixed even where they depend on x.
+
+        (Differentiating ``grad u . v`` in ``x`` instead would add ``(dv/dx)^T grad u`` from
+        order 2 on when ``v`` is a function of ``x``.)
+        """
+        r = directions.shape[0]
+        with torch.enable_grad():
+            t = torch.zeros(x.shape[0], r, dtype=x.dtype, device=x.device, requires_grad=True)
+            value = fn(x + torch.einsum("nr,rnd->nd", t, directions.to(x.dtype)))
+            components = value.reshape(value.shape[0], value.shape[1:].numel())  # also for an empty batch
+            columns = []
+            for m in range(components.shape[1]):
+                first = _grad(components[:, m], t) if order else components[:, m, None].expand(-1, r)
+                per_direction = []
+                for k in range(r):
+                    y = first[:, k]
+                    for _ in range(order - 1):
+                        y = _grad(y, t)[:, k]
+                    per_direction.append(y)
+                columns.append(torch.stack(per_direction))  # (R, N)
+        result = torch.stack(columns, dim=-1).reshape(r, *value.shape)
+        return value, result.sum(0) if summed else result

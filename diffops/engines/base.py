@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -37,12 +37,42 @@ class EngineUnsupported(RuntimeError):
     """An engine cannot handle this network or request; ``auto`` tries the next one."""
 
 
+@dataclass(frozen=True, eq=False)
+class Along:
+    """``d^order/dt^order fn(x + t v)`` at ``t = 0`` along R directions ``v``, per direction or summed.
+
+    ``directions``: ``(R, N, d)``, one set per row; the result under ``key`` is
+    ``(N, *out)`` when ``summed`` (the sum over the R directions: with the
+    columns of ``S`` and ``order=2``, the weighted Laplacian ``tr(S S^T H)``), else
+    ``(R, N, *out)``.  The directions are held fixed: derivatives act on ``fn``
+    only, while the result stays differentiable with respect to the directions
+    (a learnable ``S``) and, through them, to whatever they depend on.
+
+    An operator builds it unbound, with ``make(inputs, x) -> (R, N, d)`` from the
+    operator's inputs and their flattened coordinates ``x: (N, d)``;
+    :meth:`Request.bind` evaluates it once per call.
+    """
+
+    key: Any
+    order: int
+    summed: bool
+    make: Callable[[tuple, torch.Tensor], torch.Tensor] | None = None
+    directions: torch.Tensor | None = None
+
+    def bind(self, inputs: tuple, x: torch.Tensor) -> Along:
+        return self if self.make is None else Along(self.key, self.order, self.summed, None, self.make(inputs, x))
+
+    def rows(self, rows: slice) -> Along:
+        return Along(self.key, self.order, self.summed, None, self.directions[:, rows])
+
+
 @dataclass(frozen=True)
 class Request:
-    """What to compute: a set of multi-indices plus whole-tensor operators."""
+    """What to compute: a set of multi-indices, whole-tensor operators, derivatives along directions."""
 
     partials: frozenset[MultiIndex] = field(default_factory=frozenset)
     full: frozenset[str] = field(default_factory=frozenset)
+    along: tuple[Along, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.full) - set(FULL_OPERATORS)
@@ -53,7 +83,21 @@ class Request:
                 raise ValueError(f"multi-index {index} must be sorted")
 
     def __or__(self, other: Request) -> Request:
-        return Request(self.partials | other.partials, self.full | other.full)
+        keys = {along.key for along in self.along}
+        along = self.along + tuple(item for item in other.along if item.key not in keys)  # a leaf used twice
+        return Request(self.partials | other.partials, self.full | other.full, along)
+
+    def bind(self, inputs: tuple, x: torch.Tensor) -> Request:
+        """The directions of every :class:`Along` evaluated at the operator's ``inputs`` (``x``: ``(N, d)``)."""
+        if not self.along:
+            return self
+        return Request(self.partials, self.full, tuple(along.bind(inputs, x) for along in self.along))
+
+    def rows(self, rows: slice) -> Request:
+        """The request for the rows ``rows`` of a chunked call (bound directions sliced alike)."""
+        if not self.along:
+            return self
+        return Request(self.partials, self.full, tuple(along.rows(rows) for along in self.along))
 
 
 class Engine(Protocol):
@@ -72,6 +116,27 @@ class Engine(Protocol):
         primitive of the stochastic estimators).
         """
         ...
+
+    def along(
+        self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, summed: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(value, derivative)``: ``fn(x)`` and the result of :class:`Along` (directions held fixed)."""
+        ...
+
+
+def compute_along(engine: Engine, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+    """``engine.compute`` for a request with :class:`Along` items: each through ``engine.along``.
+
+    The rest of the request goes to ``engine.compute``; the value comes from the
+    first directional pass when nothing else is asked.
+    """
+    results: dict = {}
+    for item in request.along:
+        results[()], results[item.key] = engine.along(fn, x, item.directions, item.order, item.summed)
+    rest = Request(request.partials, request.full)
+    if rest.partials - {()} or rest.full:
+        results.update(engine.compute(fn, x, rest))
+    return results
 
 
 def basis(x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,27 @@ def autograd_cost(request: Request, d: int, outputs: int) -> float:
     return 2.3 + outputs * sum(3 ** len(prefix) for prefix in prefixes)
 
 
+def along_costs(request: Request, outputs: int) -> dict[str, float]:
+    """Each engine's extra cost for the directional requests (``Request.along``): R directions, order K.
+
+    Fitted to ``benchmarks/bench_weighted.py`` (part 3: tanh MLP 4 x 128, batch 256, d = 16, a
+    training step; one CPU thread on a shared AMD EPYC, so the unit is ~3 ms there), ms
+    taylor / func / autograd: (v·∇)u 9.5 / 25.6 / 14.2; (v·∇)²u 25.1 / 105 / 30.8;
+    tr(SSᵀ∇²u) r=1 21.7 / 114 / 47.8; r=2 48.5 / 137 / 79.9; r=8 115 / 302 / 212.
+    Taylor mode costs about ``2.2 K R`` (a collapsed sum costs no more than R single jets),
+    nested autograd in ``t`` (one backward, then R (K - 1) more per output component) about
+    ``M R 3^K``, torch.func's vmapped nested jvp about ``10 + 1.2 R 3^K``: Taylor ranks first
+    in every case measured.
+    """
+    costs = dict.fromkeys(("taylor", "func", "autograd"), 0.0)
+    for item in request.along:
+        r, k = (1 if item.directions is None else item.directions.shape[0]), item.order  # unbound: one
+        costs["taylor"] += 2.2 * k * r
+        costs["autograd"] += outputs * r * 3**k
+        costs["func"] += 10 + 1.2 * r * 3**k
+    return costs
+
+
 def ranked(request: Request, d: int, outputs: int = 1) -> tuple[str, ...]:
     """Engine names to try for ``request`` on ``d`` coordinates and ``outputs`` components: cheapest first."""
     costs = {
@@ -61,6 +82,9 @@ def ranked(request: Request, d: int, outputs: int = 1) -> tuple[str, ...]:
         "autograd": autograd_cost(request, d, outputs),
         "func": 1.6 * autograd_cost(request, d, min(outputs, d)),
     }
+    if request.along:
+        extra = along_costs(request, outputs)
+        costs = {name: cost + extra[name] for name, cost in costs.items()}
     fastest = min(costs, key=costs.get)
     # after the fastest, the fallback order of the API contract: torch.func, then nested autograd
     return (fastest, *(name for name in ("func", "autograd", "taylor") if name != fastest))

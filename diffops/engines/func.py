@@ -15,7 +15,7 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
-from .base import BatchedFn, MultiIndex, Request, basis
+from .base import BatchedFn, MultiIndex, Request, basis, compute_along
 
 
 def directional_chain(fn: BatchedFn, directions: list[torch.Tensor]) -> BatchedFn:
@@ -60,6 +60,8 @@ class FuncEngine:
     name = "func"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        if request.along:
+            return compute_along(self, fn, x, request)
         results: dict = {}
         directions = basis(x)
         for chain in maximal_chains(request.partials):
@@ -84,3 +86,11 @@ class FuncEngine:
 
     def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
         return vmap(lambda v: directional_chain(fn, [v] * order)(x)[order])(directions)
+
+    def along(
+        self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, summed: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nested ``jvp`` along each direction, vmapped; a tangent is never differentiated itself."""
+        chains = vmap(lambda v: directional_chain(fn, [v] * order)(x))(directions.to(x.dtype))
+        top = chains[order]  # (R, N, *out)
+        return chains[0][0], top.sum(0) if summed else top

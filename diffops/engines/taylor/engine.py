@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request
+from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along
 from . import rules  # noqa: F401 - register the jet rules
 from .interpolation import Direction, Interpolation, interpolate
 from .jet import Jet
@@ -118,6 +118,8 @@ class TaylorEngine:
     name = "taylor"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        if request.along:
+            return compute_along(self, fn, x, request)
         d = x.shape[1]
         partials = requested_partials(request, d)
         results: dict = {}
@@ -150,3 +152,13 @@ class TaylorEngine:
         if order == 0:
             return coefficients[0].expand(directions.shape[0], *coefficients[0].shape)
         return math.factorial(order) * coefficients[order]
+
+    def along(
+        self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, summed: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One jet along the R directions; summed, the collapsed jet of :func:`laplacian` (R + 2 vectors a layer)."""
+        coefficients = propagate(fn, x, directions, order, collapse=summed)
+        r, value = directions.shape[0], coefficients[0]
+        if order == 0:
+            return value, r * value if summed else value.expand(r, *value.shape)
+        return value, math.factorial(order) * coefficients[order]
