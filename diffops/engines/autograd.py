@@ -1,7 +1,10 @@
 """The fallback engine: nested ``torch.autograd.grad``, one output component at a time.
 
 It handles what ``vmap`` and forward mode cannot (BatchNorm in training mode,
-in-place updates of captured buffers, data-dependent control flow).  Every
+in-place updates of captured buffers, data-dependent control flow).  Attention
+runs through PyTorch's math kernel: the fused CPU kernels have no double
+backward, and requests of order 3 and more run the fused normalisations
+through exact compositions (:func:`.audit.exact_reverse_mode`).  Every
 derivative is a gradient of a lower one, memoised by (component, multi-index),
 so a Hessian, a Laplacian and the partials of one request share their work.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .audit import exact_reverse_mode
 from .base import BatchedFn, Request
 
 
@@ -43,13 +47,19 @@ class _Derivatives:
         return self.memo[key]
 
 
+def request_order(request: Request) -> int:
+    """The highest order of derivative ``request`` needs."""
+    full = max((2 if name in ("hessian", "laplacian") else 1 for name in request.full), default=0)
+    return max(full, *(len(index) for index in request.partials), 0)
+
+
 class AutogradEngine:
     """``method="autograd"``."""
 
     name = "autograd"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_reverse_mode(request_order(request)):
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             value = fn(x)
@@ -79,7 +89,7 @@ class AutogradEngine:
         return results
 
     def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_reverse_mode(order):
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             value = fn(x)
