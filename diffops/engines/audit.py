@@ -23,6 +23,7 @@ kernels have no double backward.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from . import decompositions
-from .base import EngineUnsupported
+from .base import EngineUnsupported, Request
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,34 @@ NORMALISATION_HANDLERS: dict[Callable, Callable] = {
     torch.batch_norm: _batch_norm,
     torch.native_batch_norm: _refuse(BATCH_NORM, "torch.native_batch_norm"),
 }
+
+
+def _from_order(order: int, defect: Defect, call: str) -> tuple[int, Callable]:
+    return order, _refuse(defect, call)
+
+
+_NORM = Defect(
+    "aten::linalg_vector_norm",
+    "its forward-over-forward rule fails ('a variable needed for gradient computation has been modified')",
+)
+_STD = Defect("aten::std", _NORM.wrong)
+_EIGH = Defect("aten::_linalg_eigh", "its third forward-mode derivative fails the same way")
+_GLU = Defect("aten::glu", "it has no forward-mode rule for its own derivative (aten::glu_jvp)")
+# errors rather than wrong numbers, refused from the order at which they fail so that they name the op
+FORWARD_MODE_FAILURES: dict[Callable, tuple[int, Callable]] = {
+    torch.norm: _from_order(2, _NORM, "torch.norm"),
+    torch.Tensor.norm: _from_order(2, _NORM, "Tensor.norm"),
+    torch.linalg.norm: _from_order(2, _NORM, "torch.linalg.norm"),
+    torch.linalg.vector_norm: _from_order(2, _NORM, "torch.linalg.vector_norm"),
+    torch.linalg.matrix_norm: _from_order(2, _NORM, "torch.linalg.matrix_norm"),
+    F.normalize: _from_order(2, _NORM, "F.normalize"),
+    torch.std: _from_order(2, _STD, "torch.std"),
+    torch.Tensor.std: _from_order(2, _STD, "Tensor.std"),
+    torch.std_mean: _from_order(2, _STD, "torch.std_mean"),
+    torch.linalg.eigvalsh: _from_order(3, _EIGH, "torch.linalg.eigvalsh"),
+    torch.linalg.eigh: _from_order(3, _EIGH, "torch.linalg.eigh"),
+    F.glu: _from_order(1, _GLU, "F.glu"),
+}
 FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
     **NORMALISATION_HANDLERS,
     torch.linalg.det: _refuse(DET, "torch.linalg.det"),
@@ -136,6 +165,12 @@ class Audit(TorchFunctionMode):
         self.handlers = handlers
         self.engine = engine
 
+    @classmethod
+    def forward_mode(cls, order: int) -> Audit:
+        """The audit of the ``func`` engine for derivatives up to ``order``."""
+        failing = {func: handler for func, (start, handler) in FORWARD_MODE_FAILURES.items() if order >= start}
+        return cls({**FORWARD_MODE_HANDLERS, **failing}, "torch.func")
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         handler = self.handlers.get(func)
@@ -149,17 +184,44 @@ def math_attention() -> contextlib.AbstractContextManager:
     return sdpa_kernel(SDPBackend.MATH)
 
 
+_MISSING_RULE = re.compile(r"derivative for '?([\w:.]+)'? is not implemented|forward AD with ([\w:.]+) that does not")
+
+
 @contextlib.contextmanager
-def exact_forward_mode() -> Iterator[None]:
-    """The context the ``func`` engine runs the network in: audited calls, math attention."""
-    with math_attention(), Audit(FORWARD_MODE_HANDLERS, "torch.func"):
+def missing_rules_refused(engine: str) -> Iterator[None]:
+    """Turn PyTorch's "no derivative rule for op X" errors into :class:`EngineUnsupported` naming X."""
+    try:
+        yield
+    except EngineUnsupported:
+        raise
+    except RuntimeError as error:
+        match = _MISSING_RULE.search(str(error))
+        if match is None:
+            raise
+        op = match.group(1) or match.group(2)
+        first_line = str(error).splitlines()[0]
+        raise EngineUnsupported(
+            f"{engine} cannot differentiate {op}: PyTorch has no rule for it ({first_line})"
+        ) from error
+
+
+def request_order(request: Request) -> int:
+    """The highest order of derivative ``request`` needs."""
+    full = max((2 if name in ("hessian", "laplacian") else 1 for name in request.full), default=0)
+    return max(full, *(len(index) for index in request.partials), 0)
+
+
+@contextlib.contextmanager
+def exact_forward_mode(order: int) -> Iterator[None]:
+    """The context the ``func`` engine runs the network in for derivatives up to ``order``."""
+    with missing_rules_refused("torch.func"), math_attention(), Audit.forward_mode(order):
         yield
 
 
 @contextlib.contextmanager
 def exact_reverse_mode(order: int) -> Iterator[None]:
     """The context nested autograd runs the network in for derivatives up to ``order``."""
-    with math_attention():
+    with missing_rules_refused("nested autograd"), math_attention():
         if order <= 2:
             yield
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .audit import exact_reverse_mode
+from .audit import exact_reverse_mode, request_order
 from .base import BatchedFn, Request
 
 
@@ -45,12 +45,6 @@ class _Derivatives:
         if key not in self.memo:
             self.memo[key] = _grad(self.partial(m, index), self.x)
         return self.memo[key]
-
-
-def request_order(request: Request) -> int:
-    """The highest order of derivative ``request`` needs."""
-    full = max((2 if name in ("hessian", "laplacian") else 1 for name in request.full), default=0)
-    return max(full, *(len(index) for index in request.partials), 0)
 
 
 class AutogradEngine:

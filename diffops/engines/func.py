@@ -19,7 +19,7 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
-from .audit import exact_forward_mode
+from .audit import exact_forward_mode, request_order
 from .base import BatchedFn, MultiIndex, Request, basis
 from .compiling import materialise_zero_tensors
 
@@ -68,7 +68,7 @@ class FuncEngine:
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if torch.compiler.is_compiling():
             materialise_zero_tensors()
-        with exact_forward_mode():
+        with exact_forward_mode(request_order(request)):
             return self._compute(fn, x, request)
 
     def _compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
@@ -97,5 +97,5 @@ class FuncEngine:
     def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
         if torch.compiler.is_compiling():
             materialise_zero_tensors()
-        with exact_forward_mode():
+        with exact_forward_mode(order):
             return vmap(lambda v: directional_chain(fn, [v] * order)(x)[order])(directions)
