@@ -14,8 +14,9 @@ every torch call (:class:`Audit`, a ``TorchFunctionMode``, so it works under
   ``method="auto"`` moves on to an exact engine.
 
 The double-backward rules of the fused normalisations are right, but not their
-third derivatives: nested autograd runs them through the same compositions for
-requests of order 3 and more (:func:`exact_reverse_mode`).  Both engines run
+third derivatives, which the parameters' gradients of a second derivative
+need: nested autograd runs them through the same compositions for requests of
+order 2 and more (:func:`exact_reverse_mode`).  Both engines run
 attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
 kernels have no double backward.
 """
@@ -220,9 +221,13 @@ def exact_forward_mode(order: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def exact_reverse_mode(order: int) -> Iterator[None]:
-    """The context nested autograd runs the network in for derivatives up to ``order``."""
+    """The context nested autograd runs the network in for derivatives up to ``order``.
+
+    A training step differentiates the result once more, so the normalisations'
+    third-order defect shows from ``order`` 2 on (in the parameters' gradients).
+    """
     with missing_rules_refused("nested autograd"), math_attention():
-        if order <= 2:
+        if order <= 1:
             yield
             return
         with Audit(NORMALISATION_HANDLERS, "nested autograd"):
