@@ -208,8 +208,10 @@ def missing_rules_refused(engine: str) -> Iterator[None]:
 
 def request_order(request: Request) -> int:
     """The highest order of derivative ``request`` needs."""
-    full = max((2 if name in ("hessian", "laplacian") else 1 for name in request.full), default=0)
-    return max(full, *(len(index) for index in request.partials), 0)
+    # a list rather than max(generator, default=...), which torch.compile cannot trace
+    orders = [len(index) for index in request.partials]
+    orders += [2 if name in ("hessian", "laplacian") else 1 for name in request.full]
+    return max(orders) if orders else 0
 
 
 @contextlib.contextmanager
