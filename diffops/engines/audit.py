@@ -16,9 +16,11 @@ every torch call (:class:`Audit`, a ``TorchFunctionMode``, so it works under
 The double-backward rules of the fused normalisations are right, but not their
 third derivatives, which the parameters' gradients of a second derivative
 need: nested autograd runs them through the same compositions for requests of
-order 2 and more (:func:`exact_reverse_mode`).  Both engines run
+order 2 and more (:func:`exact_reverse_mode`).  ``hardsigmoid``'s backward has
+no derivative, so both engines run it as ``relu6(x + 3) / 6``.  Both run
 attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
-kernels have no double backward.
+kernels have no double backward.  Upstream errors that say an op has no rule
+become refusals naming the op (:func:`missing_rules_refused`).
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def _batch_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
     return func(*args, **kwargs)
 
 
+def _hardsigmoid(engine: str, func: Callable, args: tuple, kwargs: dict):
+    return F.relu6(args[0] + 3.0) / 6.0  # aten::hardsigmoid_backward has no derivative upstream
+
+
 def _layer_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
     kwargs = {key: value for key, value in kwargs.items() if key != "cudnn_enable"}
     return decompositions.layer_norm(*args[:5], **kwargs)
@@ -136,8 +142,11 @@ FORWARD_MODE_FAILURES: dict[Callable, tuple[int, Callable]] = {
     torch.linalg.eigh: _from_order(3, _EIGH, "torch.linalg.eigh"),
     F.glu: _from_order(1, _GLU, "F.glu"),
 }
+# hardsigmoid's backward has no derivative: any derivative trained on needs the composition
+MISSING_RULE_HANDLERS: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid}
 FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
     **NORMALISATION_HANDLERS,
+    **MISSING_RULE_HANDLERS,
     torch.linalg.det: _refuse(DET, "torch.linalg.det"),
     torch.det: _refuse(DET, "torch.det"),
     torch.Tensor.det: _refuse(DET, "Tensor.det"),
@@ -185,7 +194,10 @@ def math_attention() -> contextlib.AbstractContextManager:
     return sdpa_kernel(SDPBackend.MATH)
 
 
-_MISSING_RULE = re.compile(r"derivative for '?([\w:.]+)'? is not implemented|forward AD with ([\w:.]+) that does not")
+_MISSING_RULE = re.compile(
+    r"derivative for '?([\w:.]+)'? is not implemented|forward AD with ([\w:.]+) that does not"
+    r"|vmap: we do not yet support ([\w:.]+)"
+)
 
 
 @contextlib.contextmanager
@@ -199,7 +211,7 @@ def missing_rules_refused(engine: str) -> Iterator[None]:
         match = _MISSING_RULE.search(str(error))
         if match is None:
             raise
-        op = match.group(1) or match.group(2)
+        op = next(group for group in match.groups() if group)
         first_line = str(error).splitlines()[0]
         raise EngineUnsupported(
             f"{engine} cannot differentiate {op}: PyTorch has no rule for it ({first_line})"
@@ -226,11 +238,13 @@ def exact_reverse_mode(order: int) -> Iterator[None]:
     """The context nested autograd runs the network in for derivatives up to ``order``.
 
     A training step differentiates the result once more, so the normalisations'
-    third-order defect shows from ``order`` 2 on (in the parameters' gradients).
+    third-order defect shows from ``order`` 2 on (in the parameters' gradients),
+    and the missing second derivative of ``hardsigmoid`` from ``order`` 1.
     """
+    handlers = {**MISSING_RULE_HANDLERS, **(NORMALISATION_HANDLERS if order >= 2 else {})}
     with missing_rules_refused("nested autograd"), math_attention():
-        if order <= 1:
+        if order == 0:
             yield
             return
-        with Audit(NORMALISATION_HANDLERS, "nested autograd"):
+        with Audit(handlers, "nested autograd"):
             yield
