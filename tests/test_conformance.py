@@ -382,3 +382,23 @@ def test_cell(block, method, request_):
     torch.testing.assert_close(result.double(), expected.double(), **tolerance)
     for actual, wanted in zip(gradients(u, result), expected_gradients):
         torch.testing.assert_close(actual, wanted, **tolerance)
+
+
+@pytest.mark.parametrize("block", ["LayerNorm", "InstanceNorm", "TransformerEncoderLayer"])
+def test_reference_matches_finite_differences_where_torch_rules_fail(block):
+    """The rewritten reference at orders 3 and 4 against differences of its (upstream-exact) second order."""
+    u, x = make(block)
+    h = 1e-3
+    step = torch.zeros_like(x)
+    step[:, 0] = h
+    second = [reference_at(u, z, "d2") for z in (x + step, x, x - step)]
+    third = (second[0] - second[2]) / (2 * h)
+    fourth = (second[0] - 2 * second[1] + second[2]) / h**2
+    # the fused kernels' rules are off by O(1) here; the differences' own error is O(h^2)
+    torch.testing.assert_close(reference(block, "d3")[0], third, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reference(block, "d4")[0], fourth, rtol=1e-3, atol=1e-4)
+
+
+def reference_at(u: nn.Module, x: torch.Tensor, request: str) -> torch.Tensor:
+    with sdpa_kernel(SDPBackend.MATH), CompositeReference():
+        return REQUESTS[request][2](u, x).detach()
