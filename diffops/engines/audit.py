@@ -142,6 +142,15 @@ FORWARD_MODE_FAILURES: dict[Callable, tuple[int, Callable]] = {
     torch.linalg.eigh: _from_order(3, _EIGH, "torch.linalg.eigh"),
     F.glu: _from_order(1, _GLU, "F.glu"),
 }
+def _batch_norm_composed(engine: str, func: Callable, args: tuple, kwargs: dict):
+    if not _argument(args, kwargs, 5, "training", False):
+        return func(*args, **kwargs)
+    return decompositions.batch_norm(*args, **kwargs)
+
+
+# nested autograd differentiates batch statistics fine through the composition (func cannot: vmap)
+REVERSE_MODE_HANDLERS: dict[Callable, Callable] = {**NORMALISATION_HANDLERS, F.batch_norm: _batch_norm_composed}
+
 # hardsigmoid's backward has no derivative: any derivative trained on needs the composition
 MISSING_RULE_HANDLERS: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid}
 FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
@@ -241,7 +250,7 @@ def exact_reverse_mode(order: int) -> Iterator[None]:
     third-order defect shows from ``order`` 2 on (in the parameters' gradients),
     and the missing second derivative of ``hardsigmoid`` from ``order`` 1.
     """
-    handlers = {**MISSING_RULE_HANDLERS, **(NORMALISATION_HANDLERS if order >= 2 else {})}
+    handlers = {**MISSING_RULE_HANDLERS, **(REVERSE_MODE_HANDLERS if order >= 2 else {})}
     with missing_rules_refused("nested autograd"), math_attention():
         if order == 0:
             yield

@@ -60,3 +60,34 @@ def instance_norm(
     if bias is not None:
         y = y + bias.reshape(channel)
     return y
+
+
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """``F.batch_norm`` in training mode: ``input`` is ``(N, C, *spatial)``, statistics over all but ``C``.
+
+    Updates the running statistics in place as the fused kernel does (the
+    unbiased variance, weighted by ``momentum``).
+    """
+    dims = (0, *range(2, input.dim()))
+    y = _normalise(input, dims, eps)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            count = input.numel() // input.shape[1]
+            variance = input.detach().var(dims, correction=1 if count > 1 else 0)
+            running_mean.mul_(1 - momentum).add_(momentum * input.detach().mean(dims))
+            running_var.mul_(1 - momentum).add_(momentum * variance)
+    channel = (1, -1) + (1,) * (input.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(channel)
+    if bias is not None:
+        y = y + bias.reshape(channel)
+    return y
