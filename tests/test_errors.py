@@ -12,123 +12,57 @@ from .nets import TwoInputs, mlp
 X = torch.randn(4, 3, dtype=torch.float64)
 
 CALL_ERRORS = {
-    "rank one input": (
-        lambda: do.Laplacian(mlp(3))(torch.randn(3, dtype=torch.float64)),
-        ValueError,
-        r"Laplacian: input 0 must have shape \(\*batch, d\).*got shape \(3,\)",
-    ),
-    "integer dtype": (
-        lambda: do.Gradient(mlp(3))(torch.ones(4, 3, dtype=torch.long)),
-        TypeError,
-        r"Gradient: input 0 must have a floating dtype.*torch.int64",
-    ),
-    "not a tensor": (
-        lambda: do.Hessian(mlp(3))([[0.0, 1.0, 2.0]]),
-        TypeError,
-        r"Hessian: input 0 must be a tensor of shape \(\*batch, d\), got list",
-    ),
-    "wrt out of range": (
-        lambda: do.Derivative(mlp(3), wrt=3)(X),
-        ValueError,
-        r"Derivative: coordinate index 3 is out of range for d=3",
-    ),
-    "mixed wrt out of range": (
-        lambda: do.Derivatives(mlp(3), u_xy=(0, 5))(X),
-        ValueError,
-        r"Derivatives: coordinate index 5 is out of range for d=3",
-    ),
-    "vector-valued gradient": (
-        lambda: do.Gradient(mlp(3, 2))(X),
-        ValueError,
-        r"Gradient: u must be scalar-valued.*shape \(2,\); use Jacobian",
-    ),
-    "non-square divergence": (
-        lambda: do.Divergence(mlp(3, 2))(X),
-        ValueError,
-        r"Divergence: u must be a square field, with per-sample output \(3,\).*\(2,\)",
-    ),
-    "curl of a 2-D field": (
-        lambda: do.Curl(mlp(2, 2))(torch.randn(4, 2, dtype=torch.float64)),
-        ValueError,
-        r"Curl: u must be a 3-D field",
-    ),
-    "output reduces the batch": (
-        lambda: do.Laplacian(lambda x: (x**2).sum())(X),
-        ValueError,
-        r"Laplacian: u's output must keep the input's batch dimensions \(4,\); got an "
-        r"output of shape \(\)",
-    ),
-    "output of other batch": (
-        lambda: do.Jacobian(lambda x: x.T)(X),
-        ValueError,
-        r"Jacobian: u's output must keep the input's batch dimensions \(4,\).*\(3, 4\)",
-    ),
-    "u returns a tuple": (
-        lambda: do.Laplacian(lambda x: (x, x))(X),
-        TypeError,
-        r"Laplacian: u must return a tensor, got tuple",
-    ),
-    "argnums beyond the inputs": (
-        lambda: do.Laplacian(TwoInputs(2, 1), argnums=(0, 1))(X),
-        TypeError,
-        r"Laplacian: argnums=\(0, 1\) selects input 1, but 1 input\(s\) were given",
-    ),
-    "inputs of different batch": (
-        lambda: do.Laplacian(TwoInputs(3, 1))(X, torch.randn(5, 1)),
-        ValueError,
-        r"Laplacian: every input must share the batch shape \(4,\).*input 1 has shape",
-    ),
-    "coords of other length": (
-        lambda: do.Laplacian(mlp(3), coords=("x", "y"))(X),
-        ValueError,
-        r"Laplacian: coords names 2 coordinates.*d=3",
-    ),
+    "rank one input": (lambda: do.Laplacian(mlp(3))(torch.randn(3, dtype=torch.float64)), ValueError,
+                       r"Laplacian: input 0 must have shape \(\*batch, d\).*got shape \(3,\)"),
+    "integer dtype": (lambda: do.Gradient(mlp(3))(torch.ones(4, 3, dtype=torch.long)), TypeError,
+                      r"Gradient: input 0 must have a floating dtype.*torch.int64"),
+    "not a tensor": (lambda: do.Hessian(mlp(3))([[0.0, 1.0, 2.0]]), TypeError,
+                     r"Hessian: input 0 must be a tensor of shape \(\*batch, d\), got list"),
+    "wrt out of range": (lambda: do.Derivative(mlp(3), wrt=3)(X), ValueError,
+                         r"Derivative: coordinate index 3 is out of range for d=3"),
+    "mixed wrt out of range": (lambda: do.Derivatives(mlp(3), u_xy=(0, 5))(X), ValueError,
+                               r"Derivatives: coordinate index 5 is out of range for d=3"),
+    "vector-valued gradient": (lambda: do.Gradient(mlp(3, 2))(X), ValueError,
+                               r"Gradient: u must be scalar-valued.*shape \(2,\); use Jacobian"),
+    "non-square divergence": (lambda: do.Divergence(mlp(3, 2))(X), ValueError,
+                              r"Divergence: u must be a square field, with per-sample output \(3,\).*\(2,\)"),
+    "curl of a 2-D field": (lambda: do.Curl(mlp(2, 2))(torch.randn(4, 2, dtype=torch.float64)), ValueError,
+                            r"Curl: u must be a 3-D field"),
+    "output reduces the batch": (lambda: do.Laplacian(lambda x: (x**2).sum())(X), ValueError,
+                                 r"Laplacian: u's output must keep the input's batch dimensions \(4,\); got an "
+                                 r"output of shape \(\)"),
+    "output of other batch": (lambda: do.Jacobian(lambda x: x.T)(X), ValueError,
+                              r"Jacobian: u's output must keep the input's batch dimensions \(4,\).*\(3, 4\)"),
+    "u returns a tuple": (lambda: do.Laplacian(lambda x: (x, x))(X), TypeError,
+                          r"Laplacian: u must return a tensor, got tuple"),
+    "argnums beyond the inputs": (lambda: do.Laplacian(TwoInputs(2, 1), argnums=(0, 1))(X), TypeError,
+                                  r"Laplacian: argnums=\(0, 1\) selects input 1, but 1 input\(s\) were given"),
+    "inputs of different batch": (lambda: do.Laplacian(TwoInputs(3, 1))(X, torch.randn(5, 1)), ValueError,
+                                  r"Laplacian: every input must share the batch shape \(4,\).*input 1 has shape"),
+    "coords of other length": (lambda: do.Laplacian(mlp(3), coords=("x", "y"))(X), ValueError,
+                               r"Laplacian: coords names 2 coordinates.*d=3"),
     "no inputs": (lambda: do.Laplacian(mlp(3))(), TypeError, r"Laplacian: expected the inputs of u"),
-    "sum of different shapes": (
-        lambda: (do.Laplacian(mlp(3)) + (lambda x: x[:, 0]))(X),
-        ValueError,
-        r"cannot compute Δu \+ f: shapes \(4, 1\) and \(4,\) differ",
-    ),
-    "derivatives in a sum": (
-        lambda: (do.Derivatives(mlp(3), u=()) + 1.0)(X),
-        TypeError,
-        r"returns a dict and cannot stand in an expression",
-    ),
+    "sum of different shapes": (lambda: (do.Laplacian(mlp(3)) + (lambda x: x[:, 0]))(X), ValueError,
+                                r"cannot compute Δu \+ f: shapes \(4, 1\) and \(4,\) differ"),
+    "derivatives in a sum": (lambda: (do.Derivatives(mlp(3), u=()) + 1.0)(X), TypeError,
+                             r"returns a dict and cannot stand in an expression"),
 }
 
 CONSTRUCTION_ERRORS = {
-    "negative order": (
-        lambda: do.Derivative(mlp(3), wrt=0, order=-1),
-        ValueError,
-        r"Derivative: order must be a non-negative int, got -1",
-    ),
-    "non-integer order": (
-        lambda: do.Derivative(mlp(3), wrt=0, order=1.5),
-        TypeError,
-        r"Derivative: order must be a non-negative int, got 1.5",
-    ),
-    "order disagrees with mixed wrt": (
-        lambda: do.Derivative(mlp(3), wrt=(0, 1), order=3),
-        ValueError,
-        r"Derivative: order=3 disagrees with the mixed partial wrt=\(0, 1\)",
-    ),
+    "negative order": (lambda: do.Derivative(mlp(3), wrt=0, order=-1), ValueError,
+                       r"Derivative: order must be a non-negative int, got -1"),
+    "non-integer order": (lambda: do.Derivative(mlp(3), wrt=0, order=1.5), TypeError,
+                          r"Derivative: order must be a non-negative int, got 1.5"),
+    "order disagrees with mixed wrt": (lambda: do.Derivative(mlp(3), wrt=(0, 1), order=3), ValueError,
+                                       r"Derivative: order=3 disagrees with the mixed partial wrt=\(0, 1\)"),
     "negative wrt": (lambda: do.Derivative(mlp(3), wrt=-1), ValueError, r"Derivative: coordinate index must be >= 0"),
     "float wrt": (lambda: do.Derivative(mlp(3), wrt=1.0), TypeError, r"Derivative: a coordinate must be an int"),
-    "unknown coordinate name": (
-        lambda: do.Derivative(mlp(3), wrt="z", coords=("x", "y", "t")),
-        ValueError,
-        r"Derivative: unknown coordinate 'z'; expected one of \('x', 'y', 't'\)",
-    ),
-    "name without coords": (
-        lambda: do.Derivative(mlp(3), wrt="t"),
-        ValueError,
-        r"Derivative: coordinate 't' is a name, but no coords",
-    ),
-    "duplicate coords": (
-        lambda: do.Laplacian(mlp(3), coords=("x", "x", "y")),
-        ValueError,
-        r"Laplacian: coords must be distinct",
-    ),
+    "unknown coordinate name": (lambda: do.Derivative(mlp(3), wrt="z", coords=("x", "y", "t")), ValueError,
+                                r"Derivative: unknown coordinate 'z'; expected one of \('x', 'y', 't'\)"),
+    "name without coords": (lambda: do.Derivative(mlp(3), wrt="t"), ValueError,
+                            r"Derivative: coordinate 't' is a name, but no coords"),
+    "duplicate coords": (lambda: do.Laplacian(mlp(3), coords=("x", "x", "y")), ValueError,
+                         r"Laplacian: coords must be distinct"),
     "bad method": (lambda: do.Hessian(mlp(3), method="fast"), ValueError, r"Hessian: method must be one of"),
     "bad chunk size": (lambda: do.Hessian(mlp(3), chunk_size=0), ValueError, r"Hessian: chunk_size must be a positive"),
     "bad argnums": (lambda: do.Jacobian(mlp(3), argnums=(0, 0)), ValueError, r"Jacobian: argnums must be distinct"),
@@ -154,14 +88,8 @@ def test_bad_construction_raises(case):
 
 
 def test_inference_mode_explains_the_fix():
-    with (
-        torch.inference_mode(),
-        pytest.raises(
-            RuntimeError,
-            match=r"Laplacian: derivatives need autograd.*"
-            r"inference_mode=False",
-        ),
-    ):
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"Laplacian: derivatives need autograd.*"
+                                               r"inference_mode=False"):
         do.Laplacian(mlp(3))(torch.randn(4, 3, dtype=torch.float64))
 
 

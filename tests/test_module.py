@@ -116,11 +116,8 @@ def test_batchnorm_in_training_falls_back_to_autograd():
 
 
 def test_explicit_func_on_batchnorm_says_what_to_change():
-    with pytest.raises(
-        RuntimeError,
-        match=r"Laplacian: method='func' cannot differentiate this network.*"
-        r"method='autograd'",
-    ):
+    with pytest.raises(RuntimeError, match=r"Laplacian: method='func' cannot differentiate this network.*"
+                                           r"method='autograd'"):
         do.Laplacian(batchnorm_net().train(), method="func")(torch.randn(8, 2, dtype=torch.float64))
 
 
