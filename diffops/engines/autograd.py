@@ -1,7 +1,10 @@
 """The fallback engine: nested ``torch.autograd.grad``, one output component at a time.
 
 It handles what ``vmap`` and forward mode cannot (BatchNorm in training mode,
-in-place updates of captured buffers, data-dependent control flow).  Every
+in-place updates of captured buffers, data-dependent control flow).  Attention
+runs through PyTorch's math kernel: the fused CPU kernels have no double
+backward, and requests of order 2 and more run the fused normalisations
+through exact compositions (:func:`.audit.exact_reverse_mode`).  Every
 derivative is a gradient of a lower one, memoised by (component, multi-index),
 so a Hessian, a Laplacian and the partials of one request share their work.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .audit import exact_reverse_mode, request_order
 from .base import BatchedFn, Request, compute_along
 
 
@@ -49,9 +53,9 @@ class AutogradEngine:
     name = "autograd"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
-        if request.along:
+        if request.along:  # each direction set through self.along, the rest back here
             return compute_along(self, fn, x, request)
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_reverse_mode(request_order(request)):
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             value = fn(x)
@@ -81,7 +85,7 @@ class AutogradEngine:
         return results
 
     def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_reverse_mode(order):
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             value = fn(x)
@@ -106,7 +110,7 @@ class AutogradEngine:
         order 2 on when ``v`` is a function of ``x``.)
         """
         r = directions.shape[0]
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_reverse_mode(order):
             t = torch.zeros(x.shape[0], r, dtype=x.dtype, device=x.device, requires_grad=True)
             value = fn(x + torch.einsum("nr,rnd->nd", t, directions.to(x.dtype)))
             components = value.reshape(value.shape[0], value.shape[1:].numel())  # also for an empty batch

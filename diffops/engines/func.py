@@ -6,6 +6,10 @@ engine is the fast path).  Whole Jacobians, Hessians and Laplacians vmap those
 directional derivatives over the d coordinate directions.  Because ``fn`` runs
 on the whole batch at once, networks that index their input (``x[:, :1]``) work
 unchanged; rows must be independent samples.
+
+The network runs under :func:`.audit.exact_forward_mode`: the torch calls whose
+upstream forward-mode rules are wrong are rerouted through exact compositions
+or refused, so this engine never returns a value it has not got right.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
+from .audit import exact_forward_mode, request_order
 from .base import BatchedFn, MultiIndex, Request, basis, compute_along
+from .compiling import materialise_zero_tensors
 
 
 def directional_chain(fn: BatchedFn, directions: list[torch.Tensor]) -> BatchedFn:
@@ -60,8 +66,14 @@ class FuncEngine:
     name = "func"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
-        if request.along:
+        if request.along:  # each direction set through self.along, the rest back here
             return compute_along(self, fn, x, request)
+        if torch.compiler.is_compiling():
+            materialise_zero_tensors()
+        with exact_forward_mode(request_order(request)):
+            return self._compute(fn, x, request)
+
+    def _compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         results: dict = {}
         directions = basis(x)
         for chain in maximal_chains(request.partials):
@@ -85,12 +97,18 @@ class FuncEngine:
         return results
 
     def directional(self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int) -> torch.Tensor:
-        return vmap(lambda v: directional_chain(fn, [v] * order)(x)[order])(directions)
+        if torch.compiler.is_compiling():
+            materialise_zero_tensors()
+        with exact_forward_mode(order):
+            return vmap(lambda v: directional_chain(fn, [v] * order)(x)[order])(directions)
 
     def along(
         self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, summed: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Nested ``jvp`` along each direction, vmapped; a tangent is never differentiated itself."""
-        chains = vmap(lambda v: directional_chain(fn, [v] * order)(x))(directions.to(x.dtype))
+        if torch.compiler.is_compiling():
+            materialise_zero_tensors()
+        with exact_forward_mode(order):
+            chains = vmap(lambda v: directional_chain(fn, [v] * order)(x))(directions.to(x.dtype))
         top = chains[order]  # (R, N, *out)
         return chains[0][0], top.sum(0) if summed else top

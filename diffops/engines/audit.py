@@ -1,0 +1,259 @@
+"""Which of PyTorch's derivative rules an engine may trust, checked on the ops the network runs.
+
+A scan of torch 2.13 (``docs/guide/exactness.md``) found ops whose forward-mode
+rules give wrong numbers without an error: their first-order ``jvp`` is right
+but differentiating it again (forward-over-forward, or reverse-over-forward as
+a training step does for the parameters' gradients) is not.  The ``func``
+engine is built on those rules, so while it runs the network it intercepts
+every torch call (:class:`Audit`, a ``TorchFunctionMode``, so it works under
+``torch.compile`` too) and
+
+* runs ``layer_norm`` and ``instance_norm`` through the compositions of
+  :mod:`.decompositions`, whose rules are right;
+* refuses the others with :class:`EngineUnsupported` naming the op, so that
+  ``method="auto"`` moves on to an exact engine.
+
+The double-backward rules of the fused normalisations are right, but not their
+third derivatives, which the parameters' gradients of a second derivative
+need: nested autograd runs them through the same compositions for requests of
+order 2 and more (:func:`exact_reverse_mode`).  ``hardsigmoid``'s backward has
+no derivative, so both engines run it as ``relu6(x + 3) / 6``.  Both run
+attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
+kernels have no double backward.  Upstream errors that say an op has no rule
+become refusals naming the op (:func:`missing_rules_refused`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+
+from . import decompositions
+from .base import EngineUnsupported, Request
+
+
+@dataclass(frozen=True)
+class Defect:
+    """An upstream rule found wrong: the aten op and what goes wrong."""
+
+    aten: str
+    wrong: str
+
+
+_NORM_STATISTICS = (
+    "it treats the saved mean and inverse deviation as constants, so second and higher forward-mode "
+    "derivatives, the parameter gradients of first-order ones, and third and higher reverse-mode "
+    "derivatives are wrong"
+)
+_LINALG = (
+    "the parameter gradients of forward-mode derivatives and every forward-mode derivative of order >= 2 are wrong"
+)
+LAYER_NORM = Defect("aten::native_layer_norm", _NORM_STATISTICS)
+BATCH_NORM = Defect("aten::native_batch_norm (batch statistics)", _NORM_STATISTICS)
+DET = Defect("aten::_linalg_det", _LINALG)
+SLOGDET = Defect("aten::_linalg_slogdet", _LINALG)
+SOLVE = Defect("aten::_linalg_solve_ex", _LINALG)
+LU_SOLVE = Defect("aten::linalg_lu_solve", "its batching rule under vmap gives wrong second derivatives")
+
+
+def _argument(args: tuple, kwargs: dict, position: int, name: str, default):
+    return kwargs[name] if name in kwargs else args[position] if len(args) > position else default
+
+
+def _refuse(defect: Defect, call: str) -> Callable:
+    def handler(engine: str, func: Callable, args: tuple, kwargs: dict):
+        raise EngineUnsupported(
+            f"{engine} cannot differentiate {call} exactly: PyTorch's derivative rule for "
+            f"{defect.aten} is wrong ({defect.wrong})"
+        )
+
+    return handler
+
+
+def _instance_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
+    use_input_stats = _argument(args, kwargs, 5, "use_input_stats", True)
+    running = _argument(args, kwargs, 1, "running_mean", None)
+    if not use_input_stats:  # normalises with the running statistics: batch norm in eval mode, exact
+        return func(*args, **kwargs)
+    if running is not None:  # would update the running statistics as a side effect
+        return _refuse(BATCH_NORM, "instance_norm with track_running_stats=True")(engine, func, args, kwargs)
+    return decompositions.instance_norm(*args, **kwargs)
+
+
+def _batch_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
+    if _argument(args, kwargs, 5, "training", False):  # position 5 in F.batch_norm and torch.batch_norm
+        return _refuse(BATCH_NORM, "batch_norm in training mode")(engine, func, args, kwargs)
+    return func(*args, **kwargs)
+
+
+def _hardsigmoid(engine: str, func: Callable, args: tuple, kwargs: dict):
+    return F.relu6(args[0] + 3.0) / 6.0  # aten::hardsigmoid_backward has no derivative upstream
+
+
+def _layer_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
+    kwargs = {key: value for key, value in kwargs.items() if key != "cudnn_enable"}
+    return decompositions.layer_norm(*args[:5], **kwargs)
+
+
+# torch callable -> handler(engine, func, args, kwargs): every public way to reach a defective aten op.
+# The reverse-mode rules of these normalisations are right up to order 2, wrong beyond.
+NORMALISATION_HANDLERS: dict[Callable, Callable] = {
+    F.layer_norm: _layer_norm,
+    torch.layer_norm: _layer_norm,
+    torch.native_layer_norm: _refuse(LAYER_NORM, "torch.native_layer_norm"),
+    F.instance_norm: _instance_norm,
+    torch.instance_norm: _refuse(BATCH_NORM, "torch.instance_norm"),
+    F.batch_norm: _batch_norm,
+    torch.batch_norm: _batch_norm,
+    torch.native_batch_norm: _refuse(BATCH_NORM, "torch.native_batch_norm"),
+}
+
+
+def _from_order(order: int, defect: Defect, call: str) -> tuple[int, Callable]:
+    return order, _refuse(defect, call)
+
+
+_NORM = Defect(
+    "aten::linalg_vector_norm",
+    "its forward-over-forward rule fails ('a variable needed for gradient computation has been modified')",
+)
+_STD = Defect("aten::std", _NORM.wrong)
+_EIGH = Defect("aten::_linalg_eigh", "its third forward-mode derivative fails the same way")
+_GLU = Defect("aten::glu", "it has no forward-mode rule for its own derivative (aten::glu_jvp)")
+# errors rather than wrong numbers, refused from the order at which they fail so that they name the op
+FORWARD_MODE_FAILURES: dict[Callable, tuple[int, Callable]] = {
+    torch.norm: _from_order(2, _NORM, "torch.norm"),
+    torch.Tensor.norm: _from_order(2, _NORM, "Tensor.norm"),
+    torch.linalg.norm: _from_order(2, _NORM, "torch.linalg.norm"),
+    torch.linalg.vector_norm: _from_order(2, _NORM, "torch.linalg.vector_norm"),
+    torch.linalg.matrix_norm: _from_order(2, _NORM, "torch.linalg.matrix_norm"),
+    F.normalize: _from_order(2, _NORM, "F.normalize"),
+    torch.std: _from_order(2, _STD, "torch.std"),
+    torch.Tensor.std: _from_order(2, _STD, "Tensor.std"),
+    torch.std_mean: _from_order(2, _STD, "torch.std_mean"),
+    torch.linalg.eigvalsh: _from_order(3, _EIGH, "torch.linalg.eigvalsh"),
+    torch.linalg.eigh: _from_order(3, _EIGH, "torch.linalg.eigh"),
+    F.glu: _from_order(1, _GLU, "F.glu"),
+}
+def _batch_norm_composed(engine: str, func: Callable, args: tuple, kwargs: dict):
+    if not _argument(args, kwargs, 5, "training", False):
+        return func(*args, **kwargs)
+    return decompositions.batch_norm(*args, **kwargs)
+
+
+# nested autograd differentiates batch statistics fine through the composition (func cannot: vmap)
+REVERSE_MODE_HANDLERS: dict[Callable, Callable] = {**NORMALISATION_HANDLERS, F.batch_norm: _batch_norm_composed}
+
+# hardsigmoid's backward has no derivative: any derivative trained on needs the composition
+MISSING_RULE_HANDLERS: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid}
+FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
+    **NORMALISATION_HANDLERS,
+    **MISSING_RULE_HANDLERS,
+    torch.linalg.det: _refuse(DET, "torch.linalg.det"),
+    torch.det: _refuse(DET, "torch.det"),
+    torch.Tensor.det: _refuse(DET, "Tensor.det"),
+    torch.linalg.slogdet: _refuse(SLOGDET, "torch.linalg.slogdet"),
+    torch.slogdet: _refuse(SLOGDET, "torch.slogdet"),
+    torch.Tensor.slogdet: _refuse(SLOGDET, "Tensor.slogdet"),
+    torch.logdet: _refuse(SLOGDET, "torch.logdet"),
+    torch.Tensor.logdet: _refuse(SLOGDET, "Tensor.logdet"),
+    torch.linalg.solve: _refuse(SOLVE, "torch.linalg.solve"),
+    torch.linalg.solve_ex: _refuse(SOLVE, "torch.linalg.solve_ex"),
+    torch.linalg.tensorsolve: _refuse(SOLVE, "torch.linalg.tensorsolve"),
+    torch.linalg.lu_solve: _refuse(LU_SOLVE, "torch.linalg.lu_solve"),
+}
+
+
+class Audit(TorchFunctionMode):
+    """Reroutes or refuses the torch calls in ``handlers`` (see the module docstring).
+
+    Every other call passes through unchanged.  The network's Python code runs
+    once per transform, so this costs one dict lookup per torch call of ``u``.
+    ``engine`` names the engine in the refusals.
+    """
+
+    def __init__(self, handlers: dict[Callable, Callable], engine: str) -> None:
+        super().__init__()
+        self.handlers = handlers
+        self.engine = engine
+
+    @classmethod
+    def forward_mode(cls, order: int) -> Audit:
+        """The audit of the ``func`` engine for derivatives up to ``order``."""
+        failing = {func: handler for func, (start, handler) in FORWARD_MODE_FAILURES.items() if order >= start}
+        return cls({**FORWARD_MODE_HANDLERS, **failing}, "torch.func")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = self.handlers.get(func)
+        if handler is None:
+            return func(*args, **kwargs)
+        return handler(self.engine, func, args, kwargs)
+
+
+def math_attention() -> contextlib.AbstractContextManager:
+    """``scaled_dot_product_attention`` through the math kernel, which has derivatives of every order."""
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+_MISSING_RULE = re.compile(
+    r"derivative for '?([\w:.]+)'? is not implemented|forward AD with ([\w:.]+) that does not"
+    r"|vmap: we do not yet support ([\w:.]+)"
+)
+
+
+@contextlib.contextmanager
+def missing_rules_refused(engine: str) -> Iterator[None]:
+    """Turn PyTorch's "no derivative rule for op X" errors into :class:`EngineUnsupported` naming X."""
+    try:
+        yield
+    except EngineUnsupported:
+        raise
+    except RuntimeError as error:
+        match = _MISSING_RULE.search(str(error))
+        if match is None:
+            raise
+        op = next(group for group in match.groups() if group)
+        first_line = str(error).splitlines()[0]
+        raise EngineUnsupported(
+            f"{engine} cannot differentiate {op}: PyTorch has no rule for it ({first_line})"
+        ) from error
+
+
+def request_order(request: Request) -> int:
+    """The highest order of derivative ``request`` needs."""
+    # a list rather than max(generator, default=...), which torch.compile cannot trace
+    orders = [len(index) for index in request.partials]
+    orders += [2 if name in ("hessian", "laplacian") else 1 for name in request.full]
+    return max(orders) if orders else 0
+
+
+@contextlib.contextmanager
+def exact_forward_mode(order: int) -> Iterator[None]:
+    """The context the ``func`` engine runs the network in for derivatives up to ``order``."""
+    with missing_rules_refused("torch.func"), math_attention(), Audit.forward_mode(order):
+        yield
+
+
+@contextlib.contextmanager
+def exact_reverse_mode(order: int) -> Iterator[None]:
+    """The context nested autograd runs the network in for derivatives up to ``order``.
+
+    A training step differentiates the result once more, so the normalisations'
+    third-order defect shows from ``order`` 2 on (in the parameters' gradients),
+    and the missing second derivative of ``hardsigmoid`` from ``order`` 1.
+    """
+    handlers = {**MISSING_RULE_HANDLERS, **(REVERSE_MODE_HANDLERS if order >= 2 else {})}
+    with missing_rules_refused("nested autograd"), math_attention():
+        if order == 0:
+            yield
+            return
+        with Audit(handlers, "nested autograd"):
+            yield

@@ -1,0 +1,80 @@
+"""The nested-autograd engine where PyTorch's own reverse-mode rules fall short."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import diffops as do
+from diffops.engines import Request
+from diffops.engines.audit import request_order
+
+from .. import reference as ref
+
+
+def transformer() -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(2, 12)
+            self.layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(12, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.embed(x).reshape(x.shape[0], 3, 4)
+            return self.head(self.layer(tokens).flatten(1))
+
+    return Net().double().eval()
+
+
+def test_attention_runs_on_the_math_kernel():
+    """The fused CPU attention kernel has no double backward; the engine's Laplacian still comes out."""
+    u, x = transformer(), torch.randn(5, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        ref.laplacian(u, x)  # torch's default kernel
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        expected = ref.laplacian(u, x)
+    torch.testing.assert_close(do.Laplacian(u, method="autograd")(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_layer_norm_parameter_gradients_of_a_laplacian():
+    """They are third derivatives, where the fused layer_norm's rule is wrong: finite differences decide."""
+    u = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 1)).double()
+    x = torch.randn(6, 2, dtype=torch.float64)
+    loss = do.Laplacian(u, method="autograd")(x).sum()
+    bias = u[0].bias
+    (gradient,) = torch.autograd.grad(loss, bias)
+    h, finite = 1e-5, torch.empty_like(bias)
+    with torch.no_grad():
+        for i in range(bias.numel()):
+            values = []
+            for sign in (1, -1):
+                bias[i] += sign * h
+                with torch.enable_grad():
+                    values.append(ref.laplacian(u, x).sum())
+                bias[i] -= sign * h
+            finite[i] = (values[0] - values[1]) / (2 * h)
+    torch.testing.assert_close(gradient, finite, rtol=1e-6, atol=1e-7)
+
+
+def test_hardsigmoid_laplacian_trains():
+    """aten::hardsigmoid_backward has no derivative; the engine's composition does."""
+    u = nn.Sequential(nn.Linear(2, 8), nn.Hardsigmoid(), nn.Linear(8, 1)).double()
+    value = do.Derivative(u, wrt=0, method="autograd")(torch.randn(6, 2, dtype=torch.float64))
+    value.square().sum().backward()
+    assert u[0].weight.grad is not None and u[2].weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("request_", "order"),
+    [
+        (Request(), 0),
+        (Request(frozenset({(0,)})), 1),
+        (Request(full=frozenset({"jacobian"})), 1),
+        (Request(full=frozenset({"laplacian"})), 2),
+        (Request(frozenset({(0, 0, 1)}), frozenset({"hessian"})), 3),
+    ],
+)
+def test_request_order(request_, order):
+    assert request_order(request_) == order

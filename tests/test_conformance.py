@@ -1,0 +1,404 @@
+"""The conformance matrix: network building blocks x engines x derivative requests, in float64.
+
+Every cell either equals the nested reverse-mode reference (values and the
+parameters' gradients, rtol 1e-9) or the engine refuses with ``EngineUnsupported``
+naming the op it cannot differentiate; a mismatch fails.  ``method="auto"``
+must always match where one engine can.  Sample points avoid the kinks of
+piecewise ops (there autograd's subgradient convention is the reference);
+the ``pow-at-zero`` block sits on the base's zero on purpose.
+
+The reference is :mod:`tests.reference` run with attention on the math kernel
+and the fused normalisations (``layer_norm``, ``instance_norm``) and
+``hardsigmoid`` written as compositions: PyTorch's own rules for those are
+wrong at order 3 (or missing at order 2); ``test_reference_*`` check the
+rewritten reference against finite differences.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+
+import diffops as do
+from diffops.engines import METHODS, EngineUnsupported
+
+from . import reference as ref
+
+D, WIDTH, ROWS = 2, 6, 3
+RTOL, ATOL = 1e-9, 1e-11
+
+
+class Block(nn.Module):
+    """``x -> head(f(stem(x)))``: the block ``f`` between two linear maps."""
+
+    def __init__(self, f: Callable, width: int = WIDTH, out: int = 1, stem: bool = True):
+        super().__init__()
+        self.stem = nn.Linear(D, width) if stem else nn.Identity()
+        self.f = f
+        training = getattr(f, "training", False)
+        with torch.no_grad():
+            if training:
+                f.eval()  # no batch statistics from the shape probe
+            features = f(torch.full((1, width if stem else D), 0.3)).shape[-1]
+            if training:
+                f.train()
+        self.head = nn.Linear(features, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.f(self.stem(x)))
+
+
+class Tokens(nn.Module):
+    """Width-6 features as 3 tokens of 4 channels through ``layer`` (attention blocks)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        tokens = h.reshape(h.shape[0], 3, 2).repeat(1, 1, 2)
+        out = self.layer(tokens)
+        return (out[0] if isinstance(out, tuple) else out).flatten(1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, weights: bool):
+        super().__init__()
+        self.attention, self.weights = nn.MultiheadAttention(4, 2, batch_first=True), weights
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.attention(t, t, t, need_weights=self.weights)[0]
+
+
+class Conditioned(nn.Module):
+    """An embedding of a class label (fixed per row) added to the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(3, WIDTH)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        labels = torch.arange(h.shape[0], device=h.device) % 3
+        return torch.tanh(h + self.embedding(labels))
+
+
+class Fourier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(WIDTH, 4))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = 2 * math.pi * h @ self.frequencies
+        return torch.cat([z.sin(), z.cos()], dim=-1)
+
+
+def _square(h: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, 2)`` well-conditioned matrices from the features."""
+    return h[:, :4].reshape(-1, 2, 2) + 3 * torch.eye(2, dtype=h.dtype, device=h.device)
+
+
+def _cube(h: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, 3)`` matrices (a determinant wavefunction's orbitals)."""
+    return torch.cat([h, h[:, :3].sin()], dim=-1).reshape(-1, 3, 3)
+
+
+def _pow_at_zero(x: torch.Tensor) -> torch.Tensor:
+    """Integer and float exponents of a base that is exactly 0 at the sample points."""
+    b = x[:, :1]
+    return torch.cat([b**2, b**3, b**2.0, b**4, torch.tanh(x[:, 1:])], dim=-1)
+
+
+def _attention(h: torch.Tensor) -> torch.Tensor:
+    q = h.reshape(h.shape[0], 2, 3)
+    return F.scaled_dot_product_attention(q, q.sin(), q.cos()).flatten(1)
+
+
+class Cast(nn.Module):
+    """A float64 network whose output is returned in another float dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = Block(nn.Tanh()), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).to(self.dtype)
+
+
+ALSO_NAMED = {"ReLU6": ("hardtanh",), "Softmin": ("softmax",), "RReLU": ("leaky_relu",)}
+
+
+def _activation(module: nn.Module) -> Callable[[], nn.Module]:
+    return lambda: Block(module)
+
+
+# block name -> (make the module, names of its op one of which a refusal must mention)
+BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
+    **{
+        name: (_activation(module), (name.split("-")[0], *ALSO_NAMED.get(name, ())))
+        for name, module in {
+            "ELU": nn.ELU(),
+            "Hardshrink": nn.Hardshrink(),
+            "Hardsigmoid": nn.Hardsigmoid(),
+            "Hardtanh": nn.Hardtanh(),
+            "Hardswish": nn.Hardswish(),
+            "LeakyReLU": nn.LeakyReLU(0.1),
+            "LogSigmoid": nn.LogSigmoid(),
+            "PReLU": nn.PReLU(WIDTH),
+            "ReLU": nn.ReLU(),
+            "ReLU6": nn.ReLU6(),
+            "RReLU": nn.RReLU().eval(),
+            "SELU": nn.SELU(),
+            "CELU": nn.CELU(0.7),
+            "GELU": nn.GELU(),
+            "GELU-tanh": nn.GELU(approximate="tanh"),
+            "Sigmoid": nn.Sigmoid(),
+            "SiLU": nn.SiLU(),
+            "Mish": nn.Mish(),
+            "Softplus": nn.Softplus(),
+            "Softshrink": nn.Softshrink(),
+            "Softsign": nn.Softsign(),
+            "Tanh": nn.Tanh(),
+            "Tanhshrink": nn.Tanhshrink(),
+            "Threshold": nn.Threshold(0.1, 0.0),
+            "GLU": nn.GLU(),
+            "Softmin": nn.Softmin(-1),
+            "Softmax": nn.Softmax(-1),
+            "LogSoftmax": nn.LogSoftmax(-1),
+        }.items()
+    },
+    "LayerNorm": (lambda: Block(nn.Sequential(nn.Tanh(), nn.LayerNorm(WIDTH))), ("layer_norm",)),
+    "RMSNorm": (lambda: Block(nn.Sequential(nn.Tanh(), nn.RMSNorm(WIDTH))), ("rms_norm",)),
+    "GroupNorm": (lambda: Block(nn.Sequential(nn.Tanh(), nn.GroupNorm(2, WIDTH))), ("group_norm",)),
+    "InstanceNorm": (
+        lambda: Block(nn.Sequential(nn.Unflatten(1, (2, 3)), nn.InstanceNorm1d(2, affine=True), nn.Flatten())),
+        ("instance_norm", "batch_norm"),
+    ),
+    "BatchNorm-eval": (lambda: Block(nn.Sequential(nn.BatchNorm1d(WIDTH), nn.Tanh())).eval(), ("batch_norm",)),
+    "Dropout-eval": (lambda: Block(nn.Sequential(nn.Dropout(0.3), nn.Tanh())).eval(), ("dropout",)),
+    "Embedding": (lambda: Block(Conditioned()), ("embedding",)),
+    "MultiheadAttention": (lambda: Block(Tokens(SelfAttention(False))), ("attention",)),
+    "MultiheadAttention-weights": (lambda: Block(Tokens(SelfAttention(True))), ("attention", "softmax")),
+    "TransformerEncoderLayer": (
+        lambda: Block(Tokens(nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True).eval())),
+        ("attention", "layer_norm"),
+    ),
+    "scaled_dot_product_attention": (lambda: Block(_attention), ("attention",)),
+    "logsumexp": (lambda: Block(lambda h: torch.logsumexp(h, -1, keepdim=True) * h), ("logsumexp",)),
+    "pow2": (lambda: Block(lambda h: h**2), ("pow",)),
+    "pow3": (lambda: Block(lambda h: h**3), ("pow",)),
+    "pow0.5": (lambda: Block(lambda h: (h * h + 0.5) ** 0.5), ("pow",)),
+    "pow-1": (lambda: Block(lambda h: (h * h + 0.5) ** -1), ("pow",)),
+    "pow1.5": (lambda: Block(lambda h: (h * h + 0.5) ** 1.5), ("pow",)),
+    "pow-tensor": (lambda: Block(lambda h: (h * h + 0.5) ** torch.tanh(h)), ("pow",)),
+    "pow-at-zero": (lambda: Block(_pow_at_zero, stem=False), ("pow",)),
+    "sqrt": (lambda: Block(lambda h: torch.sqrt(h * h + 0.5)), ("sqrt",)),
+    "abs": (lambda: Block(torch.abs), ("abs",)),
+    "clamp": (lambda: Block(lambda h: torch.clamp(h, -0.4, 0.4)), ("clamp",)),
+    "where": (lambda: Block(lambda h: torch.where(h > 0, h.sin(), h.tanh())), ("where",)),
+    "maximum": (lambda: Block(lambda h: torch.maximum(h, 0.5 * h.sin())), ("maximum",)),
+    "norm": (lambda: Block(lambda h: h.norm(dim=-1, keepdim=True) * h), ("norm",)),
+    "vector_norm": (lambda: Block(lambda h: torch.linalg.vector_norm(h, dim=-1, keepdim=True) + h), ("norm",)),
+    "normalize": (lambda: Block(lambda h: F.normalize(h, dim=-1)), ("normalize", "norm")),
+    "cumsum": (lambda: Block(lambda h: torch.cumsum(h.tanh(), -1)), ("cumsum",)),
+    "cat-stack-index-reshape": (
+        lambda: Block(
+            lambda h: torch.stack([h[:, :3].sin(), h[:, 3:].cos()], -1).reshape(h.shape[0], -1)[:, [0, 2, 5]]
+        ),
+        ("cat",),
+    ),
+    "einsum": (
+        lambda: Block(
+            lambda h: torch.einsum("bij,bjk->bik", h.reshape(-1, 2, 3), h.reshape(-1, 3, 2).tanh()).flatten(1)
+        ),
+        ("einsum",),
+    ),
+    "matmul": (lambda: Block(lambda h: (h.reshape(-1, 2, 3) @ h.reshape(-1, 3, 2).sin()).flatten(1)), ("matmul",)),
+    "bmm": (lambda: Block(lambda h: torch.bmm(h.reshape(-1, 2, 3), h.reshape(-1, 3, 2).tanh()).flatten(1)), ("bmm",)),
+    "addmm": (lambda: Block(lambda h: torch.addmm(h[:, :2], h.tanh(), h.new_full((WIDTH, 2), 0.3))), ("addmm",)),
+    "det": (lambda: Block(lambda h: torch.linalg.det(_cube(h)).unsqueeze(-1)), ("det",)),
+    "slogdet": (lambda: Block(lambda h: torch.linalg.slogdet(_square(h))[1].unsqueeze(-1)), ("slogdet",)),
+    "logdet": (lambda: Block(lambda h: torch.logdet(_square(h).mT @ _square(h)).unsqueeze(-1)), ("logdet", "slogdet")),
+    "solve": (lambda: Block(lambda h: torch.linalg.solve(_square(h), h[:, 4:])), ("solve",)),
+    "inv": (lambda: Block(lambda h: torch.linalg.inv(_square(h)).flatten(1)), ("inv",)),
+    "fourier-features": (lambda: Block(Fourier()), ("fourier",)),
+    "gating": (lambda: Block(lambda h: torch.sigmoid(h) * torch.tanh(h.flip(-1))), ("sigmoid",)),
+    "vector-output": (lambda: Block(nn.Tanh(), out=3), ("tanh",)),
+}
+BLOCKS["float32-output"] = (lambda: Cast(torch.float32), ("float32",))
+BLOCKS["bfloat16-output"] = (lambda: Cast(torch.bfloat16), ("bfloat16",))
+
+
+def _pure(order: int) -> tuple:
+    return do.Derivative, {"wrt": 0, "order": order}, lambda u, x: ref.partial(u, x, (0,) * order)
+
+
+def _mixed(index: tuple[int, ...]) -> tuple:
+    return do.Derivative, {"wrt": index}, lambda u, x: ref.partial(u, x, index)
+
+
+# request -> (operator, its keyword arguments, the reference)
+REQUESTS = {
+    **{f"d{k}": _pure(k) for k in (1, 2, 3, 4)},
+    "mixed2": _mixed((0, 1)),
+    "mixed3": _mixed((0, 0, 1)),
+    "laplacian": (do.Laplacian, {}, ref.laplacian),
+    "hessian": (do.Hessian, {}, ref.hessian),
+    "jacobian": (do.Jacobian, {}, ref.jacobian),
+}
+
+
+def _normalise(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+    centred = x - x.mean(dims, keepdim=True)
+    return centred / torch.sqrt((centred * centred).mean(dims, keepdim=True) + eps)
+
+
+class CompositeReference(TorchFunctionMode):
+    """The ops whose fused reverse-mode rules fail beyond order 2, written out for the reference."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.layer_norm:
+            x, shape, weight, bias = args[0], args[1], kwargs.get("weight"), kwargs.get("bias")
+            y = _normalise(x, tuple(range(-len(shape), 0)), kwargs.get("eps", 1e-5))
+            return y * weight + bias if weight is not None else y
+        if func is F.instance_norm:
+            x, weight, bias = args[0], kwargs.get("weight"), kwargs.get("bias")
+            y = _normalise(x, tuple(range(2, x.dim())), kwargs.get("eps", 1e-5))
+            return y * weight[:, None] + bias[:, None] if weight is not None else y
+        if func is F.hardsigmoid:  # no double backward upstream
+            return F.relu6(args[0] + 3) / 6
+        return func(*args, **kwargs)
+
+
+_MADE: dict = {}
+_REFERENCES: dict = {}
+
+
+def reference(block: str, request: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The reference value and its parameter gradients, computed once per block and request."""
+    key = (block, request)
+    if key not in _REFERENCES:
+        u, x = make(block)
+        with sdpa_kernel(SDPBackend.MATH), CompositeReference():
+            value = REQUESTS[request][2](u, x)
+        _REFERENCES[key] = value.detach(), gradients(u, value)
+    return _REFERENCES[key]
+
+
+def make(block: str) -> tuple[nn.Module, torch.Tensor]:
+    """The block's network and sample points, built once (the cells only read them)."""
+    if block not in _MADE:
+        _MADE[block] = _build(block)
+    return _MADE[block]
+
+
+def _build(block: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    u = BLOCKS[block][0]().double()
+    if isinstance(u, Cast):
+        u.dtype = {"float32-output": torch.float32, "bfloat16-output": torch.bfloat16}[block]
+    x = 0.8 * torch.randn(ROWS, D, dtype=torch.float64)
+    if block == "pow-at-zero":
+        x[:, 0] = 0.0
+    return u, x
+
+
+def tolerances(dtype: torch.dtype) -> dict:
+    return {torch.float64: {"rtol": RTOL, "atol": ATOL}, torch.float32: {"rtol": 1e-6, "atol": 1e-6}}.get(
+        dtype, {"rtol": 2e-2, "atol": 2e-2}
+    )
+
+
+def gradients(u: nn.Module, value: torch.Tensor) -> list[torch.Tensor]:
+    """The parameters' gradients of a fixed loss of ``value``; zeros where it is constant in them."""
+    if not value.requires_grad:
+        return [torch.zeros_like(p) for p in u.parameters()]
+    return ref.parameter_gradients(u, value.double())
+
+
+def outcome(u: nn.Module, x: torch.Tensor, request: str, method: str):
+    """The operator's value, or the ``EngineUnsupported`` it raised."""
+    operator, kwargs, _ = REQUESTS[request]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # auto announces its fallbacks; tested elsewhere
+            return operator(u, method=method, **kwargs)(x)
+    except EngineUnsupported as error:
+        return error
+
+
+def _plain(text: str) -> str:
+    return text.lower().replace("_", "").replace("-", "")
+
+
+def assert_refusal_names_the_op(error: Exception, block: str) -> None:
+    message = _plain(str(error))
+    assert any(_plain(op) in message for op in BLOCKS[block][1]), f"the refusal does not name the op: {error}"
+
+
+# Known gaps of the Taylor engine, expected to fail until fixed (strict: a fix makes these fail loudly)
+_NAMES_AN_ATTRIBUTE = "its refusal names a missing Jet attribute, not the op"
+KNOWN_GAPS = {
+    **{(block, "taylor"): _NAMES_AN_ATTRIBUTE for block in ("MultiheadAttention", "MultiheadAttention-weights")},
+    ("TransformerEncoderLayer", "taylor"): _NAMES_AN_ATTRIBUTE,
+    ("logdet", "taylor"): _NAMES_AN_ATTRIBUTE,
+    ("LeakyReLU", "taylor", "d1"): "a float32 slope in a float64 jet (off by 1e-10)",
+    ("LeakyReLU", "taylor", "jacobian"): "a float32 slope in a float64 jet (off by 1e-10)",
+}
+
+
+def _cells() -> list:
+    cells = []
+    for block in sorted(BLOCKS):
+        for method in METHODS:
+            for request in sorted(REQUESTS):
+                gap = KNOWN_GAPS.get((block, method), KNOWN_GAPS.get((block, method, request)))
+                marks = [pytest.mark.xfail(reason=gap, strict=True)] if gap else []
+                cells.append(pytest.param(block, method, request, marks=marks, id=f"{block}-{method}-{request}"))
+    return cells
+
+
+@pytest.mark.parametrize(("block", "method", "request_"), _cells())
+def test_cell(block, method, request_):
+    u, x = make(block)
+    result = outcome(u, x, request_, method)
+    if isinstance(result, EngineUnsupported):
+        if method == "auto":  # only when no engine can
+            for other in (m for m in METHODS if m != "auto"):
+                assert isinstance(outcome(u, x, request_, other), EngineUnsupported), f"auto refused, {other} did not"
+        assert_refusal_names_the_op(result, block)
+        return
+    expected, expected_gradients = reference(block, request_)
+    assert result.shape == expected.shape
+    tolerance = tolerances(result.dtype)
+    torch.testing.assert_close(result.double(), expected.double(), **tolerance)
+    for actual, wanted in zip(gradients(u, result), expected_gradients):
+        torch.testing.assert_close(actual, wanted, **tolerance)
+
+
+@pytest.mark.parametrize("block", ["LayerNorm", "InstanceNorm", "TransformerEncoderLayer"])
+def test_reference_matches_finite_differences_where_torch_rules_fail(block):
+    """The rewritten reference at orders 3 and 4 against differences of its (upstream-exact) second order."""
+    u, x = make(block)
+    h = 1e-3
+    step = torch.zeros_like(x)
+    step[:, 0] = h
+    second = [reference_at(u, z, "d2") for z in (x + step, x, x - step)]
+    third = (second[0] - second[2]) / (2 * h)
+    fourth = (second[0] - 2 * second[1] + second[2]) / h**2
+    # the fused kernels' rules are off by O(1) here; the differences' own error is O(h^2)
+    torch.testing.assert_close(reference(block, "d3")[0], third, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reference(block, "d4")[0], fourth, rtol=1e-3, atol=1e-4)
+
+
+def reference_at(u: nn.Module, x: torch.Tensor, request: str) -> torch.Tensor:
+    with sdpa_kernel(SDPBackend.MATH), CompositeReference():
+        return REQUESTS[request][2](u, x).detach()
