@@ -17,7 +17,8 @@ The double-backward rules of the fused normalisations are right, but not their
 third derivatives, which the parameters' gradients of a second derivative
 need: nested autograd runs them through the same compositions for requests of
 order 2 and more (:func:`exact_reverse_mode`).  ``hardsigmoid``'s backward has
-no derivative, so both engines run it as ``relu6(x + 3) / 6``.  Both run
+no derivative, so both engines run it as ``relu6(x + 3) / 6``; ``celu``'s is
+inexact (a float32 ``1/alpha``), so both run it as ``relu(x) + alpha expm1(min(x, 0) / alpha)``.  Both run
 attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
 kernels have no double backward.  Upstream errors that say an op has no rule
 become refusals naming the op (:func:`missing_rules_refused`).
@@ -97,6 +98,12 @@ def _hardsigmoid(engine: str, func: Callable, args: tuple, kwargs: dict):
     return F.relu6(args[0] + 3.0) / 6.0  # aten::hardsigmoid_backward has no derivative upstream
 
 
+def _celu(engine: str, func: Callable, args: tuple, kwargs: dict):
+    # aten::celu's derivative scales by 1/alpha in float32 (relative error ~1e-8 in float64 for alpha = 0.7)
+    x, alpha = args[0], _argument(args, kwargs, 1, "alpha", 1.0)
+    return F.relu(x) + alpha * torch.expm1(torch.clamp(x, max=0.0) / alpha)
+
+
 def _layer_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
     kwargs = {key: value for key, value in kwargs.items() if key != "cudnn_enable"}
     return decompositions.layer_norm(*args[:5], **kwargs)
@@ -151,8 +158,9 @@ def _batch_norm_composed(engine: str, func: Callable, args: tuple, kwargs: dict)
 # nested autograd differentiates batch statistics fine through the composition (func cannot: vmap)
 REVERSE_MODE_HANDLERS: dict[Callable, Callable] = {**NORMALISATION_HANDLERS, F.batch_norm: _batch_norm_composed}
 
-# hardsigmoid's backward has no derivative: any derivative trained on needs the composition
-MISSING_RULE_HANDLERS: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid}
+# hardsigmoid's backward has no derivative and celu's is inexact: any derivative trained on
+# needs the composition
+MISSING_RULE_HANDLERS: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid, F.celu: _celu, torch.celu: _celu}
 FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
     **NORMALISATION_HANDLERS,
     **MISSING_RULE_HANDLERS,

@@ -201,6 +201,11 @@ class Jet:
     def is_nested(self) -> bool:  # read by the checks for the fused paths of nn.MultiheadAttention and others
         return self.primal.is_nested
 
+    @property
+    def mT(self) -> Jet:  # noqa: N802 - torch's name
+        """The last two dimensions swapped, as ``Tensor.mT``."""
+        return _dispatch(torch.Tensor.transpose, (self, -2, -1), {})
+
     def dim(self) -> int:
         return self.primal.dim()
 
