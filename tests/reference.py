@@ -1,16 +1,59 @@
 """Float64 nested ``torch.autograd.grad``: the reference every engine is checked against.
 
 Written plainly, one output component and one row of partials at a time, and
-independent of the package's own autograd engine.
+independent of the package's own autograd engine.  PyTorch's own rules are not
+exact everywhere: :func:`exact_layers` runs the layers whose fused derivative
+rules fail (normalisations beyond order 2, ``hardsigmoid``, ``celu``) as plain
+compositions and attention on the math kernel; ``partial`` uses it throughout.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+
+
+def _normalise(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+    centred = x - x.mean(dims, keepdim=True)
+    return centred / torch.sqrt((centred * centred).mean(dims, keepdim=True) + eps)
+
+
+class CompositeReference(TorchFunctionMode):
+    """The ops whose fused reverse-mode rules fail beyond order 2, written out for the reference."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.layer_norm:
+            x, shape, weight, bias = args[0], args[1], kwargs.get("weight"), kwargs.get("bias")
+            y = _normalise(x, tuple(range(-len(shape), 0)), kwargs.get("eps", 1e-5))
+            return y * weight + bias if weight is not None else y
+        if func is F.instance_norm:
+            x, weight, bias = args[0], kwargs.get("weight"), kwargs.get("bias")
+            y = _normalise(x, tuple(range(2, x.dim())), kwargs.get("eps", 1e-5))
+            return y * weight[:, None] + bias[:, None] if weight is not None else y
+        if func is F.hardsigmoid:  # no double backward upstream
+            return F.relu6(args[0] + 3) / 6
+        if func is F.celu:  # the upstream derivative scales by a float32 1/alpha
+            alpha = args[1] if len(args) > 1 else kwargs.get("alpha", 1.0)
+            return F.relu(args[0]) + alpha * torch.expm1(torch.clamp(args[0], max=0.0) / alpha)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def exact_layers() -> Iterator[None]:
+    """Run ``u`` so that nested autograd through it is exact at every order (see the module docstring)."""
+    with sdpa_kernel(SDPBackend.MATH), CompositeReference():
+        yield
 
 
 def _components(u, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
-    y = u(x)
+    with exact_layers():
+        y = u(x)
     return y.reshape(x.shape[0], -1), y.shape[1:]
 
 

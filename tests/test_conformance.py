@@ -24,8 +24,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.overrides import TorchFunctionMode
 
 import diffops as do
 from diffops.engines import METHODS, EngineUnsupported
@@ -255,32 +253,6 @@ REQUESTS = {
 }
 
 
-def _normalise(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
-    centred = x - x.mean(dims, keepdim=True)
-    return centred / torch.sqrt((centred * centred).mean(dims, keepdim=True) + eps)
-
-
-class CompositeReference(TorchFunctionMode):
-    """The ops whose fused reverse-mode rules fail beyond order 2, written out for the reference."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.layer_norm:
-            x, shape, weight, bias = args[0], args[1], kwargs.get("weight"), kwargs.get("bias")
-            y = _normalise(x, tuple(range(-len(shape), 0)), kwargs.get("eps", 1e-5))
-            return y * weight + bias if weight is not None else y
-        if func is F.instance_norm:
-            x, weight, bias = args[0], kwargs.get("weight"), kwargs.get("bias")
-            y = _normalise(x, tuple(range(2, x.dim())), kwargs.get("eps", 1e-5))
-            return y * weight[:, None] + bias[:, None] if weight is not None else y
-        if func is F.hardsigmoid:  # no double backward upstream
-            return F.relu6(args[0] + 3) / 6
-        if func is F.celu:  # the upstream derivative scales by a float32 1/alpha
-            alpha = args[1] if len(args) > 1 else kwargs.get("alpha", 1.0)
-            return F.relu(args[0]) + alpha * torch.expm1(torch.clamp(args[0], max=0.0) / alpha)
-        return func(*args, **kwargs)
-
-
 _MADE: dict = {}
 _REFERENCES: dict = {}
 
@@ -290,7 +262,7 @@ def reference(block: str, request: str) -> tuple[torch.Tensor, list[torch.Tensor
     key = (block, request)
     if key not in _REFERENCES:
         u, x = make(block)
-        with sdpa_kernel(SDPBackend.MATH), CompositeReference():
+        with ref.exact_layers():
             value = REQUESTS[request][2](u, x)
         _REFERENCES[key] = value.detach(), gradients(u, value)
     return _REFERENCES[key]
@@ -397,5 +369,5 @@ def test_reference_matches_finite_differences_where_torch_rules_fail(block):
 
 
 def reference_at(u: nn.Module, x: torch.Tensor, request: str) -> torch.Tensor:
-    with sdpa_kernel(SDPBackend.MATH), CompositeReference():
+    with ref.exact_layers():
         return REQUESTS[request][2](u, x).detach()
