@@ -62,6 +62,8 @@ def _tensor_result(op: DifferentialOperator, value: Any) -> Any:
 
 
 def _check_same_shape(symbol: str, left: DifferentialOperator, a: Any, right: DifferentialOperator, b: Any) -> None:
+    if isinstance(left, Constant) or isinstance(right, Constant):  # a scalar, even a 0-dim tensor, broadcasts
+        return
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
         raise ValueError(
             f"cannot compute {left} {symbol} {right}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ "

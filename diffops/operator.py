@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
 from torch._C._functorch import peek_interpreter_stack
 
 from ._coords import check_coords, check_range, derivative_spec
