@@ -119,17 +119,23 @@ class DifferentialOperator(nn.Module):
         return {key: computed.results[index] for key, index in indices.items()}
 
     def _derivative_spec(self, spec: Mapping[str, Any] | None, named: dict) -> tuple[dict, Request]:
-        """``derivative_spec`` and its request, validated once per distinct spec."""
-        try:
-            key = (tuple(spec.items()) if isinstance(spec, Mapping) else spec, tuple(named.items()), self.coords)
-            hash(key)
-        except TypeError:  # unhashable multi-indices (lists): validate every time
-            key = None
+        """``derivative_spec`` and its request, validated once per distinct spec.
+
+        Under torch.compile it is validated afresh: the trace runs once, and reading
+        the cache would only add guards on it to the compiled graph.
+        """
+        key = None
+        if not torch.compiler.is_compiling():
+            try:
+                key = (tuple(spec.items()) if isinstance(spec, Mapping) else spec, tuple(named.items()), self.coords)
+                hash(key)
+            except TypeError:  # unhashable multi-indices (lists): validate every time
+                key = None
         found = self._specs.get(key) if key is not None else None
         if found is None:
             indices = derivative_spec(type(self).__name__, spec, named, self.coords)
             found = (indices, Request(frozenset(indices.values())))
-            if key is not None and not torch.compiler.is_compiling():
+            if key is not None:
                 self._specs[key] = found
         return found
 
@@ -146,7 +152,8 @@ class DifferentialOperator(nn.Module):
             return Computed(self._run_empty(rows, work), rows.batch_shape, d)
         computed = Computed(self._run_engines(rows, engines, work), rows.batch_shape, d)
         outputs = math.prod(computed.out_shape)
-        if outputs != self._outputs:
+        # a compiled call learns nothing: a change of state would fail the compiled graph's guards and recompile
+        if outputs != self._outputs and not torch.compiler.is_compiling():
             self._outputs = outputs
         return computed
 
@@ -155,9 +162,10 @@ class DifferentialOperator(nn.Module):
 
         ``auto`` weighs the output components per sample (times ``scale``).
         """
+        compiling = torch.compiler.is_compiling()  # traced once: a cache would only add guards (see above)
         transformed = peek_interpreter_stack() is not None  # inside vmap/grad, as candidates() checks
         key = (request, d, self._outputs, scale, transformed, self.method, self.coords)
-        engines = self._plans.get(key)
+        engines = None if compiling else self._plans.get(key)
         if engines is None:
             name = type(self).__name__
             check_range(name, (), d, self.coords)
@@ -165,8 +173,7 @@ class DifferentialOperator(nn.Module):
                 check_range(name, index, d, self.coords)
             size = self._output_size(rows, request, d) * scale if self.method == "auto" else 1
             engines = candidates(self.method, request, d, size)
-            # under torch.compile the plan is traced once into the graph; caching it there would only add guards
-            if self._outputs is not None and not torch.compiler.is_compiling():
+            if self._outputs is not None and not compiling:
                 self._plans[key] = engines
         return engines
 
@@ -218,8 +225,6 @@ class DifferentialOperator(nn.Module):
         """
         try:
             results = work(EMPTY_BATCH, slice(None), rows.x, rows.function(self.u))
-        except (EngineUnsupported, NotImplementedError):
-            raise
         except Exception:
             rows.evaluate_plainly(self.u, None)  # an error of u itself, restated with the inputs' shapes
             raise
@@ -235,7 +240,10 @@ class DifferentialOperator(nn.Module):
 
         Returns the chunks' results concatenated and unflattened to ``(*batch, ...)``.
         An error that ``u`` raises on a plain call too is ``u``'s own: it is raised
-        at once (see ``Rows.evaluate_plainly``), without trying other engines.
+        at once (see ``Rows.evaluate_plainly``), without trying other engines.  Of
+        the other errors, ``EngineUnsupported``, ``RuntimeError`` and
+        ``NotImplementedError`` are the engine's failures; the rest (a bad
+        request, say) are raised as they are.
         """
         tried = [n for n in engine_names if n not in self._failed_engines] or list(engine_names[-1:])
         failures: list[tuple[str, Exception]] = []
@@ -248,6 +256,8 @@ class DifferentialOperator(nn.Module):
             except Exception as error:
                 if not failures:  # once per call: the plain evaluation raises u's own error
                     rows.evaluate_plainly(self.u, self.chunk_size)
+                if not isinstance(error, (EngineUnsupported, RuntimeError, NotImplementedError)):
+                    raise
                 failures.append((engine_name, error))
                 if position + 1 < len(tried):
                     continue
