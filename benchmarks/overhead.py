@@ -105,8 +105,10 @@ def main() -> None:
         "diffops autograd": by_diffops(net, "autograd"),
         "diffops auto": by_diffops(net, "auto"),
     }
-    print(f"Burgers {{u, u_x, u_xx, u_t}}, 8x20 tanh, {args.dtype}, training step; {cpu_model()}, "
-          f"{args.threads} thread(s), median of {args.repeats} interleaved rounds")
+    print(
+        f"Burgers {{u, u_x, u_xx, u_t}}, 8x20 tanh, {args.dtype}, training step; {cpu_model()}, "
+        f"{args.threads} thread(s), median of {args.repeats} interleaved rounds"
+    )
     header = f"{'batch':>6} | " + " | ".join(f"{name:>16}" for name in methods)
     header += " | diffops autograd / nested | diffops auto / nested"
     print(header)

@@ -117,7 +117,7 @@ class Rows:
 
 
 def describe(inputs: tuple) -> str:
-    """``"(8, 3) float32, 'abc'"``: the shapes and dtypes of ``inputs``, for error messages."""
+    """``"(8, 3) float32, int"``: the shapes and dtypes of ``inputs`` (types of non-tensors), for messages."""
     parts = [
         f"{tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}" if isinstance(v, torch.Tensor) else type(v).__name__
         for v in inputs

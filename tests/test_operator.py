@@ -26,6 +26,19 @@ class Burgers(do.DifferentialOperator):
         return d["u_t"] + d["u"] * d["u_x"] - 0.01 * d["u_xx"]
 
 
+def record_engines(monkeypatch) -> list[str]:
+    """The names of the engines that ``compute`` from now on, in order."""
+    tried: list[str] = []
+    for name, engine in ENGINES.items():
+        original = engine.compute
+        monkeypatch.setattr(
+            engine,
+            "compute",
+            lambda fn, x, request, name=name, original=original: tried.append(name) or original(fn, x, request),
+        )
+    return tried
+
+
 # name: (operator on a u with D inputs and two outputs (vector-valued) or one, per-sample result shape)
 EMPTY_CASES = {
     "jacobian": (lambda u, m: do.Jacobian(u, method=m), 2, (2, D)),
@@ -82,13 +95,7 @@ def test_an_empty_batch_does_not_disturb_the_next_call(make, monkeypatch):
     u = mlp(D)
     op = make(u, method="auto")
     op(torch.randn(0, D, dtype=torch.float64))
-    tried = []
-    for name, engine in ENGINES.items():
-        original = engine.compute
-        monkeypatch.setattr(
-            engine, "compute", lambda fn, x, request, name=name, original=original: tried.append(name)
-            or original(fn, x, request)
-        )
+    tried = record_engines(monkeypatch)
     x = torch.randn(5, D, dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -142,13 +149,7 @@ OWN_ERRORS = {
 @pytest.mark.parametrize("case", sorted(OWN_ERRORS))
 def test_an_error_of_u_itself_is_raised_once_with_the_operator_and_shapes(case, method, monkeypatch):
     make, x, error, message = OWN_ERRORS[case]
-    tried = []
-    for name, engine in ENGINES.items():
-        original = engine.compute
-        monkeypatch.setattr(
-            engine, "compute", lambda fn, x, request, name=name, original=original: tried.append(name)
-            or original(fn, x, request)
-        )
+    tried = record_engines(monkeypatch)
     op = do.Laplacian(make(), method=method)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning: no other engine is tried
@@ -164,15 +165,24 @@ def test_after_an_error_of_u_the_operator_still_takes_its_first_engine(monkeypat
     op = do.Derivative(u, wrt=0, order=2)
     with pytest.raises(RuntimeError, match="u itself raised"):
         op(torch.randn(4, 2))  # float32 input to a float64 network
-    tried = []
-    engine_name = candidates("auto", Request(frozenset({(0, 0)})), 2, 1)[0]
-    original = ENGINES[engine_name].compute
-    monkeypatch.setattr(
-        ENGINES[engine_name], "compute", lambda fn, x, request: tried.append(1) or original(fn, x, request)
-    )
+    tried = record_engines(monkeypatch)
     x = torch.randn(4, 2, dtype=torch.float64)
     torch.testing.assert_close(op(x), ref.partial(u, x, (0, 0)), rtol=1e-10, atol=1e-12)
-    assert tried == [1]
+    assert tried == [candidates("auto", Request(frozenset({(0, 0)})), 2, 1)[0]]
+
+
+def test_a_network_that_differentiates_its_input_is_not_taken_for_a_broken_one():
+    """A gradient field fails on jets and under vmap, but not plainly: auto falls back to nested autograd."""
+    potential = mlp(2)
+
+    def field(x: torch.Tensor) -> torch.Tensor:
+        (g,) = torch.autograd.grad(potential(x).sum(), x, create_graph=True)
+        return g
+
+    x = torch.randn(5, 2, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="method='auto' uses 'autograd'"):
+        value = do.Laplacian(field)(x)
+    torch.testing.assert_close(value, ref.laplacian(field, x), rtol=1e-10, atol=1e-12)
 
 
 def test_auto_names_the_operator_when_no_engine_can_differentiate(monkeypatch):
@@ -219,13 +229,7 @@ def test_the_first_call_cases_depend_on_the_output_size():
 def test_auto_ranks_for_the_output_size_of_u_on_its_first_call(case, monkeypatch):
     make, request = FIRST_CALL_CASES[case]
     u = mlp(D, OUTPUTS)
-    tried = []
-    for name, engine in ENGINES.items():
-        original = engine.compute
-        monkeypatch.setattr(
-            engine, "compute", lambda fn, x, request, name=name, original=original: tried.append(name)
-            or original(fn, x, request)
-        )
+    tried = record_engines(monkeypatch)
     op = make(u)
     x = torch.randn(5, D, dtype=torch.float64)
     op(x)
