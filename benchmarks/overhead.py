@@ -9,14 +9,16 @@ The everyday PINN residual {u, u_x, u_xx, u_t} of Raissi's Burgers network
   the same nested autograd behind the operator's input checks and dispatch;
 * ``diffops auto``: the same operator with the default ``method="auto"``.
 
-The methods run in one process, interleaved round by round; each ratio is the
-median over rounds of the ratio within a round (paired, so that other load on
-the machine cancels).  The difference between the first two columns is the
-cost of the operator around the engine.
+Each is timed as a whole training step and as its forward pass alone (the
+derivatives, no backward), where the cost of the operator around the engine
+shows most plainly.  The methods run in one process, interleaved round by
+round, and each time is the best of the rounds (``_measure.best_seconds``:
+other load on a shared machine only ever adds time); the ratios are to
+hand-written nested autograd.
 
 Usage::
 
-    python benchmarks/overhead.py [--threads 1] [--repeats 30] [--dtype float32]
+    python benchmarks/overhead.py [--threads 1] [--repeats 100] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _measure import tanh_mlp  # noqa: E402
-from bench_taylor import paired_ratio, time_rounds  # noqa: E402
+from _measure import best_seconds, tanh_mlp  # noqa: E402
 
 import diffops as do  # noqa: E402
 
@@ -77,6 +78,11 @@ def by_diffops(net: torch.nn.Module, method: str) -> Fields:
     return fields
 
 
+def forward_pass(fields: Fields, x: torch.Tensor) -> Callable[[], None]:
+    """The derivatives alone."""
+    return lambda: fields(x)
+
+
 def burgers_step(net: torch.nn.Module, fields: Fields, x: torch.Tensor) -> Callable[[], None]:
     """One training step on the Burgers residual."""
 
@@ -93,7 +99,7 @@ def burgers_step(net: torch.nn.Module, fields: Fields, x: torch.Tensor) -> Calla
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,22 +112,23 @@ def main() -> None:
         "diffops auto": by_diffops(net, "auto"),
     }
     print(
-        f"Burgers {{u, u_x, u_xx, u_t}}, 8x20 tanh, {args.dtype}, training step; {cpu_model()}, "
-        f"{args.threads} thread(s), median of {args.repeats} interleaved rounds"
+        f"Burgers {{u, u_x, u_xx, u_t}}, 8x20 tanh, {args.dtype}; {cpu_model()}, {args.threads} thread(s), "
+        f"best of {args.repeats} interleaved rounds; ratios to nested autograd"
     )
-    header = f"{'batch':>6} | " + " | ".join(f"{name:>16}" for name in methods)
-    header += " | diffops autograd / nested | diffops auto / nested"
+    header = f"{'batch':>6} {'timed':>8} | " + " | ".join(f"{name:>16}" for name in methods)
+    header += " | " + " | ".join(f"{name + ' / nested':>25}" for name in list(methods)[1:])
     print(header)
     print("-" * len(header))
     for batch in BATCHES:
         x = torch.rand(batch, 2, dtype=dtype)
-        steps = {name: burgers_step(net, fields, x) for name, fields in methods.items()}
-        rounds = time_rounds(steps, args.repeats, "cpu")
-        medians = {name: sorted(times)[len(times) // 2] for name, times in rounds.items()}
-        cells = " | ".join(f"{medians[name] * 1e3:13.2f} ms" for name in methods)
-        ratio = paired_ratio(rounds, "diffops autograd", "nested autograd")
-        auto = paired_ratio(rounds, "diffops auto", "nested autograd")
-        print(f"{batch:>6} | {cells} | {ratio:25.3f} | {auto:21.3f}")
+        for timed in ("step", "forward"):
+            works = {
+                name: burgers_step(net, f, x) if timed == "step" else forward_pass(f, x) for name, f in methods.items()
+            }
+            best = best_seconds(works, x.device, args.repeats, warmup=3)
+            cells = " | ".join(f"{best[name] * 1e3:13.3f} ms" for name in methods)
+            ratios = " | ".join(f"{best[name] / best['nested autograd']:25.3f}" for name in list(methods)[1:])
+            print(f"{batch:>6} {timed:>8} | {cells} | {ratios}")
 
 
 if __name__ == "__main__":
