@@ -22,10 +22,15 @@ from .operator import DifferentialOperator, evaluate
 
 
 def is_scalar(value: Any) -> bool:
-    """A Python number or a 0-dim tensor (which may be a learnable parameter)."""
+    """A Python number or a one-element tensor (which may be a learnable parameter, ``nn.Parameter(torch.ones(1))``)."""
     if isinstance(value, torch.Tensor):
-        return value.dim() == 0
+        return value.numel() == 1
     return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor as 0-dim, so that it scales a result without reshaping it; numbers as they are."""
+    return value.reshape(()) if isinstance(value, torch.Tensor) else value
 
 
 def as_operator(value: Any, symbol: str) -> DifferentialOperator:
@@ -131,8 +136,8 @@ class Quotient(Expression):
 class Scaled(Expression):
     """``c * a``, or ``a / c`` with ``divide``, for a scalar ``c``.
 
-    A 0-dim ``nn.Parameter`` is trained with the rest; another 0-dim tensor is
-    a buffer.  Either is read at every evaluation, never folded into a constant.
+    A one-element ``nn.Parameter`` is trained with the rest; another one-element
+    tensor is a buffer.  Either is read at every evaluation, never folded into a constant.
     """
 
     def __init__(self, coefficient: Any, term: DifferentialOperator, divide: bool = False) -> None:
@@ -144,7 +149,8 @@ class Scaled(Expression):
 
     def _evaluate(self, inputs: tuple, shared: dict) -> torch.Tensor:
         (value,) = self._values(inputs, shared)
-        return value / self.coefficient if self.divide else self.coefficient * value
+        coefficient = _scalar(self.coefficient)
+        return value / coefficient if self.divide else coefficient * value
 
     def _symbol(self, negate: bool = False) -> str:
         c = _number(self.coefficient) * (-1 if negate else 1)
@@ -167,7 +173,7 @@ class Constant(DifferentialOperator):
         _register(self, "value", value)
 
     def forward(self, *inputs: Any) -> Any:
-        return self.value
+        return _scalar(self.value)
 
     def _symbol(self) -> str:
         return f"{_number(self.value):g}"

@@ -96,6 +96,26 @@ def test_division_by_a_parameter_is_trained_and_stays_live():
         assert kappa != before
 
 
+def test_a_one_element_parameter_scales_without_reshaping():
+    """``nn.Parameter(torch.tensor([0.0]))``, the usual learnable PDE coefficient, is a scalar."""
+    u = mlp(2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    lam = nn.Parameter(torch.tensor([[2.0]], dtype=torch.float64))
+    squeezed = lambda x: u(x)[:, 0]  # noqa: E731
+    lap = ref.laplacian(u, x)
+    for op, expected in [
+        (lam * do.Laplacian(u), 2 * lap),
+        (do.Laplacian(u) / lam, lap / 2),
+        (lam / do.Laplacian(u), 2 / lap),
+        (do.Laplacian(u) + lam, lap + 2),
+        (lam * do.Laplacian(squeezed), 2 * lap[:, 0]),
+    ]:
+        assert any(p is lam for p in op.parameters())
+        torch.testing.assert_close(op(x), expected, rtol=1e-10, atol=1e-12)
+    (lam * do.Laplacian(u))(x).sum().backward()
+    torch.testing.assert_close(lam.grad, lap.sum().reshape(1, 1), rtol=1e-10, atol=1e-12)
+
+
 def test_division_by_a_tensor_is_a_buffer_that_follows_the_module():
     u = mlp(2).float()
     scale = torch.tensor(4.0)
