@@ -5,6 +5,13 @@ at construction and its inputs once per call, then hands the derivative work
 to an engine picked from :data:`diffops.engines.ENGINES`.  Built-in operators
 state what they need as a :class:`~diffops.engines.Request`, so an expression
 of several operators on the same ``u`` is computed in one engine call.
+
+Around the engine call: what depends only on the operator's settings (the
+validated multi-indices, the engines to try) is worked out once and cached; a
+batch of no samples gets empty results without any engine; an error that ``u``
+raises on a plain call too is ``u``'s own and is raised at once with the
+operator's name and the inputs' shapes; only other failures make ``auto`` move
+on to the next engine.
 """
 
 from __future__ import annotations
@@ -395,7 +402,12 @@ def _preserved_rng(device: torch.device) -> Iterator[None]:
 
 
 def ranked_alike(request: Request, d: int) -> bool:
-    """Whether auto ranks the engines for ``request`` the same whatever the output size."""
+    """Whether auto ranks the engines for ``request`` the same whatever the output size.
+
+    Compares one output with very many: no engine's cost falls as outputs are
+    added and the Taylor engine's does not grow (``engines/choice.py``), so an
+    engine ranked first at both ends is first in between.
+    """
     return candidates("auto", request, d, 1) == candidates("auto", request, d, _MANY_OUTPUTS)
 
 
