@@ -37,43 +37,106 @@ class Rows:
     args: tuple  # the inputs of u, tensors flattened to (N, d_j)
     argnums: tuple[int, ...]
     name: str
+    inputs: tuple  # the inputs as given, for error messages
 
     @property
     def num_coordinates(self) -> int:
         return self.x.shape[1]
 
-    def function(self, u: Callable, rows: slice) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The batched function ``(n, d) -> (n, *out)`` of ``u`` on the rows ``rows``."""
-        others = [a[rows] if isinstance(a, torch.Tensor) else a for a in self.args]
+    @property
+    def num_rows(self) -> int:
+        return self.x.shape[0]
 
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            args = list(others)
+    def _arguments(self, x: torch.Tensor, others: list) -> list:
+        """The inputs of ``u`` with the differentiated ones taken from ``x: (n, d)``."""
+        args = list(others)
+        if len(self.argnums) == 1:
+            args[self.argnums[0]] = x
+        else:
             for argnum, part in zip(self.argnums, x.split(self.sizes, dim=-1)):
                 args[argnum] = part
-            out = u(*args)
-            if not is_tensor_like(out):  # a tensor, or a tensor-like such as the Taylor engine's jets
-                raise TypeError(f"{self.name}: u must return a tensor, got {type(out).__name__}")
-            if out.dim() == 0 or out.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"{self.name}: u's output must keep the input's batch dimensions "
-                    f"{tuple(self.batch_shape)}; got an output of shape {tuple(out.shape)} for "
-                    f"inputs of batch shape {tuple(self.batch_shape)} (does u reduce over the batch?)"
-                )
-            return out
+        return args
+
+    def _checked_output(self, out: Any, n: int) -> Any:
+        if not is_tensor_like(out):  # a tensor, or a tensor-like such as the Taylor engine's jets
+            raise TypeError(f"{self.name}: u must return a tensor, got {type(out).__name__}")
+        if out.dim() == 0 or out.shape[0] != n:
+            raise ValueError(
+                f"{self.name}: u's output must keep the input's batch dimensions "
+                f"{tuple(self.batch_shape)}; got an output of shape {tuple(out.shape)} for "
+                f"inputs of batch shape {tuple(self.batch_shape)} (does u reduce over the batch?)"
+            )
+        return out
+
+    def _others(self, rows: slice | None) -> list:
+        if rows is None:
+            return list(self.args)
+        return [a[rows] if isinstance(a, torch.Tensor) else a for a in self.args]
+
+    def function(self, u: Callable, rows: slice | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The batched function ``(n, d) -> (n, *out)`` of ``u`` on the rows ``rows`` (all by default)."""
+        others = self._others(rows)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            return self._checked_output(u(*self._arguments(x, others)), x.shape[0])
 
         return fn
 
     def chunks(self, u: Callable, chunk_size: int | None) -> Iterator[tuple[slice, torch.Tensor, Callable]]:
         """``(rows, x[rows], fn)`` over blocks of at most ``chunk_size`` rows."""
         n = self.x.shape[0]
-        step = n if chunk_size is None else chunk_size
-        for start in range(0, max(n, 1), max(step, 1)):
-            rows = slice(start, start + step)
+        if chunk_size is None or chunk_size >= n:
+            yield slice(None), self.x, self.function(u)  # one block: no slicing
+            return
+        for start in range(0, n, chunk_size):
+            rows = slice(start, start + chunk_size)
             yield rows, self.x[rows], self.function(u, rows)
+
+    def evaluate_plainly(self, u: Callable, chunk_size: int | None) -> None:
+        """Run ``u`` on the rows as a plain call would, raising an error of ``u`` itself with the inputs' shapes.
+
+        Grad mode is on and the coordinates require grad, as for nested autograd,
+        so a ``u`` that differentiates its own input is not mistaken for a broken one.
+        """
+        with torch.enable_grad():
+            for rows, x, _ in self.chunks(u, chunk_size):
+                args = self._arguments(x.detach().requires_grad_(True), self._others(rows))
+                try:
+                    out = u(*args)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as error:
+                    raise own_error(self.name, error, self.inputs) from error
+                self._checked_output(out, x.shape[0])
 
     def unflatten(self, tensor: torch.Tensor) -> torch.Tensor:
         """``(N, *rest)`` -> ``(*batch, *rest)``."""
+        if len(self.batch_shape) == 1:
+            return tensor
         return tensor.reshape(*self.batch_shape, *tensor.shape[1:])
+
+
+def describe(inputs: tuple) -> str:
+    """``"(8, 3) float32, int"``: the shapes and dtypes of ``inputs`` (types of non-tensors), for messages."""
+    parts = [
+        f"{tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}" if isinstance(v, torch.Tensor) else type(v).__name__
+        for v in inputs
+    ]
+    return ", ".join(parts)
+
+
+def own_error(name: str, error: Exception, inputs: tuple) -> Exception:
+    """``error``, raised by ``u`` on ``inputs``, restated with the operator's name and the inputs' shapes.
+
+    The type is kept where it can be (a ``RuntimeError`` stays one), so that
+    handlers written for ``u``'s own errors still catch it.
+    """
+    message = f"{name}: u itself raised {type(error).__name__} on inputs of shape {describe(inputs)}: {error}"
+    try:
+        restated = type(error)(message)
+    except Exception:
+        return RuntimeError(message)
+    return restated if str(restated) == message else RuntimeError(message)
 
 
 def _check_coordinates(name: str, position: int, value: Any) -> torch.Tensor:
@@ -124,8 +187,11 @@ def flatten_inputs(name: str, inputs: tuple, argnums: tuple[int, ...]) -> Rows:
                 f"{name}: differentiated inputs must share dtype and device; input {argnums[0]} is "
                 f"{first.dtype} on {first.device}, input {position} is {value.dtype} on {value.device}"
             )
-    n = math.prod(batch_shape)
-    args = tuple(v.reshape(n, v.shape[-1]) if isinstance(v, torch.Tensor) else v for v in inputs)
+    if len(batch_shape) == 1:  # already rows: no reshape
+        args = inputs
+    else:
+        n = math.prod(batch_shape)
+        args = tuple(v.reshape(n, v.shape[-1]) if isinstance(v, torch.Tensor) else v for v in inputs)
     x = torch.cat([args[a] for a in argnums], dim=-1) if len(argnums) > 1 else args[argnums[0]]
     sizes = tuple(v.shape[-1] for v in selected)
-    return Rows(x, batch_shape, sizes, args, argnums, name)
+    return Rows(x, batch_shape, sizes, args, argnums, name, inputs)

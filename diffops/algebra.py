@@ -1,10 +1,12 @@
-"""Operator expressions: sums, scalar multiples, pointwise products, source terms.
+"""Operator expressions: sums, scalar multiples, pointwise products and quotients, source terms.
 
 ``Laplacian(u) + 2.0 * Derivative(u, wrt=1) - f`` builds
 ``Sum(Sum(Laplacian, Scaled(2, Derivative)), Scaled(-1, Term(f)))``; evaluating
 it runs one engine call for all leaves on the same ``u`` (see
 :func:`diffops.operator.evaluate`).  Terms must have equal shapes: nothing
-broadcasts silently, except a plain scalar.
+broadcasts silently, except a scalar.  A scalar that is a tensor (a learnable
+``nn.Parameter`` or a buffer) is kept as it is and read at every evaluation,
+for ``p * op`` and ``op / p`` alike, so it trains and follows ``.to()``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from .operator import DifferentialOperator, evaluate
 
 
 def is_scalar(value: Any) -> bool:
-    """A Python number or a 0-dim tensor (which may be a learnable parameter)."""
+    """A Python number or a one-element tensor (which may be a learnable parameter, ``nn.Parameter(torch.ones(1))``)."""
     if isinstance(value, torch.Tensor):
-        return value.dim() == 0
+        return value.numel() == 1
     return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor as 0-dim, so that it scales a result without reshaping it; numbers as they are."""
+    return value.reshape(()) if isinstance(value, torch.Tensor) else value
 
 
 def as_operator(value: Any, symbol: str) -> DifferentialOperator:
@@ -40,6 +47,19 @@ def as_operator(value: Any, symbol: str) -> DifferentialOperator:
     )
 
 
+def _number(value: Any) -> float:
+    """A scalar's current value as a float, for notation (a parameter is read without its graph)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _register(module: nn.Module, attribute: str, value: Any) -> None:
+    """Keep a scalar on ``module``: a parameter as a parameter, another tensor as a buffer."""
+    if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+        module.register_buffer(attribute, value)
+    else:
+        setattr(module, attribute, value)
+
+
 def _tensor_result(op: DifferentialOperator, value: Any) -> Any:
     if isinstance(value, dict):
         raise TypeError(f"{op} returns a dict and cannot stand in an expression; combine its entries instead")
@@ -47,6 +67,8 @@ def _tensor_result(op: DifferentialOperator, value: Any) -> Any:
 
 
 def _check_same_shape(symbol: str, left: DifferentialOperator, a: Any, right: DifferentialOperator, b: Any) -> None:
+    if isinstance(left, Constant) or isinstance(right, Constant):  # a scalar, even a 0-dim tensor, broadcasts
+        return
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
         raise ValueError(
             f"cannot compute {left} {symbol} {right}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ "
@@ -82,7 +104,7 @@ class Sum(Expression):
 
     def _symbol(self) -> str:
         left, right = self.terms
-        if isinstance(right, Scaled) and is_scalar(right.coefficient) and float(right.coefficient) < 0:
+        if isinstance(right, Scaled) and _number(right.coefficient) < 0:
             return f"{left} - {right._symbol(negate=True)}"
         return f"{left} + {right}"
 
@@ -99,24 +121,42 @@ class Product(Expression):
         return "·".join(_grouped(term) for term in self.terms)
 
 
-class Scaled(Expression):
-    """``c * a`` for a scalar ``c`` (a 0-dim ``nn.Parameter`` is trained with the rest)."""
+class Quotient(Expression):
+    """Pointwise ``a / b``."""
 
-    def __init__(self, coefficient: Any, term: DifferentialOperator) -> None:
+    def _evaluate(self, inputs: tuple, shared: dict) -> torch.Tensor:
+        a, b = self._values(inputs, shared)
+        _check_same_shape("/", self.terms[0], a, self.terms[1], b)
+        return a / b
+
+    def _symbol(self) -> str:
+        return "/".join(_atomic(term) for term in self.terms)
+
+
+class Scaled(Expression):
+    """``c * a``, or ``a / c`` with ``divide``, for a scalar ``c``.
+
+    A one-element ``nn.Parameter`` is trained with the rest; another one-element
+    tensor is a buffer.  Either is read at every evaluation, never folded into a constant.
+    """
+
+    def __init__(self, coefficient: Any, term: DifferentialOperator, divide: bool = False) -> None:
         super().__init__(term)
-        if isinstance(coefficient, nn.Parameter):
-            self.coefficient = coefficient
-        elif isinstance(coefficient, torch.Tensor):
-            self.register_buffer("coefficient", coefficient)
-        else:
-            self.coefficient = coefficient
+        if divide and not isinstance(coefficient, torch.Tensor) and coefficient == 0:
+            raise ZeroDivisionError(f"cannot divide {term} by zero")
+        _register(self, "coefficient", coefficient)
+        self.divide = divide
 
     def _evaluate(self, inputs: tuple, shared: dict) -> torch.Tensor:
         (value,) = self._values(inputs, shared)
-        return self.coefficient * value
+        coefficient = _scalar(self.coefficient)
+        return value / coefficient if self.divide else coefficient * value
 
     def _symbol(self, negate: bool = False) -> str:
-        c = float(self.coefficient) * (-1 if negate else 1)
+        c = _number(self.coefficient) * (-1 if negate else 1)
+        if self.divide:
+            inner = _atomic(self.terms[0])
+            return f"{'-' if c < 0 else ''}{inner}/{abs(c):g}"
         inner = _grouped(self.terms[0])
         if c == 1:
             return inner
@@ -130,13 +170,13 @@ class Constant(DifferentialOperator):
 
     def __init__(self, value: Any) -> None:
         super().__init__()
-        self.value = value
+        _register(self, "value", value)
 
     def forward(self, *inputs: Any) -> Any:
-        return self.value
+        return _scalar(self.value)
 
     def _symbol(self) -> str:
-        return f"{float(self.value):g}"
+        return f"{_number(self.value):g}"
 
 
 class Term(DifferentialOperator):
@@ -158,3 +198,9 @@ class Term(DifferentialOperator):
 
 def _grouped(term: DifferentialOperator) -> str:
     return f"({term})" if isinstance(term, Sum) else str(term)
+
+
+def _atomic(term: DifferentialOperator) -> str:
+    """``term``'s symbol, in parentheses unless it is one unbroken symbol (``Δu``, ``2``)."""
+    symbol = str(term)
+    return symbol if not any(mark in symbol for mark in " /·") else f"({symbol})"

@@ -5,10 +5,18 @@ at construction and its inputs once per call, then hands the derivative work
 to an engine picked from :data:`diffops.engines.ENGINES`.  Built-in operators
 state what they need as a :class:`~diffops.engines.Request`, so an expression
 of several operators on the same ``u`` is computed in one engine call.
+
+Around the engine call: what depends only on the operator's settings (the
+validated multi-indices, the engines to try) is worked out once and cached; a
+batch of no samples gets empty results without any engine; an error that ``u``
+raises on a plain call too is ``u``'s own and is raised at once with the
+operator's name and the inputs' shapes; only other failures make ``auto`` move
+on to the next engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -17,10 +25,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._C._functorch import peek_interpreter_stack
 
 from ._coords import check_coords, check_range, derivative_spec
-from ._inputs import check_argnums, flatten_inputs
+from ._empty import EMPTY_BATCH
+from ._inputs import Rows, check_argnums, flatten_inputs
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
+
+# an output size that outweighs any request: auto ranks the engines for it and for one output,
+# and when the two rankings agree the output size of u does not matter
+_MANY_OUTPUTS = 1 << 20
 
 
 @dataclass
@@ -84,8 +98,11 @@ class DifferentialOperator(nn.Module):
         self.method = method
         self.chunk_size = chunk_size
         self._failed_engines: set[str] = set()
-        # output components per sample, learnt from the last call: the auto rule weighs it
-        self._outputs = 1
+        # output components per sample, learnt from the last call (None before the first): auto weighs it
+        self._outputs: int | None = None
+        # settings-only work done once: validated multi-indices of derivatives(), the engines to try
+        self._specs: dict = {}
+        self._plans: dict = {}
 
     def forward(self, *inputs: Any) -> torch.Tensor:
         raise NotImplementedError(
@@ -102,29 +119,89 @@ class DifferentialOperator(nn.Module):
         ``(0,)`` or ``"x"`` for a first partial, ``("x", "x", "t")`` for a mixed one.
         Returns ``{name: tensor shaped like u(*inputs)}``.
         """
-        name = type(self).__name__
         if self.u is None:
-            raise TypeError(f"{name}: derivatives() needs the network u given to the constructor")
-        indices = derivative_spec(name, spec, named, self.coords)
-        computed = self._compute(inputs, lambda d: Request(frozenset(indices.values())))
+            raise TypeError(f"{type(self).__name__}: derivatives() needs the network u given to the constructor")
+        indices, request = self._derivative_spec(spec, named)
+        computed = self._compute(inputs, lambda d: request)
         return {key: computed.results[index] for key, index in indices.items()}
+
+    def _derivative_spec(self, spec: Mapping[str, Any] | None, named: dict) -> tuple[dict, Request]:
+        """``derivative_spec`` and its request, validated once per distinct spec.
+
+        Under torch.compile it is validated afresh: the trace runs once, and reading
+        the cache would only add guards on it to the compiled graph.
+        """
+        key = None
+        if not torch.compiler.is_compiling():
+            try:
+                key = (tuple(spec.items()) if isinstance(spec, Mapping) else spec, tuple(named.items()), self.coords)
+                hash(key)
+            except TypeError:  # unhashable multi-indices (lists): validate every time
+                key = None
+        found = self._specs.get(key) if key is not None else None
+        if found is None:
+            indices = derivative_spec(type(self).__name__, spec, named, self.coords)
+            found = (indices, Request(frozenset(indices.values())))
+            if key is not None:
+                self._specs[key] = found
+        return found
 
     # -- the engine call --------------------------------------------------------------
 
     def _compute(self, inputs: tuple, make_request: Callable[[int], Request]) -> Computed:
         """Validate ``inputs``, run the engines on ``make_request(d)``, return unflattened results."""
-        name = type(self).__name__
-        rows = flatten_inputs(name, inputs, self.argnums)
+        rows = flatten_inputs(type(self).__name__, inputs, self.argnums)
         d = rows.num_coordinates
         request = make_request(d).bind(inputs, rows.x)  # directions that depend on the inputs, evaluated once
-        for index in request.partials:
-            check_range(name, index, d, self.coords)
-        check_range(name, (), d, self.coords)
+        engines = self._engines(request, d, rows)
         work = lambda engine, rows_slice, x, fn: engine.compute(fn, x, request.rows(rows_slice))  # noqa: E731
-        results = self._run_engines(rows, candidates(self.method, request, d, self._outputs), work)
-        computed = Computed(results, rows.batch_shape, d)
-        self._outputs = math.prod(computed.out_shape)
+        if not rows.num_rows:
+            return Computed(self._run_empty(rows, work), rows.batch_shape, d)
+        computed = Computed(self._run_engines(rows, engines, work), rows.batch_shape, d)
+        outputs = math.prod(computed.out_shape)
+        # a compiled call learns nothing: a change of state would fail the compiled graph's guards and recompile
+        if outputs != self._outputs and not torch.compiler.is_compiling():
+            self._outputs = outputs
         return computed
+
+    def _engines(self, request: Request, d: int, rows: Rows, scale: int = 1) -> tuple[str, ...]:
+        """The engines to try for ``request``, after checking its indices against ``d``; cached per settings.
+
+        ``auto`` weighs the output components per sample (times ``scale``).
+        """
+        compiling = torch.compiler.is_compiling()  # traced once: a cache would only add guards (see above)
+        transformed = peek_interpreter_stack() is not None  # inside vmap/grad, as candidates() checks
+        key = (request.signature(), d, self._outputs, scale, transformed, self.method, self.coords)
+        engines = None if compiling else self._plans.get(key)
+        if engines is None:
+            name = type(self).__name__
+            check_range(name, (), d, self.coords)
+            for index in request.partials:
+                check_range(name, index, d, self.coords)
+            size = self._output_size(rows, request, d) * scale if self.method == "auto" else 1
+            engines = candidates(self.method, request, d, size)
+            if self._outputs is not None and not compiling:
+                self._plans[key] = engines
+        return engines
+
+    def _output_size(self, rows: Rows, request: Request, d: int) -> int:
+        """Output components per sample: from the last call, else from ``u`` on one row if auto needs it.
+
+        Before the first call the size is unknown; auto ranks the engines for one
+        output and for very many, and only when the two rankings differ is ``u``
+        evaluated on one sample (no graph, random number generator restored).
+        """
+        if self._outputs is not None:
+            return self._outputs
+        if not rows.num_rows or ranked_alike(request, d):
+            return 1
+        x = rows.x[:1]
+        try:
+            with torch.no_grad(), _preserved_rng(x.device):
+                out = rows.function(self.u, slice(0, 1))(x)
+        except Exception:  # u's own errors are raised, with their context, by the call that follows
+            return 1
+        return math.prod(out.shape[1:])
 
     def _directional(
         self, inputs: tuple, make_directions: Callable[[torch.Tensor], torch.Tensor], order: int
@@ -143,44 +220,86 @@ class DifferentialOperator(nn.Module):
 
         request = Request(frozenset({(0,) * order}))
         # nested autograd differentiates each direction and output component in turn
-        outputs = self._outputs * directions.shape[0]
-        engines = candidates(self.method, request, rows.num_coordinates, outputs)
+        engines = self._engines(request, rows.num_coordinates, rows, directions.shape[0])
+        if not rows.num_rows:
+            return self._run_empty(rows, work)["directional"]
         return self._run_engines(rows, engines, work)["directional"]
 
-    def _run_engines(self, rows, engine_names: tuple[str, ...], work: Callable) -> dict:
+    def _run_empty(self, rows: Rows, work: Callable) -> dict:
+        """The results for a batch of no samples: empty tensors of the right shape, no engine run.
+
+        Changes nothing the operator learns from a call (the engines that failed, the output size).
+        """
+        try:
+            results = work(EMPTY_BATCH, slice(None), rows.x, rows.function(self.u))
+        except Exception:
+            rows.evaluate_plainly(self.u, None)  # an error of u itself, restated with the inputs' shapes
+            raise
+        return self._finish(rows, results)
+
+    def _finish(self, rows: Rows, results: dict) -> dict:
+        if not torch.is_grad_enabled():
+            results = {key: value.detach() for key, value in results.items()}
+        return {key: rows.unflatten(value) for key, value in results.items()}
+
+    def _run_engines(self, rows: Rows, engine_names: tuple[str, ...], work: Callable) -> dict:
         """``work(engine, rows_slice, x_rows, fn) -> {key: (n, ...)}`` over chunks, with fallback.
 
         Returns the chunks' results concatenated and unflattened to ``(*batch, ...)``.
+        An error that ``u`` raises on a plain call too is ``u``'s own: it is raised
+        at once (see ``Rows.evaluate_plainly``), without trying other engines.  Of
+        the other errors, ``EngineUnsupported``, ``RuntimeError`` and
+        ``NotImplementedError`` are the engine's failures; the rest (a bad
+        request, say) are raised as they are.
         """
-        name = type(self).__name__
         tried = [n for n in engine_names if n not in self._failed_engines] or list(engine_names[-1:])
         failures: list[tuple[str, Exception]] = []
         for position, engine_name in enumerate(tried):
             engine = ENGINES[engine_name]
             try:
-                chunks = [work(engine, *chunk) for chunk in rows.chunks(self.u, self.chunk_size)]
+                merged = self._run_chunks(rows, engine, work)
             except torch.OutOfMemoryError:
                 raise
-            except (EngineUnsupported, RuntimeError, NotImplementedError) as error:
+            except Exception as error:
+                if not failures:  # once per call: the plain evaluation raises u's own error
+                    rows.evaluate_plainly(self.u, self.chunk_size)
+                if not isinstance(error, (EngineUnsupported, RuntimeError, NotImplementedError)):
+                    raise
                 failures.append((engine_name, error))
                 if position + 1 < len(tried):
                     continue
-                if self.method != "auto":
-                    kind = EngineUnsupported if isinstance(error, EngineUnsupported) else RuntimeError
-                    raise kind(
-                        f"{name}: method={self.method!r} cannot differentiate this network: {error}. "
-                        "method='autograd' handles any network that torch.autograd can differentiate"
-                    ) from error
-                raise
+                raise self._failure(failures) from error
             if failures:
                 self._failed_engines.update(failed for failed, _ in failures)
                 reasons = "; ".join(f"{failed!r} failed: {error}" for failed, error in failures)
-                warnings.warn(f"{name}: method='auto' uses {engine_name!r} because {reasons}", stacklevel=4)
-            merged = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
-            if not torch.is_grad_enabled():
-                merged = {key: value.detach() for key, value in merged.items()}
-            return {key: rows.unflatten(value) for key, value in merged.items()}
-        raise RuntimeError(f"{name}: no engine left to try")  # pragma: no cover
+                warnings.warn(
+                    f"{type(self).__name__}: method='auto' uses {engine_name!r} because {reasons}", stacklevel=4
+                )
+            return self._finish(rows, merged)
+        raise RuntimeError(f"{type(self).__name__}: no engine left to try")  # pragma: no cover
+
+    def _run_chunks(self, rows: Rows, engine: Any, work: Callable) -> dict:
+        """``work`` on each block of at most ``chunk_size`` rows, concatenated: ``{key: (N, ...)}``."""
+        if self.chunk_size is None or self.chunk_size >= rows.num_rows:
+            return work(engine, slice(None), rows.x, rows.function(self.u))
+        chunks = [work(engine, *chunk) for chunk in rows.chunks(self.u, self.chunk_size)]
+        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+    def _failure(self, failures: list[tuple[str, Exception]]) -> Exception:
+        """The error for an engine call that no engine could do, naming the operator and each engine's reason."""
+        name = type(self).__name__
+        last = failures[-1][1]
+        unsupported = all(isinstance(error, EngineUnsupported) for _, error in failures)
+        kind = EngineUnsupported if unsupported else RuntimeError
+        if self.method != "auto":
+            advice = (
+                ". method='autograd' handles any network that torch.autograd can differentiate"
+                if self.method != "autograd"
+                else ""
+            )
+            return kind(f"{name}: method={self.method!r} cannot differentiate this network: {last}{advice}")
+        reasons = "; ".join(f"{engine!r} failed: {error}" for engine, error in failures)
+        return kind(f"{name}: method='auto' found no method that can differentiate this network: {reasons}")
 
     # -- expressions ------------------------------------------------------------------
 
@@ -234,11 +353,16 @@ class DifferentialOperator(nn.Module):
         return Scaled(other, self) if is_scalar(other) else Product(as_operator(other, "*"), self)
 
     def __truediv__(self, other: Any) -> DifferentialOperator:
-        from .algebra import Scaled, is_scalar
+        from .algebra import Quotient, Scaled, as_operator, is_scalar
 
-        if not is_scalar(other):
-            return NotImplemented
-        return Scaled(1.0 / other, self)
+        if is_scalar(other):
+            return Scaled(other, self, divide=True)
+        return Quotient(self, as_operator(other, "/"))
+
+    def __rtruediv__(self, other: Any) -> DifferentialOperator:
+        from .algebra import Quotient, as_operator
+
+        return Quotient(as_operator(other, "/"), self)
 
 
 class BuiltinOperator(DifferentialOperator):
@@ -267,6 +391,26 @@ class BuiltinOperator(DifferentialOperator):
         return self._assemble(shared[self._share_key()])
 
 
+@contextlib.contextmanager
+def _preserved_rng(device: torch.device) -> Iterator[None]:
+    """Restore the random number generator of ``device`` afterwards (a probe must not shift a seeded run)."""
+    if torch.compiler.is_compiling():  # compiled code draws its own random numbers
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+
+
+def ranked_alike(request: Request, d: int) -> bool:
+    """Whether auto ranks the engines for ``request`` the same whatever the output size.
+
+    Compares one output with very many: no engine's cost falls as outputs are
+    added and the Taylor engine's does not grow (``engines/choice.py``), so an
+    engine ranked first at both ends is first in between.
+    """
+    return candidates("auto", request, d, 1) == candidates("auto", request, d, _MANY_OUTPUTS)
+
+
 def evaluate(root: DifferentialOperator, inputs: tuple) -> Any:
     """Evaluate an operator expression with one engine call per group of leaves that share ``u``."""
     groups: dict[tuple, list[BuiltinOperator]] = {}
@@ -278,8 +422,8 @@ def evaluate(root: DifferentialOperator, inputs: tuple) -> Any:
     for key, members in groups.items():
 
         def make_request(d: int, members: list[BuiltinOperator] = members) -> Request:
-            request = Request()
-            for member in members:
+            request = members[0]._request(d)
+            for member in members[1:]:
                 request = request | member._request(d)
             return request
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 from torch import nn
 
@@ -69,3 +72,93 @@ def test_notation():
     assert str((do.Laplacian(u) + 1) * do.Divergence(u)) == "(Δu + 1)·∇·u"
     assert str(do.Derivatives(u, u=(), u_x=(0,))) == "{u: u, u_x: ∂u/∂x₀}"
     assert str(do.Curl(u) - (lambda x: x)) == "∇×u - f"
+
+
+def test_division_by_a_parameter_is_trained_and_stays_live():
+    u = mlp(2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    kappa = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+    op = do.Laplacian(u) / kappa - source
+    assert any(p is kappa for p in op.parameters())
+    optimizer = torch.optim.SGD(op.parameters(), lr=0.1)
+    for _ in range(2):  # a second backward works, and each step reads the updated kappa
+        expected = ref.laplacian(u, x) / kappa.detach() - source(x)
+        value = op(x)
+        torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+        optimizer.zero_grad()
+        loss = value.pow(2).sum()
+        loss.backward()
+        lap = ref.laplacian(u, x).detach()
+        expected_grad = (2 * value.detach() * -lap / kappa.detach() ** 2).sum()
+        torch.testing.assert_close(kappa.grad, expected_grad, rtol=1e-10, atol=1e-12)
+        before = kappa.detach().clone()
+        optimizer.step()
+        assert kappa != before
+
+
+def test_a_one_element_parameter_scales_without_reshaping():
+    """``nn.Parameter(torch.tensor([0.0]))``, the usual learnable PDE coefficient, is a scalar."""
+    u = mlp(2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    lam = nn.Parameter(torch.tensor([[2.0]], dtype=torch.float64))
+    squeezed = lambda x: u(x)[:, 0]  # noqa: E731
+    lap = ref.laplacian(u, x)
+    for op, expected in [
+        (lam * do.Laplacian(u), 2 * lap),
+        (do.Laplacian(u) / lam, lap / 2),
+        (lam / do.Laplacian(u), 2 / lap),
+        (do.Laplacian(u) + lam, lap + 2),
+        (lam * do.Laplacian(squeezed), 2 * lap[:, 0]),
+    ]:
+        assert any(p is lam for p in op.parameters())
+        torch.testing.assert_close(op(x), expected, rtol=1e-10, atol=1e-12)
+    (lam * do.Laplacian(u))(x).sum().backward()
+    torch.testing.assert_close(lam.grad, lap.sum().reshape(1, 1), rtol=1e-10, atol=1e-12)
+
+
+def test_division_by_a_tensor_is_a_buffer_that_follows_the_module():
+    u = mlp(2).float()
+    scale = torch.tensor(4.0)
+    op = do.Derivative(u, wrt=1) / scale
+    assert any(b is scale for b in op.buffers())
+    op.double()
+    x = torch.randn(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(op(x), ref.partial(u, x, (1,)) / 4, rtol=1e-10, atol=1e-12)
+
+
+def test_pointwise_quotients():
+    u = mlp(2)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    value, u_x = u(x), ref.partial(u, x, (0,))
+    torch.testing.assert_close((do.Derivative(u, wrt=0) / do.Derivative(u, order=0))(x), u_x / value,
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close((do.Derivative(u, wrt=0) / u)(x), u_x / value, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close((2.0 / do.Derivative(u, wrt=0))(x), 2.0 / u_x, rtol=1e-10, atol=1e-12)
+    p = nn.Parameter(torch.tensor(3.0, dtype=torch.float64))
+    op = p / do.Derivative(u, wrt=0)
+    assert any(q is p for q in op.parameters())
+    torch.testing.assert_close(op(x), 3.0 / u_x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close((p + do.Derivative(u, wrt=0))(x), 3.0 + u_x, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"cannot compute .* / f: shapes \(5, 1\) and \(5,\) differ"):
+        (do.Laplacian(u) / (lambda x: x[:, 0]))(x)
+    with pytest.raises(ZeroDivisionError, match="cannot divide Δu by zero"):
+        do.Laplacian(u) / 0
+    with pytest.raises(TypeError, match=r"cannot combine a DifferentialOperator with str by '/'"):
+        do.Laplacian(u) / "2"
+
+
+def test_notation_of_learnable_coefficients_and_quotients_without_warnings():
+    u = mlp(2)
+    p = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    lap = do.Laplacian(u)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Converting a tensor with requires_grad=True to a scalar"
+        assert str(p * lap) == "2·Δu"
+        assert str(lap / p) == "Δu/2"
+        assert str(lap - p * do.Derivative(u, wrt=0)) == "Δu - 2·∂u/∂x₀"
+        assert str(lap - do.Derivative(u, wrt=0) / p) == "Δu - (∂u/∂x₀)/2"
+        assert str(1 - lap / p) == "1 - Δu/2"
+        assert str(p / lap) == "2/Δu"
+    assert str(lap / 4) == "Δu/4"
+    assert str((lap + 1) / do.Derivative(u, wrt=0)) == "(Δu + 1)/(∂u/∂x₀)"
+    assert str(lap - lap / 4) == "Δu - Δu/4"

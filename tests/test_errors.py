@@ -46,6 +46,15 @@ CALL_ERRORS = {
                                 r"cannot compute Δu \+ f: shapes \(4, 1\) and \(4,\) differ"),
     "derivatives in a sum": (lambda: (do.Derivatives(mlp(3), u=()) + 1.0)(X), TypeError,
                              r"returns a dict and cannot stand in an expression"),
+    "u's own shape error": (lambda: do.Hessian(mlp(2), method="taylor")(X), RuntimeError,
+                            r"^Hessian: u itself raised RuntimeError on inputs of shape \(4, 3\) float64: mat1 and "
+                            r"mat2 shapes cannot be multiplied \(4x3 and 2x16\)$"),
+    "u's own dtype error": (lambda: do.Laplacian(mlp(3))(X.float()), RuntimeError,
+                            r"^Laplacian: u itself raised RuntimeError on inputs of shape \(4, 3\) float32: mat1 and "
+                            r"mat2 must have the same dtype"),
+    "u's own error, second input": (lambda: do.Jacobian(TwoInputs(3, 1))(X, torch.randn(4, 2)), RuntimeError,
+                                    r"Jacobian: u itself raised RuntimeError on inputs of shape \(4, 3\) float64, "
+                                    r"\(4, 2\) float32"),
 }
 
 CONSTRUCTION_ERRORS = {
@@ -70,6 +79,9 @@ CONSTRUCTION_ERRORS = {
     "u not callable": (lambda: do.Laplacian(3.0), TypeError, r"Laplacian: u must be an nn.Module or a callable"),
     "empty Derivatives": (lambda: do.Derivatives(mlp(3)), ValueError, r"Derivatives: name at least one derivative"),
     "add a string": (lambda: do.Laplacian(mlp(3)) + "f", TypeError, r"cannot combine a DifferentialOperator with str"),
+    "divide by a string": (lambda: do.Laplacian(mlp(3)) / "f", TypeError,
+                           r"cannot combine a DifferentialOperator with str by '/'"),
+    "divide by zero": (lambda: do.Laplacian(mlp(3)) / 0, ZeroDivisionError, r"cannot divide Δu by zero"),
 }
 
 

@@ -93,6 +93,17 @@ class Request:
             return self
         return Request(self.partials, self.full, tuple(along.bind(inputs, x) for along in self.along))
 
+    def signature(self) -> tuple:
+        """What the choice of engine depends on: hashable, equal for equal requests of two calls.
+
+        (A bound :class:`Along` compares by identity; its order, form and number of directions count.)
+        """
+        along = tuple(
+            (item.order, item.summed, None if item.directions is None else item.directions.shape[0])
+            for item in self.along
+        )
+        return self.partials, self.full, along
+
     def rows(self, rows: slice) -> Request:
         """The request for the rows ``rows`` of a chunked call (bound directions sliced alike)."""
         if not self.along:
