@@ -56,6 +56,14 @@ EMPTY_CASES = {
     "expression": (lambda u, m: do.Laplacian(u, method=m) + 2.0 * do.Derivative(u, wrt=1, method=m) - u, 2, (2,)),
     "quotient": (lambda u, m: do.Laplacian(u, method=m) / do.Derivative(u, order=0, method=m), 1, (1,)),
     "custom operator": (lambda u, m: Burgers(u, method=m), 1, (1,)),
+    "weighted laplacian": (lambda u, m: do.Laplacian(u, sigma=torch.ones(D, 2).double(), method=m), 2, (2,)),
+    "weighted hutchinson": (
+        lambda u, m: do.Laplacian(u, sigma=lambda x: x[..., None], estimator="hutchinson", samples=3, method=m),
+        1,
+        (1,),
+    ),
+    "directional derivative": (lambda u, m: do.DirectionalDerivative(u, lambda x: -x, order=2, method=m), 2, (2,)),
+    "hutchinson divergence": (lambda u, m: do.Divergence(u, estimator="hutchinson", samples=3, method=m), D, (1,)),
 }
 
 
