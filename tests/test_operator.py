@@ -294,3 +294,20 @@ def test_settings_are_validated_and_ranked_once_per_call_shape(monkeypatch):
     with pytest.raises(ValueError, match="coordinate index 2 is out of range for d=2"):
         op3(torch.randn(2, 2, dtype=torch.float64))
     assert math.prod(op(x)["u"].shape) == 4
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda u: do.DirectionalDerivative(u, lambda x: -x),
+        lambda u: do.Laplacian(u, sigma=torch.ones(D, 2).double()),
+        lambda u: do.Laplacian(u) + do.DirectionalDerivative(u, torch.ones(D).double()),
+    ],
+    ids=["directional", "weighted", "expression"],
+)
+def test_the_engine_choice_is_cached_once_for_requests_with_directions(make):
+    op = make(mlp(D))
+    for _ in range(4):
+        op(torch.randn(5, D, dtype=torch.float64))
+    leaves = [leaf for leaf in op.modules() if isinstance(leaf, do.DifferentialOperator) and leaf._plans]
+    assert leaves and all(len(leaf._plans) == 1 for leaf in leaves)  # bound directions differ per call; plans do not
