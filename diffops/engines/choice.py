@@ -2,7 +2,7 @@
 
 Costs are in units of about one first-order backward pass through the network.
 
-* Taylor: ``2.3 + 1.6 * sum_k R_k (1 + (k - 1) / 4)``, where ``R_k`` directions
+* Taylor: ``2.3 + 1.2 * sum_k R_k (1 + (k - 1) / 4)``, where ``R_k`` directions
   reach order k (``interpolation.truncate``: each direction is carried only to
   the order it is needed to, and a fused layer costs about a backward pass per
   coefficient, a little more at higher orders).  Independent of the output
@@ -42,7 +42,7 @@ def taylor_cost(request: Request, d: int) -> float:
         if not partials:
             return 0.0
     counts = truncate(frozenset(partials), d).counts
-    return 2.3 + 1.6 * sum(r * (1 + (k - 1) / 4) for k, r in enumerate(counts, start=1))
+    return 2.3 + 1.2 * sum(r * (1 + (k - 1) / 4) for k, r in enumerate(counts, start=1))
 
 
 def autograd_cost(request: Request, d: int, outputs: int) -> float:
