@@ -148,7 +148,15 @@ def test_the_fused_backward_is_differentiable():
         assert_close(a, e)
 
 
-def test_several_inputs_leave_the_fused_rules_and_stay_exact():
+def test_several_inputs_are_split_and_concatenated_as_stacked_jets():
+    u = TwoInputs(2, 1)
+    x = Stacked(torch.randn(4, 5, 3, dtype=torch.float64), (2, 1), degree=1)
+    first, second = x.split((2, 1), dim=-1)
+    out = u(first, second)
+    assert isinstance(out, Stacked) and out._plain is None
+
+
+def test_several_inputs_stay_exact():
     u = TwoInputs(1, 1)
     op = do.Derivatives(u, {"u": (), "u_x": 0, "u_xx": (0, 0), "u_t": 1}, argnums=(0, 1), method="taylor")
     x, t = torch.randn(5, 1, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)

@@ -332,6 +332,46 @@ def _activation(name: str) -> Callable:
     return replacement
 
 
+# -- several inputs: ``x.split`` by the operator, ``torch.cat([x, t], -1)`` by the network ------------------
+
+
+def _last(x: Stacked, dim: int) -> bool:
+    return dim in (-1, x.dim() - 1)
+
+
+def _split_last(x: Stacked, split_size, dim: int = 0) -> tuple | None:
+    """``x.split(sizes, dim=-1)``: the stack split along its last axis (the feature axis of every coefficient)."""
+    if not _last(x, dim) or x.dim() == 0:
+        return None
+    x = x.resolved()
+    return tuple(Stacked(part, x.counts, x.degree) for part in x.stack.split(split_size, dim=-1))
+
+
+def _cat_last(tensors, dim: int = 0) -> Stacked | None:
+    """``torch.cat(jets, dim=-1)`` of stacked jets of one layout: their stacks side by side."""
+    if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, Stacked) for t in tensors):
+        return None
+    first = tensors[0]
+    if not _last(first, dim) or any(t.counts != first.counts or t.dim() != first.dim() for t in tensors):
+        return None
+    degree = max(t.degree for t in tensors)
+    return Stacked(torch.cat([_padded(t, degree) for t in tensors], dim=-1), first.counts, degree)
+
+
+def _override_cat(funcs: tuple) -> None:
+    """``cat`` takes its jets in a list, which the generic check of :func:`_override` does not look into."""
+    for func in funcs:
+        previous = RULES[func]
+
+        def rule(func, tensors, *args, previous=previous, **kwargs):
+            fused = _cat_last(tensors, *args, **kwargs) if not isinstance(tensors, Jet) else None
+            return previous(func, tensors, *args, **kwargs) if fused is None else fused
+
+        RULES[func] = rule
+
+
+_override((T.split, torch.split), _split_last)
+_override_cat((torch.cat, torch.concat, torch.concatenate))
 _override((F.linear,), _linear)
 _override((torch.add, T.add, T.__add__), _add)
 _override((torch.sub, T.sub, T.__sub__, torch.subtract), _sub)
