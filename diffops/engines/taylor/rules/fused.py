@@ -76,24 +76,24 @@ def _quadratic_slope(k: int, y: Pieces, scale: torch.Tensor, n: int) -> torch.Te
 
 
 class Activation:
-    """The series of one activation: ``start(a_0) -> (y_0, z_0, state)`` and ``slope(k, ..) -> z_k``."""
+    """The series of one activation: ``start(a_0, out) -> (y_0, z_0, state)`` and ``slope(k, ..) -> z_k``."""
 
     def __init__(self, start: Callable, slope: Callable) -> None:
         self.start, self.slope = start, slope
 
 
-def _tanh_start(a0: torch.Tensor) -> tuple:
-    y0 = torch.tanh(a0)
+def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+    y0 = torch.tanh(a0, out=out)
     return y0, torch.addcmul(torch.ones((), dtype=y0.dtype, device=y0.device), y0, y0, value=-1), -2 * y0
 
 
-def _sigmoid_start(a0: torch.Tensor) -> tuple:
-    y0 = torch.sigmoid(a0)
+def _sigmoid_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+    y0 = torch.sigmoid(a0, out=out)
     return y0, y0 - y0 * y0, 1 - 2 * y0
 
 
-def _sin_start(a0: torch.Tensor) -> tuple:
-    return torch.sin(a0), torch.cos(a0), None
+def _sin_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+    return torch.sin(a0, out=out), torch.cos(a0), None
 
 
 def _sin_slope(k: int, a: Pieces, y: Pieces, state, n: int, degree: int) -> torch.Tensor:
@@ -118,10 +118,7 @@ def series(
 
     ``a``: the pieces of the input to ``degree``; ``out``: views to write the ``y_k`` into, or None.
     """
-    y0, z0, state = activation.start(a[0])
-    if out is not None:
-        out[0].copy_(y0)
-        y0 = out[0]
+    y0, z0, state = activation.start(a[0], None if out is None else out[0])
     y, z = [y0], [z0]
     for k, n in enumerate(counts, start=1):
         y.append(_integral(k, a, z, n, degree, None if out is None else out[k]))
@@ -138,8 +135,10 @@ def _slices(counts: tuple[int, ...], degree: int) -> list[tuple[int, int]]:
     return spans
 
 
-def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int) -> list[torch.Tensor]:
-    return [stack[0] if k == 0 else stack.narrow(0, s, n) for k, (s, n) in enumerate(_slices(counts, degree))]
+def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int, first: torch.Tensor | None = None) -> list:
+    """``[c_0, c_1, ..]`` as views of ``stack``; ``first``: a ``c_0`` to use instead of ``stack[0]``."""
+    spans = _slices(counts, degree)[1:]
+    return [stack[0] if first is None else first, *(stack.narrow(0, s, n) for s, n in spans)]
 
 
 def preactivation(stack: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +150,7 @@ def preactivation(stack: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torc
 def layer(activation: Activation, counts: tuple[int, ...], degree: int, stack, weight, bias) -> torch.Tensor:
     """The stacked output of ``f(Linear(x))`` (``weight`` None: of ``f(x)``), as plain differentiable ops."""
     mapped, a0 = preactivation(stack, weight, bias)
-    a = [a0, *_split(mapped, counts, degree)[1:]]
+    a = _split(mapped, counts, degree, a0)
     y, _ = series(activation, a, counts, degree, None)
     return torch.cat([y[0][None], *y[1:]])
 
@@ -162,7 +161,7 @@ class _FusedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, activation, counts, degree, stack, weight, bias):
         mapped, a0 = preactivation(stack, weight, bias)
-        a = [a0, *_split(mapped, counts, degree)[1:]]
+        a = _split(mapped, counts, degree, a0)
         total = 1 + sum(counts)
         out = a0.new_empty(total, *a0.shape)
         _, z = series(activation, a, counts, degree, _split(out, counts, len(counts)))
