@@ -21,9 +21,38 @@ supported by AOT autograd, and ``fullgraph=True`` refuses ``autograd.grad``), an
 the Taylor engine traces to one graph, so there the Taylor engine comes first,
 then torch.func, whatever the costs.
 
-Measured with ``benchmarks/auto_rule.py --threads 1`` (training steps, float32,
-one CPU thread of a shared AMD EPYC; ms as taylor / autograd / func, and the
-pick): FIT_TABLE
+Measured with ``benchmarks/auto_rule.py --threads 1 --cases residuals [--net modified]``
+(training steps of the residuals of ``benchmarks/residuals.py``, float32, one
+CPU thread of a shared AMD EPYC), ms as taylor / autograd / func:
+
+================  =========================  ============================
+residual          8 x 20 tanh, batch 2,000   4 x 128 modified MLP, 2,000
+================  =========================  ============================
+burgers           71 / 75 / 213              1953 / 1066 / 2618
+heat              82 / 98 / 273              2778 / 2281 / 4151
+wave              77 / 112 / 360             4735 / 3408 / 6546
+allen_cahn        64 / 64 / 163              2068 / 1726 / 3543
+poisson2d         74 / 98 / 262              3770 / 3495 / 5866
+poisson3d         73 / 101 / 324             2811 / 2824 / 4816
+navier_stokes     75 / 221 / 248             1819 / 3020 / 2676
+kdv               68 / 161 / 427             1985 / 2818 / 5702
+beam              90 / 402 / 1229            2960 / 8176 / 15253
+================  =========================  ============================
+
+The machine was shared with other work (load about 6 per core), so absolute
+times are inflated and noisy; each ratio within a round ranged over about
++-30 %.  On the 8 x 20 network (the usual PINN) Taylor was the fastest engine
+on every residual, and the rule picks it on all of them.  On the 4 x 128
+modified MLP nested autograd was faster on the second-order residuals with a
+first-order or few directions (Burgers 1.8x, Allen-Cahn 1.5x, heat 1.3x, wave
+1.2x, Poisson 2-D 1.1x): at width 128 a training step is matrix products, of
+which Taylor mode at order two does as many as nested autograd, and the
+modified MLP's gates add elementwise work per coefficient.  The rule does not
+see the network's width, so it keeps Taylor there too; third and fourth
+orders and Navier-Stokes go to Taylor at every width.  The operator cases of
+the earlier fit (``--cases operators``) keep their ranking: first partials,
+Jacobians of scalar networks, Hessians and low-order mixed partials of one
+output go to nested autograd, the Laplacian and high orders to Taylor.
 """
 
 from __future__ import annotations
