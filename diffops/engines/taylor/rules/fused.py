@@ -237,7 +237,7 @@ def _override(funcs: tuple, replacement: Callable) -> None:
         previous = RULES[func]
 
         def rule(func, *args, previous=previous, **kwargs):
-            stacked = any(isinstance(a, Stacked) for a in args[:2])
+            stacked = any(isinstance(a, Stacked) for a in args[:2]) and set(kwargs) <= {"alpha", "dim", "bias"}
             fused = replacement(*args, **kwargs) if stacked else None
             return previous(func, *args, **kwargs) if fused is None else fused
 
@@ -363,7 +363,8 @@ def _override_cat(funcs: tuple) -> None:
         previous = RULES[func]
 
         def rule(func, tensors, *args, previous=previous, **kwargs):
-            fused = _cat_last(tensors, *args, **kwargs) if not isinstance(tensors, Jet) else None
+            plain = isinstance(tensors, Jet) or not set(kwargs) <= {"dim"}
+            fused = None if plain else _cat_last(tensors, *args, **kwargs)
             return previous(func, tensors, *args, **kwargs) if fused is None else fused
 
         RULES[func] = rule
