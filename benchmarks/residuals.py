@@ -218,6 +218,7 @@ def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: 
     steps |= {name: training_step(net, Residual(net, case, name), x) for name in ENGINES}
     steps["nested"] = training_step(net, nested(net, case), x)
     if compiled:
+        torch._dynamo.reset()  # each case its own graphs: one code object compiles for many cases otherwise
         steps["compiled"] = training_step(net, Residual(net, case), x, compile=True)
     rounds = time_rounds(steps, repeats, "cpu")
     times = {name: statistics.median(values) * 1e3 for name, values in rounds.items()}
