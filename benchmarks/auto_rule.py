@@ -1,19 +1,23 @@
 """The measurements behind ``method="auto"``: every engine on the cases of ``diffops/engines/choice.py``.
 
-For each case (an operator on a tanh MLP) the script times one training step
-(operator, MSE loss, backward to the parameters) with each engine, side by
-side as ``bench_taylor.py`` does, and prints the times next to the cost
-model's units and the engine it ranks first, so a change to an engine shows
-at once whether the rule still picks the fastest.
+For each case (an operator on a tanh MLP, or a PDE residual of
+``residuals.py``) the script times one training step (operator, MSE loss,
+backward to the parameters) with each engine, side by side as
+``bench_taylor.py`` does, and prints the times next to the cost model's units,
+the engine it ranks first, and the paired ratio of that engine's time to the
+fastest one's (median over rounds, with the range), so a change to an engine
+shows at once whether the rule still picks the fastest.
 
 Usage::
 
-    python benchmarks/auto_rule.py [--threads 1] [--quick]
+    python benchmarks/auto_rule.py [--threads 1] [--quick] [--cases residuals|operators|all]
+        [--net raissi] [--batch 2000] [--dtype float32]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import residuals  # noqa: E402
 import torch  # noqa: E402
 from _measure import tanh_mlp  # noqa: E402
-from bench_taylor import time_side_by_side, training_step  # noqa: E402
+from bench_taylor import paired_ratio, time_rounds, training_step  # noqa: E402
 
 import diffops as do  # noqa: E402
 from diffops.engines import ENGINES, Request  # noqa: E402
@@ -71,35 +76,71 @@ def request_of(op: do.DifferentialOperator, d: int) -> Request:
     return op._request(d)
 
 
+def operator_case(name: str, quick: bool) -> tuple[dict, Request, int, int]:
+    """Training steps of each engine on one operator case, its request, d and output count."""
+    d, outputs, width, batch, make = CASES[name]
+    torch.manual_seed(0)
+    width, batch = (8, 16) if quick else (width, batch)
+    u = tanh_mlp(d, width, 4, outputs)
+    x = torch.rand(batch, d) * 2 - 1
+    steps = {e: training_step(u, loss_of(make(u, e)), x) for e in sorted(ENGINES)}
+    return steps, request_of(make(u, "auto"), d), d, outputs
+
+
+def residual_case(name: str, net: str, batch: int, dtype: torch.dtype) -> tuple[dict, Request, int, int]:
+    """Training steps of each engine on one residual of ``residuals.py``, its request, d and output count."""
+    coords, outputs, names, _ = residuals.RESIDUALS[name]
+    torch.manual_seed(0)
+    u = residuals.NETS[net](len(coords), outputs).to(dtype)
+    x = torch.rand(batch, len(coords), dtype=dtype)
+    steps = {e: residuals.training_step(u, residuals.Residual(u, name, e), x) for e in sorted(ENGINES)}
+    request = Request(frozenset(tuple(sorted(coords.index(c) for c in letters)) for letters in names.values()))
+    return steps, request, len(coords), outputs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and two cases, a smoke run")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cases", choices=["residuals", "operators", "all"], default="all")
+    parser.add_argument("--net", choices=list(residuals.NETS), default="raissi", help="the residuals' network")
+    parser.add_argument("--batch", type=int, default=2000, help="the residuals' batch")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the residuals' dtype")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cases = dict(list(CASES.items())[:2]) if args.quick else CASES
     engines = sorted(ENGINES)
-    print(f"torch={torch.__version__} threads={torch.get_num_threads()} float32, ms per training step")
-    print(f"{'case':>26} " + " ".join(f"{e + ' ms':>12}" for e in engines) + f" {'fastest':>9} {'auto':>9}  units")
-    for name, (d, outputs, width, batch, make) in cases.items():
-        torch.manual_seed(0)
-        width, batch = (8, 16) if args.quick else (width, batch)
-        u = tanh_mlp(d, width, 4, outputs)
-        x = torch.rand(batch, d) * 2 - 1
-        steps = {e: training_step(u, loss_of(make(u, e)), x) for e in engines}
-        times = time_side_by_side(steps, 2 if args.quick else args.repeats, "cpu")
-        request = request_of(make(u, "auto"), d)
+    makers: dict[str, Callable[[], tuple]] = {}
+    if args.cases in ("operators", "all"):
+        names = list(CASES)[:2] if args.quick else CASES
+        makers |= {name: (lambda name=name: operator_case(name, args.quick)) for name in names}
+    if args.cases in ("residuals", "all"):
+        names = ["burgers"] if args.quick else residuals.RESIDUALS
+        batch = 16 if args.quick else args.batch
+        dtype = getattr(torch, args.dtype)
+        makers |= {name: (lambda name=name: residual_case(name, args.net, batch, dtype)) for name in names}
+    print(f"{residuals.cpu_model()}, torch={torch.__version__} threads={torch.get_num_threads()}; ms per training step")
+    print(f"residuals on {args.net}, batch {args.batch}, {args.dtype}; operators as in CASES, float32")
+    print(f"{'case':>26} " + " ".join(f"{e + ' ms':>12}" for e in engines) + f" {'fastest':>9} {'auto':>9}", end="")
+    print(f" {'auto/fastest':>20}  units")
+    for name, make in makers.items():
+        steps, request, d, outputs = make()
+        rounds = time_rounds(steps, 2 if args.quick else args.repeats, "cpu")
+        times = {e: statistics.median(rounds[e]) for e in engines}
+        fastest = min(times, key=times.get)
+        pick = ranked(request, d, outputs)[0]
+        ratios = sorted(a / b for a, b in zip(rounds[pick], rounds[fastest]))
         units = {
             "taylor": taylor_cost(request, d),
             "autograd": autograd_cost(request, d, outputs),
             "func": 1.6 * autograd_cost(request, d, min(outputs, d)),
         }
         line = f"{name:>26} " + " ".join(f"{times[e] * 1e3:>12.2f}" for e in engines)
-        line += f" {min(times, key=times.get):>9} {ranked(request, d, outputs)[0]:>9}  "
-        line += " / ".join(f"{units[e]:.0f}" for e in engines)
-        print(line)
+        ratio = paired_ratio(rounds, pick, fastest)
+        line += f" {fastest:>9} {pick:>9} {ratio:>6.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]  "
+        line += " / ".join(f"{units[e]:.1f}" for e in engines)
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
 """How ``method="auto"`` ranks the engines: a cost model fitted to measurements.
 
-Costs are in units of one first-order backward pass through the network.  On a
-training step (operator, MSE loss, backward to the parameters) of tanh MLPs
-(4 x 128, batch 256, and 4 x 64, batch 1024; one CPU thread) the time of each
-engine followed these models to within about 20 %:
+Costs are in units of about one first-order backward pass through the network.
 
-* Taylor: ``2.3 + 0.7 * R * (K^2 + 1)`` for R univariate jets of order K (the
-  directions of ``interpolation.interpolate``), independent of the output size.
-  The collapsed Laplacian beat every other engine at every d measured (d = 1 to
-  64, scalar and vector outputs), so it costs nothing here.
+* Taylor: ``2.3 + 1.2 * sum_k R_k (1 + (k - 1) / 4)``, where ``R_k`` directions
+  reach order k (``interpolation.truncate``: each direction is carried only to
+  the order it is needed to, and a fused layer costs about a backward pass per
+  coefficient, a little more at higher orders).  Independent of the output
+  size.  The collapsed Laplacian beat every other engine at every d measured
+  (d = 1 to 64, scalar and vector outputs), so it costs nothing here.
 * Nested autograd: ``2.3 + M * sum(3^len(p))`` over the distinct gradients it
   takes (one per prefix ``p`` of each multi-index; the Hessian and the Laplacian
   take ``()`` and every ``(i,)``); ``M`` is the number of output components,
@@ -17,22 +16,52 @@ engine followed these models to within about 20 %:
   components (it vmaps over the smaller of the two; the per-op overhead of the
   transforms dominates on a CPU at these sizes).
 
-Measured with ``benchmarks/auto_rule.py --threads 1``, ms (taylor / autograd / func),
-4 x 128, batch 256, d = 2 unless said: du/dx 4.5 / 3.4 / 6.1; d2u/dx2 6.2 / 7.0 / 16.3;
-d2u/dxdy 11.8 / 6.8 / 15.8; d3u/dx2dy 14.5 / 11.8 / 34.9; {u, u_x, u_xx, u_t} 7.0 / 5.5 / 16.3;
-Jacobian d=16 21.9 / 3.4 / 4.5; Jacobian d=4 with 8 outputs 7.4 / 14.0 / 11.5;
-Hessian d=4 32.2 / 17.0 / 22.3; Hessian d=16 438 / 62.4 / 59.2 (a tie between the two);
-Laplacian d=16 with 3 outputs 21.0 / 203 / 103.
-4 x 64, batch 1024, d = 1, d^k u/dx^k for k = 1..6: taylor 4.5, 8.2, 9.2, 10.8,
-16.0, 18.4; autograd 3.8, 8.6, 20.5, 65.9, 219, 591.  Since the Taylor engine's
-backward runs through the series of f' (``taylor.rules.elementwise``), its cost grows more
-slowly in K than the model says; the model still ranks it first wherever it is.
+Under ``torch.compile`` nested autograd cannot run (double backward is not
+supported by AOT autograd, and ``fullgraph=True`` refuses ``autograd.grad``), and
+the Taylor engine traces to one graph, so there the Taylor engine comes first,
+then torch.func, whatever the costs.
+
+Measured with ``benchmarks/auto_rule.py --threads 1 --cases residuals [--net modified]``
+(training steps of the residuals of ``benchmarks/residuals.py``, float32, one
+CPU thread of a shared AMD EPYC), ms as taylor / autograd / func:
+
+================  =========================  ============================
+residual          8 x 20 tanh, batch 2,000   4 x 128 modified MLP, 2,000
+================  =========================  ============================
+burgers           71 / 75 / 213              1953 / 1066 / 2618
+heat              82 / 98 / 273              2778 / 2281 / 4151
+wave              77 / 112 / 360             4735 / 3408 / 6546
+allen_cahn        64 / 64 / 163              2068 / 1726 / 3543
+poisson2d         74 / 98 / 262              3770 / 3495 / 5866
+poisson3d         73 / 101 / 324             2811 / 2824 / 4816
+navier_stokes     75 / 221 / 248             1819 / 3020 / 2676
+kdv               68 / 161 / 427             1985 / 2818 / 5702
+beam              90 / 402 / 1229            2960 / 8176 / 15253
+================  =========================  ============================
+
+The machine was shared with other work (load about 6 per core), so absolute
+times are inflated and noisy; each ratio within a round ranged over about
++-30 %.  On the 8 x 20 network (the usual PINN) Taylor was the fastest engine
+on every residual, and the rule picks it on all of them.  On the 4 x 128
+modified MLP nested autograd was faster on the second-order residuals with a
+first-order or few directions (Burgers 1.8x, Allen-Cahn 1.5x, heat 1.3x, wave
+1.2x, Poisson 2-D 1.1x): at width 128 a training step is matrix products, of
+which Taylor mode at order two does as many as nested autograd, and the
+modified MLP's gates add elementwise work per coefficient.  The rule does not
+see the network's width, so it keeps Taylor there too; third and fourth
+orders and Navier-Stokes go to Taylor at every width.  The operator cases of
+the earlier fit (``--cases operators``) keep their ranking: first partials,
+Jacobians of scalar networks, Hessians and low-order mixed partials of one
+output go to nested autograd, the Laplacian and high orders to Taylor.
 """
 
 from __future__ import annotations
 
+import torch
+
 from .base import Request
-from .taylor import interpolate, requested_partials
+from .taylor import requested_partials
+from .taylor.interpolation import truncate
 
 
 def taylor_cost(request: Request, d: int) -> float:
@@ -41,8 +70,8 @@ def taylor_cost(request: Request, d: int) -> float:
         partials = {index for index in partials if len(index) > 1}  # first partials ride on the collapsed pass
         if not partials:
             return 0.0
-    plan = interpolate(frozenset(partials), d)
-    return 2.3 + 0.7 * len(plan.directions) * (plan.order**2 + 1)
+    counts = truncate(frozenset(partials), d).counts
+    return 2.3 + 1.2 * sum(r * (1 + (k - 1) / 4) for k, r in enumerate(counts, start=1))
 
 
 def autograd_cost(request: Request, d: int, outputs: int) -> float:
@@ -77,6 +106,8 @@ def along_costs(request: Request, outputs: int) -> dict[str, float]:
 
 def ranked(request: Request, d: int, outputs: int = 1) -> tuple[str, ...]:
     """Engine names to try for ``request`` on ``d`` coordinates and ``outputs`` components: cheapest first."""
+    if torch.compiler.is_compiling():  # only engines that compile, Taylor first (see the module docstring)
+        return ("taylor", "func", "autograd")
     costs = {
         "taylor": taylor_cost(request, d),
         "autograd": autograd_cost(request, d, outputs),

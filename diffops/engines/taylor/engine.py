@@ -20,8 +20,10 @@ import torch
 
 from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along
 from . import rules  # noqa: F401 - register the jet rules
-from .interpolation import Direction, Interpolation, interpolate
+from .interpolation import Direction, Interpolation, Truncation, truncate
 from .jet import Jet
+from .rules import fused  # noqa: F401 - after the ordinary rules, which it hands every other case
+from .stacked import Stacked
 
 
 def propagate(
@@ -49,6 +51,30 @@ def propagate(
             c = c + 0 * primal
         top = collapse and k == order
         coefficients.append(c.expand(r, *c.shape) if out.shared(k) and not top else c)
+    return coefficients
+
+
+def propagate_truncated(fn: BatchedFn, x: torch.Tensor, plan: Truncation) -> list[torch.Tensor]:
+    """``[c_0: (N, *f), c_1: (R_1, N, *f), .., c_K: (R_K, N, *f)]`` along ``plan``'s directions, each to its order.
+
+    The network runs on a :class:`~.stacked.Stacked` jet; where it leaves the
+    fused rules the ordinary ones take over, and the ``c_k`` come back padded
+    to ``R_1`` directions (the rows read are the first ``R_k`` either way).
+    """
+    n, d = x.shape
+    v = torch.tensor(plan.interpolation.directions, dtype=x.dtype, device=x.device)  # (R, d)
+    stack = torch.cat([x[None], v[:, None, :].expand(len(v), n, d)])  # (1 + R, N, d)
+    out = _run(fn, Stacked(stack, plan.counts, degree=1))
+    if isinstance(out, Stacked):
+        coefficients = out.pieces()
+    elif isinstance(out, Jet):
+        coefficients = [c if k == 0 or not out.shared(k) else c.expand(plan.counts[0], *c.shape)
+                        for k, c in enumerate(out.coefficients)]  # fmt: skip
+    else:  # the output does not depend on x
+        coefficients = [out] + [torch.zeros_like(out).expand(r, *out.shape) for r in plan.counts]
+    primal = coefficients[0]
+    if primal.requires_grad:  # known zeros: still functions of the parameters
+        coefficients = [c if c.requires_grad else c + 0 * primal for c in coefficients]
     return coefficients
 
 
@@ -128,11 +154,13 @@ class TaylorEngine:
             results["laplacian"], read = laplacian(fn, x, first)
             results.update(read)
             partials -= first
-        if partials or not results:
-            interpolation = interpolate(frozenset(partials), d)
-            coefficients = propagate(fn, x, along(interpolation.directions, x), interpolation.order)
-            results.update(read_partials(coefficients, interpolation))
+        if partials:
+            plan = truncate(frozenset(partials), d)
+            coefficients = propagate_truncated(fn, x, plan)
+            results.update(read_partials(coefficients, plan.interpolation))
             results[()] = coefficients[0]
+        elif not results:
+            results[()] = propagate(fn, x, along((), x), 0)[0]
         self._assemble(results, request, d)
         return {key: results[key] for key in ((), *request.partials, *request.full)}
 

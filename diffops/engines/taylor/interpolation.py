@@ -140,3 +140,34 @@ def interpolate(partials: frozenset[MultiIndex], d: int) -> Interpolation:
         rows = tuple(position[v] for v in terms)
         recipes[index] = Recipe(len(index), rows, tuple(float(w) for w in terms.values()))
     return Interpolation(tuple(directions), recipes)
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """An :class:`Interpolation` with its directions ordered by the order each is needed to.
+
+    ``counts[k - 1]``: how many directions (the first ones) reach order k, so a
+    direction needed only for a first partial (``e_t`` in Burgers' ``u_t``) is
+    carried to order one while others go on to order K.
+    """
+
+    interpolation: Interpolation
+    counts: tuple[int, ...]
+
+
+@memoised
+def truncate(partials: frozenset[MultiIndex], d: int) -> Truncation:
+    """The directions of ``interpolate(partials, d)``, highest needed order first, and the recipes' rows renumbered."""
+    plan = interpolate(partials, d)
+    needed = [0] * len(plan.directions)
+    for recipe in plan.recipes.values():
+        for row in recipe.rows:
+            needed[row] = max(needed[row], recipe.order)
+    order = sorted(range(len(needed)), key=lambda row: -needed[row])  # stable: ties keep their order
+    position = {row: i for i, row in enumerate(order)}
+    recipes = {
+        index: Recipe(recipe.order, tuple(position[row] for row in recipe.rows), recipe.weights)
+        for index, recipe in plan.recipes.items()
+    }
+    counts = tuple(sum(n >= k for n in needed) for k in range(1, plan.order + 1))
+    return Truncation(Interpolation(tuple(plan.directions[row] for row in order), recipes), counts)

@@ -1,0 +1,290 @@
+"""The PDE residuals PINN users train, one training step each: diffops against hand-written nested autograd.
+
+Each residual is written twice: as a custom ``DifferentialOperator`` built from
+``self.derivatives`` (run with ``method="auto"`` and with every engine), and as
+the nested ``torch.autograd.grad`` calls a user writes by hand.  A training
+step is the residual, an MSE loss and the backward pass to the parameters.
+Methods are timed side by side, rounds interleaved (``bench_taylor.time_rounds``);
+ratios are medians over rounds of the ratio within a round, so load from other
+work on the machine cancels.
+
+Residuals (coordinates; highest order): Burgers (x, t; 2), heat and wave
+(x, y, t; 2), Allen-Cahn (x, t; 2), Poisson 2-D and 3-D (2), Navier-Stokes
+(x, y, t; outputs u, v, p; 2), KdV (x, t; 3), Euler-Bernoulli beam (x, t; 4).
+Networks: ``raissi`` (8 x 20 tanh), ``tanh64`` (4 x 64 tanh), ``modified``
+(4 x 128 modified MLP of Wang, Teng and Perdikaris).
+
+Usage::
+
+    python benchmarks/residuals.py [--threads 1] [--compile] [--residuals burgers kdv]
+        [--nets raissi] [--batches 2000] [--dtypes float32] [--all] [--quick]
+
+The default is every residual on ``raissi``, batch 2,000, float32, eager;
+``--compile`` adds ``torch.compile`` columns (diffops ``auto`` compiled with
+``fullgraph=True``; nested autograd cannot be compiled: double backward); ``--all``
+runs the whole grid of nets, batches and dtypes, eager and compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from bench_taylor import paired_ratio, time_rounds  # noqa: E402
+from torch import nn  # noqa: E402
+
+import diffops as do  # noqa: E402
+from diffops.engines import ENGINES, Request, candidates  # noqa: E402
+
+Derivs = dict[str, torch.Tensor]
+
+
+# -- networks -------------------------------------------------------------------------------
+
+
+def tanh_net(d: int, width: int, depth: int, outputs: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    for size in [d] + [width] * (depth - 1):
+        layers += [nn.Linear(size, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, outputs))
+
+
+class ModifiedMLP(nn.Module):
+    """``h <- (1 - z) U + z V`` with ``z = tanh(W h + b)`` and two encoders U, V of the input."""
+
+    def __init__(self, d: int, width: int, depth: int, outputs: int) -> None:
+        super().__init__()
+        self.encode_u, self.encode_v = nn.Linear(d, width), nn.Linear(d, width)
+        self.hidden = nn.ModuleList([nn.Linear(d, width)] + [nn.Linear(width, width) for _ in range(depth - 1)])
+        self.out = nn.Linear(width, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, v = torch.tanh(self.encode_u(x)), torch.tanh(self.encode_v(x))
+        h = x
+        for layer in self.hidden:
+            z = torch.tanh(layer(h))
+            h = (1 - z) * u + z * v
+        return self.out(h)
+
+
+NETS: dict[str, Callable[[int, int], nn.Module]] = {
+    "raissi": lambda d, m: tanh_net(d, 20, 8, m),
+    "tanh64": lambda d, m: tanh_net(d, 64, 4, m),
+    "modified": lambda d, m: ModifiedMLP(d, 128, 4, m),
+}
+
+
+# -- residuals: (coordinates, outputs, the derivatives by name, the residual from them) -------------------
+
+NU = 0.01 / math.pi
+
+
+def burgers(d: Derivs) -> torch.Tensor:
+    return d["u_t"] + d["u"] * d["u_x"] - NU * d["u_xx"]
+
+
+def heat(d: Derivs) -> torch.Tensor:
+    return d["u_t"] - 0.1 * (d["u_xx"] + d["u_yy"])
+
+
+def wave(d: Derivs) -> torch.Tensor:
+    return d["u_tt"] - 4.0 * (d["u_xx"] + d["u_yy"])
+
+
+def allen_cahn(d: Derivs) -> torch.Tensor:
+    return d["u_t"] - 1e-4 * d["u_xx"] + 5 * d["u"] ** 3 - 5 * d["u"]
+
+
+def poisson(d: Derivs) -> torch.Tensor:
+    return sum(d.values()) + 1.0  # -Δu = 1
+
+
+def navier_stokes(d: Derivs) -> torch.Tensor:
+    """Momentum in x and y and continuity, for the outputs (u, v, p) of ``(N, 3)``."""
+    c = {name: value.unbind(-1) for name, value in d.items()}
+    (u, v, _), nu = c["u"], 0.01
+    momentum = [
+        c["u_t"][i] + u * c["u_x"][i] + v * c["u_y"][i] + c["u_" + ("x", "y")[i]][2]
+        - nu * (c["u_xx"][i] + c["u_yy"][i])
+        for i in range(2)
+    ]  # fmt: skip
+    return torch.stack([*momentum, c["u_x"][0] + c["u_y"][1]], dim=-1)
+
+
+def kdv(d: Derivs) -> torch.Tensor:
+    return d["u_t"] + d["u"] * d["u_x"] + 0.0025 * d["u_xxx"]
+
+
+def beam(d: Derivs) -> torch.Tensor:
+    return d["u_tt"] + d["u_xxxx"]
+
+
+XT, XYT = ("x", "t"), ("x", "y", "t")
+RESIDUALS: dict[str, tuple[tuple[str, ...], int, dict[str, str], Callable[[Derivs], torch.Tensor]]] = {
+    "burgers": (XT, 1, {"u": "", "u_t": "t", "u_x": "x", "u_xx": "xx"}, burgers),
+    "heat": (XYT, 1, {"u_t": "t", "u_xx": "xx", "u_yy": "yy"}, heat),
+    "wave": (XYT, 1, {"u_tt": "tt", "u_xx": "xx", "u_yy": "yy"}, wave),
+    "allen_cahn": (XT, 1, {"u": "", "u_t": "t", "u_xx": "xx"}, allen_cahn),
+    "poisson2d": (("x", "y"), 1, {"u_xx": "xx", "u_yy": "yy"}, poisson),
+    "poisson3d": (("x", "y", "z"), 1, {"u_xx": "xx", "u_yy": "yy", "u_zz": "zz"}, poisson),
+    "navier_stokes": (
+        XYT, 3,
+        {"u": "", "u_t": "t", "u_x": "x", "u_y": "y", "u_xx": "xx", "u_yy": "yy"},
+        navier_stokes,
+    ),
+    "kdv": (XT, 1, {"u": "", "u_t": "t", "u_x": "x", "u_xxx": "xxx"}, kdv),
+    "beam": (XT, 1, {"u_tt": "tt", "u_xxxx": "xxxx"}, beam),
+}  # fmt: skip
+
+
+class Residual(do.DifferentialOperator):
+    """A residual as users write one: ``self.derivatives`` by coordinate names, then the PDE."""
+
+    def __init__(self, net: nn.Module, case: str, method: str = "auto") -> None:
+        coords, _, names, pde = RESIDUALS[case]
+        super().__init__(net, coords=coords, method=method)
+        self.spec = {name: tuple(letters) for name, letters in names.items()}
+        self.pde = pde
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pde(self.derivatives(x, spec=self.spec))
+
+
+def nested(net: nn.Module, case: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The residual by hand: nested ``torch.autograd.grad``, each gradient taken once and reused."""
+    coords, outputs, names, pde = RESIDUALS[case]
+
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        y = net(x)
+        columns = y.unbind(-1) if outputs > 1 else (y[:, 0],)
+        gradients: dict[tuple[int, str], torch.Tensor] = {}
+
+        def partial(m: int, letters: str) -> torch.Tensor:
+            if not letters:
+                return columns[m]
+            if (m, letters) not in gradients:
+                below = partial(m, letters[:-1])
+                (g,) = torch.autograd.grad(below.sum(), x, create_graph=True)
+                for i, name in enumerate(coords):
+                    gradients[(m, letters[:-1] + name)] = g[:, i]
+            return gradients[(m, letters)]
+
+        d = {name: torch.stack([partial(m, letters) for m in range(outputs)], -1) for name, letters in names.items()}
+        return pde(d)
+
+    return residual
+
+
+# -- one table ----------------------------------------------------------------------------------
+
+
+def training_step(net: nn.Module, residual: Callable, x: torch.Tensor, compile: bool = False) -> Callable[[], None]:
+    """Residual, MSE loss, backward to the parameters; with ``compile``, the loss through ``torch.compile``."""
+    loss = lambda x: residual(x).pow(2).mean()  # noqa: E731
+    loss = torch.compile(loss, fullgraph=True) if compile else loss
+
+    def step() -> None:
+        for p in net.parameters():
+            p.grad = None
+        loss(x).backward()
+
+    return step
+
+
+def auto_pick(net: nn.Module, case: str, x: torch.Tensor) -> str:
+    coords, outputs, names, _ = RESIDUALS[case]
+    indices = {tuple(sorted(coords.index(c) for c in letters)) for letters in names.values()}
+    return candidates("auto", Request(frozenset(indices)), len(coords), outputs)[0]
+
+
+def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: bool, repeats: int) -> dict:
+    """Times (ms) of every method on one residual, and the paired ratios to nested autograd."""
+    coords, outputs, _, _ = RESIDUALS[case]
+    torch.manual_seed(0)
+    net = NETS[net_name](len(coords), outputs).to(dtype)
+    x = torch.rand(batch, len(coords), dtype=dtype)
+    steps = {"auto": training_step(net, Residual(net, case), x)}
+    steps |= {name: training_step(net, Residual(net, case, name), x) for name in ENGINES}
+    steps["nested"] = training_step(net, nested(net, case), x)
+    if compiled:
+        torch._dynamo.reset()  # each case its own graphs: one code object compiles for many cases otherwise
+        steps["compiled"] = training_step(net, Residual(net, case), x, compile=True)
+    rounds = time_rounds(steps, repeats, "cpu")
+    times = {name: statistics.median(values) * 1e3 for name, values in rounds.items()}
+    engines = [name for name in ENGINES]
+    fastest = min(engines, key=lambda name: times[name])
+    return {
+        "times": times,
+        "speedup": {name: ratio_cell(rounds, "nested", name) for name in steps},
+        "auto_vs_fastest": ratio_cell(rounds, "auto", fastest),
+        "fastest": fastest,
+        "pick": auto_pick(net, case, x),
+    }
+
+
+def ratio_cell(rounds: dict[str, list[float]], numerator: str, denominator: str) -> str:
+    """``median [min-max]`` of the paired ratios ``numerator / denominator`` over the rounds."""
+    ratios = sorted(a / b for a, b in zip(rounds[numerator], rounds[denominator]))
+    return f"{paired_ratio(rounds, numerator, denominator):.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--residuals", nargs="+", choices=list(RESIDUALS), default=list(RESIDUALS))
+    parser.add_argument("--nets", nargs="+", choices=list(NETS), default=["raissi"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[2000])
+    parser.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], default=["float32"])
+    parser.add_argument("--compile", action="store_true", help="add torch.compile(fullgraph=True) of diffops auto")
+    parser.add_argument("--all", action="store_true", help="every net, batch 2,000 and 10,000, both dtypes, compiled")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny batch, two residuals")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.all:
+        args.nets, args.batches, args.dtypes, args.compile = list(NETS), [2000, 10000], ["float32", "float64"], True
+    if args.quick:
+        args.residuals, args.batches, args.repeats = ["burgers", "kdv"], [16], 1
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); ms per training step,")
+    print("median of interleaved rounds; ratios: median [range] over the rounds of the ratio within a round")
+    methods = ["auto", *ENGINES, "nested"] + (["compiled"] if args.compile else [])
+    header = f"| residual | net | batch | dtype | {' | '.join(f'{m} ms' for m in methods)} | auto picks"
+    header += " | fastest engine | nested / auto | auto / fastest |" + (" nested / compiled |" if args.compile else "")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for net_name in args.nets:
+        for batch in args.batches:
+            for dtype_name in args.dtypes:
+                for case in args.residuals:
+                    row = measure(case, net_name, batch, getattr(torch, dtype_name), args.compile, args.repeats)
+                    cells = [case, net_name, str(batch), dtype_name] + [f"{row['times'][m]:.2f}" for m in methods]
+                    cells += [row["pick"], row["fastest"], row["speedup"]["auto"], row["auto_vs_fastest"]]
+                    if args.compile:
+                        cells.append(row["speedup"]["compiled"])
+                    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Fused jet rules for :class:`~..stacked.Stacked` jets: a ``Linear`` and its activation in one step.
+
+Most PINN networks are ``Linear`` layers and elementwise activations.  On a
+stacked jet a layer is one matrix product on all its coefficients at once and
+the activation's series, written straight into one output tensor, with a
+hand-written backward: for ``y = f(a)`` with ``z = f'(a)`` as a series,
+``dy_k / da_j = z_(k-j)`` (see :mod:`.elementwise`), and the ``Linear`` adds
+three matrix products.  That is a dozen kernels a layer where the ordinary
+rules record some sixty for autograd to replay.
+
+The series of an activation with ``y' = z a'``:
+
+    y_k = (1/k) sum_(j=1..k) j a_j z_(k-j),
+
+and ``z_k`` from the ``y``: ``tanh' = 1 - y^2`` and ``sigmoid' = y - y^2`` give
+``z_k = s y_k - sum_(i=1..k-1) y_i y_(k-i)`` (``s = -2 y_0`` and ``1 - 2 y_0``);
+``sin' = cos`` gives ``z_k = -(1/k) sum_j j a_j y_(k-j)``.  Direction r of
+``c_k`` exists for ``r < R_k``, so every term is cut to the rows its order keeps.
+
+The rules registered here take over ``F.linear`` and the activations when
+their argument is a stacked jet and hand every other case to the rule they
+replace.  Under ``torch.compile`` and torch.func transforms the same series
+runs as plain differentiable ops (the compiler fuses them itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch._C._functorch import peek_interpreter_stack
+
+from ..jet import RULES, Jet
+from ..stacked import Stacked
+
+T = torch.Tensor
+Pieces = list  # [c_0: (*sample), c_1: (R_1, *sample), ..]; an entry may be None where it is known zero
+
+
+def _rows(pieces: Pieces, k: int, n: int) -> torch.Tensor:
+    """The first ``n`` directions of ``c_k`` (``c_0``, shared by the directions, broadcasts as it is)."""
+    tensor = pieces[k]
+    return tensor if k == 0 or tensor.shape[0] == n else tensor.narrow(0, 0, n)
+
+
+def _sum_of_products(terms: list, out: torch.Tensor | None) -> torch.Tensor:
+    """``sum_i w_i a_i b_i`` over ``terms = [(w, a, b), ..]``, the first product written into ``out``."""
+    weight, a, b = terms[0]
+    total = torch.mul(a, b, out=out) if out is not None else a * b
+    if weight != 1:
+        total = total.mul_(weight) if _mutable() else total * weight
+    for weight, a, b in terms[1:]:
+        total = total.addcmul_(a, b, value=weight) if _mutable() else torch.addcmul(total, a, b, value=weight)
+    return total
+
+
+def _mutable() -> bool:
+    """Whether fresh tensors may be updated in place: not inside torch.func transforms, which lack some such rules."""
+    return peek_interpreter_stack() is None
+
+
+def _integral(k: int, a: Pieces, z: Pieces, n: int, degree: int, out: torch.Tensor | None) -> torch.Tensor:
+    """``y_k = (1/k) sum_j j a_j z_(k-j)`` on ``n`` directions; the ``a_j`` above ``degree`` are zero."""
+    terms = [(j / k, _rows(a, j, n), _rows(z, k - j, n)) for j in range(min(k, degree), 0, -1)]
+    return _sum_of_products(terms, out)
+
+
+def _quadratic_slope(k: int, y: Pieces, scale: torch.Tensor, n: int) -> torch.Tensor:
+    """``z_k = scale y_k - sum_(i=1..k-1) y_i y_(k-i)`` (tanh, sigmoid)."""
+    terms = [(1, scale, y[k])]
+    terms += [(-2, _rows(y, i, n), _rows(y, k - i, n)) for i in range(1, (k + 1) // 2)]
+    if k % 2 == 0 and k > 1:
+        terms.append((-1, _rows(y, k // 2, n), _rows(y, k // 2, n)))
+    return _sum_of_products(terms, None)
+
+
+class Activation:
+    """The series of one activation: ``start(a_0, out) -> (y_0, z_0, state)`` and ``slope(k, ..) -> z_k``."""
+
+    def __init__(self, start: Callable, slope: Callable) -> None:
+        self.start, self.slope = start, slope
+
+
+def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+    y0 = torch.tanh(a0, out=out)
+    return y0, torch.addcmul(torch.ones((), dtype=y0.dtype, device=y0.device), y0, y0, value=-1), -2 * y0
+
+
+def _sigmoid_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+    y0 = torch.sigmoid(a0, out=out)
+    return y0, y0 - y0 * y0, 1 - 2 * y0
+
+
+def _sin_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+    return torch.sin(a0, out=out), torch.cos(a0), None
+
+
+def _sin_slope(k: int, a: Pieces, y: Pieces, state, n: int, degree: int) -> torch.Tensor:
+    return -_integral(k, a, y, n, degree, None)
+
+
+def _quadratic(k: int, a: Pieces, y: Pieces, state, n: int, degree: int) -> torch.Tensor:
+    return _quadratic_slope(k, y, state, n)
+
+
+ACTIVATIONS = {
+    "tanh": Activation(_tanh_start, _quadratic),
+    "sigmoid": Activation(_sigmoid_start, _quadratic),
+    "sin": Activation(_sin_start, _sin_slope),
+}
+
+
+def series(
+    activation: Activation, a: Pieces, counts: tuple[int, ...], degree: int, out: list | None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``y = f(a)`` and ``z = f'(a)`` to order K = len(counts), each ``c_k`` on ``counts[k-1]`` directions.
+
+    ``a``: the pieces of the input to ``degree``; ``out``: views to write the ``y_k`` into, or None.
+    """
+    y0, z0, state = activation.start(a[0], None if out is None else out[0])
+    y, z = [y0], [z0]
+    for k, n in enumerate(counts, start=1):
+        y.append(_integral(k, a, z, n, degree, None if out is None else out[k]))
+        z.append(activation.slope(k, a, y, state, n, degree))
+    return y, z
+
+
+def _slices(counts: tuple[int, ...], degree: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of each ``c_k``, k = 0..degree, in a stack."""
+    spans, start = [(0, 1)], 1
+    for n in counts[:degree]:
+        spans.append((start, n))
+        start += n
+    return spans
+
+
+def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int, first: torch.Tensor | None = None) -> list:
+    """``[c_0, c_1, ..]`` as views of ``stack``; ``first``: a ``c_0`` to use instead of ``stack[0]``."""
+    spans = _slices(counts, degree)[1:]
+    return [stack[0] if first is None else first, *(stack.narrow(0, s, n) for s, n in spans)]
+
+
+def preactivation(stack: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F.linear`` of every coefficient, and ``c_0`` with the bias: ``(S, *sample, out)``, ``(*sample, out)``."""
+    mapped = stack if weight is None else F.linear(stack, weight)
+    return mapped, mapped[0] if bias is None else mapped[0] + bias
+
+
+def layer(activation: Activation, counts: tuple[int, ...], degree: int, stack, weight, bias) -> torch.Tensor:
+    """The stacked output of ``f(Linear(x))`` (``weight`` None: of ``f(x)``), as plain differentiable ops."""
+    mapped, a0 = preactivation(stack, weight, bias)
+    a = _split(mapped, counts, degree, a0)
+    y, _ = series(activation, a, counts, degree, None)
+    return torch.cat([y[0][None], *y[1:]])
+
+
+class _FusedLayer(torch.autograd.Function):
+    """:func:`layer` with the backward ``dy_k / da_j = z_(k-j)`` and the three products of the ``Linear``."""
+
+    @staticmethod
+    def forward(ctx, activation, counts, degree, stack, weight, bias):
+        mapped, a0 = preactivation(stack, weight, bias)
+        a = _split(mapped, counts, degree, a0)
+        total = 1 + sum(counts)
+        out = a0.new_empty(total, *a0.shape)
+        _, z = series(activation, a, counts, degree, _split(out, counts, len(counts)))
+        ctx.activation, ctx.counts, ctx.degree = activation, counts, degree
+        ctx.save_for_backward(stack, weight, bias, *z)
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        stack, weight, bias, *z = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None, None, None
+        if torch.is_grad_enabled():  # a differentiable backward: replay the layer under autograd
+            return (None, None, None, *_replayed(ctx, grad, stack, weight, bias))
+        counts, degree = ctx.counts, ctx.degree
+        g = _split(grad, counts, len(counts))
+        grad_mapped = grad.new_empty(stack.shape[0], *grad.shape[1:])
+        ga = _split(grad_mapped, counts, degree)
+        _series_backward(g, z, counts, degree, ga)
+        grad_stack = grad_weight = grad_bias = None
+        if weight is None:
+            grad_stack = grad_mapped
+        else:
+            if ctx.needs_input_grad[3]:
+                grad_stack = grad_mapped @ weight
+            if ctx.needs_input_grad[4]:
+                grad_weight = grad_mapped.flatten(0, -2).T @ stack.flatten(0, -2)
+            if bias is not None and ctx.needs_input_grad[5]:
+                grad_bias = ga[0].flatten(0, -2).sum(0)
+        return None, None, None, grad_stack, grad_weight, grad_bias
+
+
+def _series_backward(g: list, z: list, counts: tuple[int, ...], degree: int, ga: list) -> None:
+    """``ga_j = sum_(k>=j) g_k z_(k-j)`` written into ``ga`` (j = 0..degree); ``ga_0`` sums over the directions."""
+    order = len(counts)
+    for j in range(1, degree + 1):
+        torch.mul(g[j], z[0], out=ga[j])
+        for k in range(j + 1, order + 1):
+            n = counts[k - 1]
+            _rows(ga, j, n).addcmul_(g[k], _rows(z, k - j, n))
+    per_direction = g[1] * z[1]
+    for k in range(2, order + 1):
+        per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], z[k])
+    torch.sum(per_direction, 0, out=ga[0])
+    ga[0].addcmul_(g[0], z[0])
+
+
+def _replayed(ctx, grad, stack, weight, bias) -> tuple:
+    inputs = [t for t, needed in zip((stack, weight, bias), ctx.needs_input_grad[3:]) if needed]
+    with torch.enable_grad():
+        out = layer(ctx.activation, ctx.counts, ctx.degree, stack, weight, bias)
+        grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if needed else None for needed in ctx.needs_input_grad[3:])
+
+
+def _plain() -> bool:
+    """Whether to run the series as plain ops: under torch.func transforms or torch.compile."""
+    return peek_interpreter_stack() is not None or torch.compiler.is_compiling()
+
+
+def activate(activation: Activation, x: Stacked) -> Stacked:
+    """``f(x)`` of a stacked jet, fused with its pending ``Linear`` if it has one."""
+    weight, bias = x.pending if x.pending is not None else (None, None)
+    args = (activation, x.counts, x.degree, x.stack, weight, bias)
+    stack = layer(*args) if _plain() else _FusedLayer.apply(*args)
+    return Stacked(stack, x.counts, x.order)
+
+
+def _override(funcs: tuple, replacement: Callable) -> None:
+    """Route ``funcs`` on stacked jets to ``replacement``, every other call (or a None from it) to the rule it had."""
+    for func in funcs:
+        previous = RULES[func]
+
+        def rule(func, *args, previous=previous, **kwargs):
+            stacked = any(isinstance(a, Stacked) for a in args[:2]) and set(kwargs) <= {"alpha", "dim", "bias"}
+            fused = replacement(*args, **kwargs) if stacked else None
+            return previous(func, *args, **kwargs) if fused is None else fused
+
+        RULES[func] = rule
+
+
+# -- sums and products, for networks that mix branches (the modified MLP's (1 - z) u + z v) ---------------
+
+
+def _constant(value, x: Stacked) -> bool:
+    """A number, or a plain tensor that broadcasts to ``x``'s sample shape."""
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, torch.Tensor) and torch.broadcast_shapes(value.shape, x.shape) == x.shape
+
+
+def _compatible(a: Stacked, b: Stacked) -> bool:
+    return a.counts == b.counts and a.shape == b.shape
+
+
+def _padded(x: Stacked, degree: int) -> torch.Tensor:
+    """``x``'s stack with zero slots up to ``degree``."""
+    stack = x.resolved().stack
+    missing = sum(x.counts[x.degree : degree])
+    return stack if not missing else torch.cat([stack, stack.new_zeros(missing, *stack.shape[1:])])
+
+
+def _with_primal(x: Stacked, primal: torch.Tensor) -> Stacked:
+    stack = x.resolved().stack
+    return Stacked(torch.cat([primal[None], stack[1:]]), x.counts, x.degree)
+
+
+def _combination(a, alpha: float, b, beta: float) -> Stacked | None:
+    """``alpha * a + beta * b``: stacked jets of one layout, or one of them a constant (it moves ``c_0`` only)."""
+    if isinstance(a, Stacked) and isinstance(b, Stacked):
+        if not _compatible(a, b):
+            return None
+        degree = max(a.degree, b.degree)
+        sa, sb = _padded(a, degree), _padded(b, degree)
+        total = sa + sb if alpha == 1 and beta == 1 else torch.add(alpha * sa, sb, alpha=beta)
+        return Stacked(total, a.counts, degree)
+    (x, scale), (c, weight) = ((a, alpha), (b, beta)) if isinstance(a, Stacked) else ((b, beta), (a, alpha))
+    if not _constant(c, x):
+        return None
+    x = x.resolved()
+    stack = x.stack if scale == 1 else scale * x.stack
+    return _with_primal(Stacked(stack, x.counts, x.degree), stack[0] + weight * c)
+
+
+def _add(a, b, *, alpha=1) -> Stacked | None:
+    return _combination(a, 1, b, alpha)
+
+
+def _sub(a, b, *, alpha=1) -> Stacked | None:
+    return _combination(a, 1, b, -alpha)
+
+
+def _mul(a, b) -> Stacked | None:
+    """``a * b``: the truncated Cauchy product of two stacked jets, or every coefficient times a constant."""
+    if not (isinstance(a, Stacked) and isinstance(b, Stacked)):
+        x, c = (a, b) if isinstance(a, Stacked) else (b, a)
+        if not _constant(c, x):
+            return None
+        x = x.resolved()
+        return Stacked(x.stack * c, x.counts, x.degree)
+    if not _compatible(a, b):
+        return None
+    a, b = a.resolved(), b.resolved()
+    pa, pb = _split(a.stack, a.counts, a.degree), _split(b.stack, b.counts, b.degree)
+    degree = min(a.order, a.degree + b.degree)
+    pieces = [pa[0] * pb[0]]
+    for k in range(1, degree + 1):
+        n = a.counts[k - 1]
+        terms = [(1, _rows(pa, j, n), _rows(pb, k - j, n)) for j in range(k + 1) if j <= a.degree and k - j <= b.degree]
+        pieces.append(_sum_of_products(terms, None) if len(terms) > 1 else terms[0][1] * terms[0][2])
+    return Stacked(torch.cat([pieces[0][None], *pieces[1:]]), a.counts, degree)
+
+
+def _linear(x: Stacked, weight=None, bias=None) -> Stacked | None:
+    if isinstance(weight, Jet) or isinstance(bias, Jet) or not isinstance(weight, torch.Tensor):
+        return None
+    if x.pending is not None:
+        x = x.resolved()
+    return Stacked(x.stack, x.counts, x.degree, pending=(weight, bias))
+
+
+def _activation(name: str) -> Callable:
+    def replacement(x: Stacked, *args, **kwargs) -> Stacked | None:
+        return None if args or kwargs else activate(ACTIVATIONS[name], x)
+
+    return replacement
+
+
+# -- several inputs: ``x.split`` by the operator, ``torch.cat([x, t], -1)`` by the network ------------------
+
+
+def _last(x: Stacked, dim: int) -> bool:
+    return dim in (-1, x.dim() - 1)
+
+
+def _split_last(x: Stacked, split_size, dim: int = 0) -> tuple | None:
+    """``x.split(sizes, dim=-1)``: the stack split along its last axis (the feature axis of every coefficient)."""
+    if not _last(x, dim) or x.dim() == 0:
+        return None
+    x = x.resolved()
+    return tuple(Stacked(part, x.counts, x.degree) for part in x.stack.split(split_size, dim=-1))
+
+
+def _cat_last(tensors, dim: int = 0) -> Stacked | None:
+    """``torch.cat(jets, dim=-1)`` of stacked jets of one layout: their stacks side by side."""
+    if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, Stacked) for t in tensors):
+        return None
+    first = tensors[0]
+    if not _last(first, dim) or any(t.counts != first.counts or t.dim() != first.dim() for t in tensors):
+        return None
+    degree = max(t.degree for t in tensors)
+    return Stacked(torch.cat([_padded(t, degree) for t in tensors], dim=-1), first.counts, degree)
+
+
+def _override_cat(funcs: tuple) -> None:
+    """``cat`` takes its jets in a list, which the generic check of :func:`_override` does not look into."""
+    for func in funcs:
+        previous = RULES[func]
+
+        def rule(func, tensors, *args, previous=previous, **kwargs):
+            plain = isinstance(tensors, Jet) or not set(kwargs) <= {"dim"}
+            fused = None if plain else _cat_last(tensors, *args, **kwargs)
+            return previous(func, tensors, *args, **kwargs) if fused is None else fused
+
+        RULES[func] = rule
+
+
+_override((T.split, torch.split), _split_last)
+_override_cat((torch.cat, torch.concat, torch.concatenate))
+_override((F.linear,), _linear)
+_override((torch.add, T.add, T.__add__), _add)
+_override((torch.sub, T.sub, T.__sub__, torch.subtract), _sub)
+_override((torch.mul, T.mul, T.__mul__, torch.multiply), _mul)
+_override((torch.tanh, T.tanh, F.tanh), _activation("tanh"))
+_override((torch.sigmoid, T.sigmoid, F.sigmoid), _activation("sigmoid"))
+_override((torch.sin, T.sin), _activation("sin"))

@@ -1,0 +1,141 @@
+"""``Stacked``: a jet whose coefficients live in one tensor, each direction truncated at its own order.
+
+A request such as Burgers' ``{u, u_x, u_xx, u_t}`` needs the direction ``e_x``
+to order two but ``e_t`` to order one only.  A :class:`Stacked` jet orders its
+R directions by the order they are needed to and keeps, for each order k, only
+the first ``R_k`` of them (``R_1 >= R_2 >= ... >= R_K``), all in one tensor::
+
+    stack: (S, *sample),  S = 1 + R_1 + ... + R_D,
+    slot 0 = c_0,  slots 1 .. R_1 = c_1 of directions 0 .. R_1 - 1,  then c_2, ...
+
+(``D <= K`` is the degree: the coefficients above it are known zeros and not
+stored, as for ``x + t v``.)  The coefficients of a direction never mix with
+another's, so truncating one changes no coefficient that is read.
+
+One tensor lets a layer ``Linear`` + activation run as one matrix product and
+a handful of fused elementwise kernels (:mod:`.rules.fused`).  A ``Linear``
+on a stacked jet is kept *pending* (its input, weight and bias) until the next
+operation: an activation with a fused rule takes the three as they are.  Any
+other operation sees an ordinary :class:`~.jet.Jet` (``coefficients``, built on
+first use, with zeros in the truncated places) and runs its ordinary rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .jet import Jet, _dispatch
+
+
+class Stacked(Jet):
+    """Taylor coefficients of one batched tensor in one ``(S, *sample)`` tensor; see the module docstring.
+
+    ``counts``: ``(R_1, .., R_K)``, non-increasing; ``degree``: the highest order
+    stored; ``pending``: ``(weight, bias)`` of a ``Linear`` not yet applied to ``stack``.
+    """
+
+    __slots__ = ("stack", "counts", "pending", "_resolved", "_plain")
+
+    def __init__(self, stack: torch.Tensor, counts: tuple[int, ...], degree: int, pending: tuple | None = None):
+        self.stack = stack
+        self.counts = counts
+        self.degree = degree
+        self.pending = pending
+        self.form = Jet.SINGLE if counts[0] == 1 else Jet.DIRECTIONS
+        self._resolved: Stacked | None = None if pending is not None else self
+        self._plain: list[torch.Tensor] | None = None
+
+    # -- layout ---------------------------------------------------------------------
+
+    def offset(self, k: int) -> int:
+        """The first slot of ``c_k``."""
+        return 0 if k == 0 else 1 + sum(self.counts[: k - 1])
+
+    def piece(self, k: int) -> torch.Tensor:
+        """``c_0: (*sample)`` or ``c_k: (R_k, *sample)`` for ``k <= degree``, a view into the stack."""
+        stack = self.resolved().stack
+        return stack[0] if k == 0 else stack.narrow(0, self.offset(k), self.counts[k - 1])
+
+    def pieces(self) -> list[torch.Tensor]:
+        """``[c_0, .., c_K]`` unpadded (``c_k: (R_k, *sample)``), known zeros as expanded zeros."""
+        out = [self.piece(k) for k in range(self.degree + 1)]
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        return out + [zero.expand(r, *out[0].shape) for r in self.counts[self.degree :]]
+
+    def resolved(self) -> Stacked:
+        """This jet with its pending ``Linear`` applied (the bias on ``c_0`` only)."""
+        if self._resolved is None:
+            weight, bias = self.pending
+            mapped = F.linear(self.stack, weight)
+            if bias is not None:
+                mapped = torch.cat([(mapped[0] + bias)[None], mapped[1:]])
+            self._resolved = Stacked(mapped, self.counts, self.degree)
+        return self._resolved
+
+    # -- what the ordinary rules and the tensor-like surface see -------------------------
+
+    @property
+    def order(self) -> int:
+        return len(self.counts)
+
+    @property
+    def coefficients(self) -> list[torch.Tensor]:  # type: ignore[override]
+        """The ordinary jet's ``[c_0, c_1, .., c_K]``: every ``c_k`` padded with zeros to ``R_1`` directions."""
+        if self._plain is None:
+            pieces = self.pieces()
+            padded = [pieces[0]]
+            for piece in pieces[1:]:
+                missing = self.counts[0] - piece.shape[0]
+                if missing:
+                    piece = torch.cat([piece, piece.new_zeros(missing, *piece.shape[1:])])
+                padded.append(piece[0] if self.form == Jet.SINGLE else piece)
+            self._plain = padded
+        return self._plain
+
+    @property
+    def primal(self) -> torch.Tensor:
+        return self.piece(0)
+
+    @property
+    def shape(self) -> torch.Size:
+        if self.pending is not None and self._resolved is None:
+            return torch.Size((*self.stack.shape[1:-1], self.pending[0].shape[0]))
+        return self.resolved().stack.shape[1:]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.stack.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.stack.device
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    # ``number OP jet`` as the torch function itself: under torch.compile the reflected
+    # ``Tensor.__rsub__`` reaches ``Jet``'s dispatch as an object its tables do not hold.
+    def __radd__(self, other: Any) -> Any:
+        return _dispatch(torch.add, (other, self), {})
+
+    def __rsub__(self, other: Any) -> Any:
+        return _dispatch(torch.sub, (other, self), {})
+
+    def __rmul__(self, other: Any) -> Any:
+        return _dispatch(torch.mul, (other, self), {})
+
+    def __repr__(self) -> str:
+        return f"Stacked(counts={self.counts}, degree={self.degree}, shape={tuple(self.shape)})"

@@ -1,0 +1,215 @@
+"""The Taylor engine's fast path (stacked jets, truncated directions, fused layers) against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import diffops as do
+from diffops.engines import ENGINES, Request
+from diffops.engines.taylor.interpolation import interpolate, truncate
+from diffops.engines.taylor.stacked import Stacked
+
+from .. import reference as ref
+from ..nets import Ansatz, Residual, TwoInputs, mlp
+
+RTOL, ATOL = 1e-10, 1e-12
+TAYLOR = ENGINES["taylor"]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL)
+
+
+class Gated(nn.Module):
+    """The modified MLP: ``h <- (1 - z) U + z V``, ``z = tanh(W h + b)``; sums and products of stacked jets."""
+
+    def __init__(self, d: int, d_out: int = 1, width: int = 8, activation=torch.tanh) -> None:
+        super().__init__()
+        self.u, self.v, self.first = nn.Linear(d, width), nn.Linear(d, width), nn.Linear(d, width)
+        self.second, self.out = nn.Linear(width, width), nn.Linear(width, d_out)
+        self.activation = activation
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, v = self.activation(self.u(x)), torch.sigmoid(self.v(x))
+        h = x
+        for layer in (self.first, self.second):
+            z = self.activation(layer(h))
+            h = (1 - z) * u + z * v
+        return 2.0 * self.out(h) - 0.5
+
+
+class Scaled(nn.Module):
+    """A network with constants added and multiplied between fused layers, and a bias-free layer."""
+
+    def __init__(self, d: int, d_out: int = 1) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(d, 6), nn.Linear(6, 6, bias=False)
+        self.out = nn.Linear(6, d_out)
+        self.shift = nn.Parameter(torch.linspace(-1, 1, 6))
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sin(self.a(x)) * 1.5 + self.shift
+        return self.out(torch.tanh(self.b(h)) - h)
+
+
+def sigmoid_mlp(d: int, d_out: int) -> nn.Module:
+    layers = [nn.Linear(d, 7), nn.Sigmoid(), nn.Linear(7, 7), nn.Sigmoid(), nn.Linear(7, d_out)]
+    return nn.Sequential(*layers).double()
+
+
+NETS = {
+    "tanh": lambda d, m: mlp(d, m, width=7, depth=3),
+    "sin": lambda d, m: mlp(d, m, width=7, activation="sin"),
+    "sigmoid": sigmoid_mlp,
+    "silu (ordinary rules)": lambda d, m: mlp(d, m, width=7, activation="silu"),
+    "gated": lambda d, m: Gated(d, m),
+    "constants": lambda d, m: Scaled(d, m),
+    "residual": lambda d, m: Residual(d, m),
+    "ansatz": lambda d, m: Ansatz(d, m),
+}
+
+REQUESTS = {
+    "burgers": {(), (0,), (0, 0), (1,)},
+    "kdv": {(), (0,), (1,), (0, 0, 0)},
+    "beam": {(1, 1), (0, 0, 0, 0)},
+    "navier-stokes": {(), (0,), (1,), (2,), (0, 0), (1, 1)},
+    "mixed to order four": {(0, 0, 1, 2), (0, 1), (2,), (1, 1, 1, 1), (0, 0, 2, 2)},
+}
+
+
+def test_directions_are_truncated_at_the_order_each_is_needed_to():
+    plan = truncate(frozenset({(0,), (0, 0), (1,)}), 2)
+    assert plan.interpolation.directions == ((1, 0), (0, 1))
+    assert plan.counts == (2, 1)  # e_t to order one only
+    kdv = truncate(frozenset({(1,), (0, 0, 0)}), 2)
+    assert kdv.interpolation.directions[0] == (1, 0) and kdv.counts == (2, 1, 1)
+
+
+def test_truncation_keeps_every_recipe():
+    partials = frozenset({(0, 0, 1, 2), (0, 1), (2,), (1, 1, 1, 1)})
+    plan, full = truncate(partials, 3), interpolate(partials, 3)
+    assert sorted(plan.interpolation.directions) == sorted(full.directions)
+    for index, recipe in plan.interpolation.recipes.items():
+        assert all(row < plan.counts[recipe.order - 1] for row in recipe.rows)
+        original = full.recipes[index]
+        moved = {plan.interpolation.directions[r]: w for r, w in zip(recipe.rows, recipe.weights)}
+        assert moved == {full.directions[r]: w for r, w in zip(original.rows, original.weights)}
+
+
+@pytest.mark.parametrize("request_name", REQUESTS)
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("d_out", [1, 3])
+def test_values_and_parameter_gradients_match_the_reference(net, request_name, d_out):
+    torch.manual_seed(0)
+    u = NETS[net](3, d_out)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    partials = frozenset(REQUESTS[request_name])
+    results = TAYLOR.compute(u, x, Request(partials))
+    for index in partials:
+        expected = ref.partial(u, x, index)
+        assert_close(results[index], expected)
+    # one loss over every partial, so that each parameter's gradient sums the paths through all of them
+    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
+    expected_total = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
+    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected_total)):
+        assert_close(a, e)
+
+
+def test_the_fused_rules_handle_the_whole_network():
+    """A Linear/activation network, and the gated one, never leave the stacked form."""
+    for u in (mlp(2, 3, width=5, depth=3), Gated(2, 2)):
+        x = Stacked(torch.randn(3, 4, 2, dtype=torch.float64), (2, 1), degree=1)
+        out = u(x)
+        assert isinstance(out, Stacked) and out._plain is None
+
+
+def test_the_fused_backward_is_differentiable():
+    """Gradients of a residual's gradient in x (a gradient-enhanced loss) go through the fused backward."""
+    torch.manual_seed(1)
+    u = mlp(2, width=6, depth=2)
+    x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    partials = frozenset({(0,), (0, 0), (1,)})
+
+    def enhanced(values: dict) -> torch.Tensor:
+        residual = values[(1,)] + values[()] * values[(0,)] - 0.1 * values[(0, 0)]
+        (dx,) = torch.autograd.grad(residual.sum(), x, create_graph=True)
+        return dx.square().sum() + residual.square().sum()
+
+    actual = enhanced(TAYLOR.compute(u, x, Request(partials | {()})))
+    expected = enhanced({index: ref.partial(u, x, index) for index in partials | {()}})
+    assert_close(actual, expected)
+    params = list(u.parameters())
+    for a, e in zip(torch.autograd.grad(actual, params), torch.autograd.grad(expected, params)):
+        assert_close(a, e)
+
+
+def test_several_inputs_are_split_and_concatenated_as_stacked_jets():
+    u = TwoInputs(2, 1)
+    x = Stacked(torch.randn(4, 5, 3, dtype=torch.float64), (2, 1), degree=1)
+    first, second = x.split((2, 1), dim=-1)
+    out = u(first, second)
+    assert isinstance(out, Stacked) and out._plain is None
+
+
+def test_several_inputs_stay_exact():
+    u = TwoInputs(1, 1)
+    op = do.Derivatives(u, {"u": (), "u_x": 0, "u_xx": (0, 0), "u_t": 1}, argnums=(0, 1), method="taylor")
+    x, t = torch.randn(5, 1, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    out = op(x, t)
+    joined = lambda z: u(z[:, :1], z[:, 1:])  # noqa: E731
+    for name, index in {"u": (), "u_x": (0,), "u_xx": (0, 0), "u_t": (1,)}.items():
+        assert_close(out[name], ref.partial(joined, torch.cat([x, t], 1), index))
+
+
+def test_inside_torch_func_the_series_runs_as_plain_ops():
+    u = mlp(2, width=5, depth=2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    params = dict(u.named_parameters())
+    partials = frozenset({(0, 0), (1,)})
+
+    def loss(p: dict) -> torch.Tensor:
+        fn = lambda z: torch.func.functional_call(u, p, (z,))  # noqa: E731
+        values = TAYLOR.compute(fn, x, Request(partials))
+        return (values[(0, 0)] * values[(1,)]).sum()
+
+    grads = torch.func.grad(loss)(params)
+    expected = (ref.partial(u, x, (0, 0)) * ref.partial(u, x, (1,))).sum()
+    reference = torch.autograd.grad(expected, list(params.values()), allow_unused=True, materialize_grads=True)
+    for name, g in zip(params, reference):
+        assert_close(grads[name], g)
+
+
+def test_float32_inputs():
+    u = mlp(2, width=6, depth=2).float()
+    x = torch.randn(8, 2)
+    results = TAYLOR.compute(u, x, Request(frozenset({(0, 0, 0), (1,)})))
+    reference = ref.partial(u.double(), x.double(), (0, 0, 0))
+    assert results[(0, 0, 0)].dtype == torch.float32
+    torch.testing.assert_close(results[(0, 0, 0)].double(), reference, rtol=1e-4, atol=1e-4)
+
+
+class Burgers(do.DifferentialOperator):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.derivatives(x, u=(), u_x="x", u_xx=("x", "x"), u_t="t")
+        return d["u_t"] + d["u"] * d["u_x"] - 0.01 * d["u_xx"]
+
+
+@pytest.mark.parametrize("net", ["tanh", "gated"])
+def test_a_compiled_custom_residual_is_one_graph_and_matches_eager(net):
+    torch._dynamo.reset()
+    u = NETS[net](2, 1)
+    op = Burgers(u, coords=("x", "t"))
+    x = torch.randn(8, 2, dtype=torch.float64)
+    loss = lambda x: op(x).square().mean()  # noqa: E731
+    params = list(u.parameters())
+    eager = loss(x)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)(x)
+    assert_close(compiled, eager)
+    grad = lambda loss: torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)  # noqa: E731
+    for a, e in zip(grad(compiled), grad(eager)):
+        assert_close(a, e)
