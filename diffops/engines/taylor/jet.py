@@ -102,10 +102,12 @@ def rule(*funcs: Callable) -> Callable:
 
 def unsupported(func: Callable, why: str = "") -> EngineUnsupported:
     """The error for a function the Taylor engine has no rule for."""
-    try:
-        name = resolve_name(func) or getattr(func, "__name__", repr(func))
-    except Exception:  # noqa: BLE001 - a name is only decoration
-        name = getattr(func, "__name__", repr(func))
+    name = getattr(func, "__name__", repr(func))
+    if not torch.compiler.is_compiling():  # resolve_name touches the warnings filters, which dynamo cannot trace
+        try:
+            name = resolve_name(func) or name
+        except Exception:  # noqa: BLE001 - a name is only decoration
+            pass
     return EngineUnsupported(f"Taylor mode does not support {name}{why}")
 
 
