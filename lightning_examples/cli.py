@@ -74,10 +74,13 @@ class PINNCLI(LightningCLI):
         """The configured trainer, logging to CSV and checkpointing under ``trainer.default_root_dir``."""
         root = Path(self.config_init["trainer"].get("default_root_dir") or ".")
         if self.config_init["trainer"].get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(root, name="logs")
+            kwargs["logger"] = CSVLogger(root, name="logs", flush_logs_every_n_steps=10)
         self.report, self.figure = ErrorReport(), SolutionFigure()
         configured = self.config_init["trainer"].get("callbacks") or []
-        kwargs["callbacks"] = [*configured, Timer(), self.report, self.figure]
+        kwargs["callbacks"] = [*configured, self.report, self.figure]
+        if self.config_init["trainer"].get("max_time") is None:
+            # With trainer.max_time Lightning adds a Timer of its own (and ignores max_time if one is there).
+            kwargs["callbacks"].append(Timer())
         # A fixed directory, so that a later run finds the last checkpoint with --ckpt_path last.
         kwargs["callbacks"].append(ModelCheckpoint(dirpath=root / "checkpoints", save_last=True))
         trainer = super().instantiate_trainer(**kwargs)

@@ -27,7 +27,7 @@ from cli import run
 from common import DATA_DIR, ObservationData, PINNModule, SpaceTime, as_grid, grid_points, load_reference, mlp
 from torch import nn
 
-from diffops import DifferentialOperator
+from diffops import Derivative, DifferentialOperator
 
 DISPERSION = 0.0025
 
@@ -51,18 +51,26 @@ class KdVInverseModule(PINNModule):
     true_values = {"lambda1": 1.0, "lambda2": DISPERSION}
 
     def __init__(
-        self, hidden: int = 32, layers: int = 5, adam_steps: int = 2000, second_order_steps: int = 1000,
-        lr: float = 1e-3, second_order: Literal["lbfgs", "levenberg_marquardt"] = "lbfgs",
-        method: Literal["auto", "func", "taylor", "autograd"] = "taylor",
+        self, hidden: int = 20, layers: int = 5, adam_steps: int = 200, second_order_steps: int = 300,
+        lr: float = 1e-3, second_order: Literal["lbfgs", "levenberg_marquardt"] = "levenberg_marquardt",
+        damping: float = 1e-3, method: Literal["auto", "func", "taylor", "autograd"] = "taylor",
+        jacobian_method: Literal["auto", "func", "taylor"] = "taylor",
     ) -> None:  # fmt: skip
-        """``hidden`` x ``layers`` tanh network; Adam with ``lr``, then ``second_order_steps`` of ``second_order``.
+        """``hidden`` x ``layers`` tanh network; Adam with ``lr``, then ``second_order_steps`` of ``second_order``
+        (Levenberg-Marquardt starts from ``damping``).
 
-        ``method`` is the diffops engine: ``auto``, ``func``, ``taylor`` or ``autograd``.
+        ``method`` is the diffops engine of the residual, ``jacobian_method`` that of the operators whose
+        per-point parameter Jacobians Levenberg-Marquardt takes (any but ``autograd``, which cannot run
+        under ``vmap``).
         """
-        super().__init__(adam_steps, lr, second_order)
+        super().__init__(adam_steps, lr, second_order, damping)
         self.save_hyperparameters()
         self.u = SpaceTime(mlp(2, 1, hidden, layers), low=(-1.0, 0.0), high=(1.0, 1.0))
         self.pde = KdVFamily(self.u, method=method)
+        # The same residual, and u itself, for the per-point parameter Jacobians of Levenberg-Marquardt.
+        self.pde_for_jacobian = KdVFamily(self.u, method=jacobian_method)
+        self.pde_for_jacobian.lambda1, self.pde_for_jacobian.lambda2 = self.pde.lambda1, self.pde.lambda2
+        self.value = Derivative(self.u, wrt=0, order=0, argnums=(0, 1), method=jacobian_method)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.u(points[..., :1], points[..., 1:])
@@ -73,6 +81,11 @@ class KdVInverseModule(PINNModule):
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         points, values = batch
         return {"data": (self(points) - values).square().mean(), "residual": self.residual(points).square().mean()}
+
+    def least_squares_operators(self, batch: tuple[torch.Tensor, torch.Tensor]) -> list:
+        points, values = batch
+        inputs = (points[..., :1], points[..., 1:])
+        return [(self.value, inputs, values), (self.pde_for_jacobian, inputs, 0.0)]
 
     def identified(self) -> dict[str, tuple[float, float]]:
         return {name: (getattr(self.pde, name).item(), true) for name, true in self.true_values.items()}
@@ -88,7 +101,7 @@ class KdVObservations(ObservationData):
     """``observations`` points of the solution on the 512 x 201 grid, with ``noise``; the grid is the reference."""
 
     def __init__(
-        self, observations: int = 3000, noise: float = 0.0, data_dir: str | None = DATA_DIR,
+        self, observations: int = 2000, noise: float = 0.0, data_dir: str | None = DATA_DIR,
         steps_per_epoch: int = 500,
     ) -> None:  # fmt: skip
         published = load_reference(data_dir, "KdV.mat")

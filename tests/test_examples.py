@@ -53,9 +53,9 @@ FAST = {
                    "--data.test_points", "64", "--model.adam_steps", "10"],
     # Enough steps for the coefficients to move toward the truth, on a small network.
     burgers_inverse: ["--model.hidden", "16", "--model.layers", "3", "--data.observations", "300",
-                      "--model.adam_steps", "60", "--model.second_order_steps", "5", "--model.lr", "0.01"],
+                      "--model.adam_steps", "50", "--model.second_order_steps", "10", "--model.lr", "0.01"],
     kdv_inverse: ["--model.hidden", "16", "--model.layers", "3", "--data.observations", "300",
-                  "--model.adam_steps", "60", "--model.second_order_steps", "5", "--model.lr", "0.01",
+                  "--model.adam_steps", "50", "--model.second_order_steps", "10", "--model.lr", "0.01",
                   "--data.data_dir", "null"],
 }  # fmt: skip
 INVERSE = (burgers_inverse, kdv_inverse)
@@ -131,6 +131,13 @@ def test_config_file_overrides_the_defaults(tmp_path):
     config.write_text("model:\n  hidden: 8\n  layers: 2\n  adam_steps: 12\n  second_order_steps: 1\n")
     result = ode_ansatz.main(["--config", str(config), *COMMON, "--trainer.default_root_dir", str(tmp_path)])
     assert result["steps"] == 13
+
+
+def test_max_time_stops_training(tmp_path):
+    """``trainer.max_time`` (the time budget of the long examples) ends training early; the report still comes."""
+    result = run(ode_ansatz, tmp_path, "--model.adam_steps", "100000", "--trainer.max_time", "00:00:00:02")
+    assert 0 < result["steps"] < 100_000 and math.isfinite(result["error"])
+    assert result["wall_time"] < 60
 
 
 def test_levenberg_marquardt_trains(tmp_path):
