@@ -68,7 +68,7 @@ class BurgersModule(PINNModule):
     """A tanh network ``u(x, t)`` trained on the Burgers residual; points are ``(x, t)`` rows."""
 
     def __init__(
-        self, hidden: int = 20, layers: int = 4, adam_steps: int = 500, second_order_steps: int = 300,
+        self, hidden: int = 20, layers: int = 4, adam_steps: int = 500, second_order_steps: int = 600,
         lr: float = 1e-3, second_order: Literal["lbfgs", "levenberg_marquardt"] = "levenberg_marquardt",
         damping: float = 1e-2, method: Literal["auto", "func", "taylor", "autograd"] = "auto",
         jacobian_method: Literal["auto", "func", "taylor"] = "taylor",

@@ -51,18 +51,20 @@ FAST = {
               "--model.second_order_steps", "2"],
     poisson_100d: ["--model.hidden", "16", "--data.points", "32", "--data.boundary_points", "32",
                    "--data.test_points", "64", "--model.adam_steps", "10"],
-    # Enough steps for the coefficients to move toward the truth, on a small network.
-    burgers_inverse: ["--model.hidden", "16", "--model.layers", "3", "--data.observations", "300",
-                      "--model.adam_steps", "50", "--model.second_order_steps", "10", "--model.lr", "0.01"],
-    kdv_inverse: ["--model.hidden", "16", "--model.layers", "3", "--data.observations", "300",
-                  "--model.adam_steps", "50", "--model.second_order_steps", "10", "--model.lr", "0.01",
+    # Enough Levenberg-Marquardt steps for the coefficients to move well toward the truth, on a small network.
+    burgers_inverse: ["--model.hidden", "16", "--model.layers", "3", "--data.observations", "500",
+                      "--model.adam_steps", "100", "--model.lr", "0.01", "--model.second_order_steps", "30"],
+    kdv_inverse: ["--model.hidden", "16", "--model.layers", "3", "--data.observations", "500",
+                  "--model.adam_steps", "100", "--model.lr", "0.01", "--model.second_order_steps", "30",
                   "--data.data_dir", "null"],
 }  # fmt: skip
 INVERSE = (burgers_inverse, kdv_inverse)
 
 
 def run(example, tmp_path: Path, *extra: str) -> dict:
-    return example.main([*FAST[example], *COMMON, "--trainer.default_root_dir", str(tmp_path), *extra])
+    # The inverse problems validate on their whole data grid: less often.
+    every = ["--data.steps_per_epoch", "50"] if example in INVERSE else []
+    return example.main([*FAST[example], *COMMON, *every, "--trainer.default_root_dir", str(tmp_path), *extra])
 
 
 def logged(tmp_path: Path, name: str) -> list[tuple[int, float]]:
@@ -97,9 +99,11 @@ def test_inverse_coefficients_move_toward_the_truth(example, tmp_path):
     result = run(example, tmp_path)
     assert set(result["identified"]) == {"lambda1", "lambda2"}
     for name, (_, error) in result["identified"].items():
-        assert error < 1, f"{name} is further from its true value than its start, 0"
+        assert error < 0.7, f"{name} is not much closer to its true value than its start, 0"
         trajectory = [value for _, value in logged(tmp_path, f"train/{name}")]
         assert len(trajectory) == result["steps"], "the coefficient is logged at every step"
+    # Levenberg-Marquardt takes lambda1 within a few per cent in 30 steps (Burgers: 2.6 %, KdV soliton: 0.006 %).
+    assert result["identified"]["lambda1"][1] < 0.1
 
 
 @pytest.mark.parametrize("example", [*FAST, burgers], ids=lambda module: module.__name__)
