@@ -34,6 +34,20 @@ def logged_history(log_dir: str | Path) -> History:
     return history
 
 
+def run_history(logger_dir: str | Path) -> History:
+    """The history of a run and the runs it resumed: every ``version_*`` log under ``logger_dir``, in order.
+
+    Where a resumed run logged steps again, its values replace the earlier ones.
+    """
+    merged: dict[str, dict[int, float]] = {}
+    versions = sorted(Path(logger_dir).glob("version_*"), key=lambda path: int(path.name.split("_")[-1]))
+    for version in versions:
+        if (version / "metrics.csv").exists():
+            for name, (steps, values) in logged_history(version).items():
+                merged.setdefault(name, {}).update(zip(steps, values, strict=True))
+    return {name: (sorted(points), [points[step] for step in sorted(points)]) for name, points in merged.items()}
+
+
 def plot_losses(axis: plt.Axes, history: History, adam_steps: int) -> None:
     """The training loss against the step, with the switch from Adam marked."""
     steps, losses = history.get("train/loss", ([], []))
@@ -111,5 +125,5 @@ class SolutionFigure(pl.Callback):
         trainer.logger.save()
         self.path = Path(trainer.default_root_dir) / f"{data['name']}.png"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        history = logged_history(trainer.logger.log_dir)
+        history = run_history(Path(trainer.logger.log_dir).parent)
         draw(self.path, data, history, pl_module.adam_steps, pl_module.identified())
