@@ -69,7 +69,6 @@ class PoissonModule(PINNModule):
     def residual(self, points: torch.Tensor) -> torch.Tensor:
         return self.pde(points)
 
-
     def least_squares_operators(self, points: torch.Tensor) -> list:
         return [(self.pde, (points,), 0.0)]
 

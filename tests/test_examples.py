@@ -32,6 +32,7 @@ sys.path.insert(0, str(EXAMPLES))
 import burgers  # noqa: E402
 import burgers_inverse  # noqa: E402
 import common  # noqa: E402
+import figures  # noqa: E402
 import kdv_inverse  # noqa: E402
 import ode_ansatz  # noqa: E402
 import poisson_2d  # noqa: E402
@@ -188,6 +189,8 @@ def test_resume_from_checkpoint(tmp_path):
     assert steps_after_resume, "the resumed run logged no training step"
     assert resumed["error"] <= 1.5 * first["error"]
     assert resumed["wall_time"] >= first["wall_time"], "the Timer resumes from the checkpoint too"
+    steps, _ = figures.run_history(tmp_path / "logs")["train/loss"]
+    assert steps == list(range(30)), "the figure's loss curve spans both runs"
 
 
 def test_poisson_100d_with_hutchinson_estimator(tmp_path):
