@@ -6,14 +6,17 @@ u' is a diffops module inside the training graph, differentiated exactly with
 respect to the input (no finite differences) and backpropagated to g's
 parameters.  The exact solution is u(x) = x^2 + 1.
 
-    python lightning_examples/ode_ansatz.py            # defaults reach max error < 1e-4
+    python lightning_examples/ode_ansatz.py            # configs/ode_ansatz.yaml: max error < 1e-4
     python lightning_examples/ode_ansatz.py --help
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from common import CollocationData, PINNModule, base_parser, fit_and_test, loss_history, mlp, plot_curve, report, setup
+from cli import run
+from common import CollocationData, PINNModule, mlp
 from torch import nn
 
 from diffops import Derivative
@@ -41,9 +44,15 @@ class ODEModule(PINNModule):
     error_name = "max error"
 
     def __init__(
-        self, hidden: int = 32, layers: int = 2, adam_steps: int = 500, lr: float = 1e-3, method: str = "auto"
-    ) -> None:
-        super().__init__(adam_steps, lr)
+        self, hidden: int = 32, layers: int = 2, adam_steps: int = 500, second_order_steps: int = 50,
+        lr: float = 3e-3, second_order: Literal["lbfgs", "levenberg_marquardt"] = "lbfgs",
+        method: Literal["auto", "func", "taylor", "autograd"] = "auto",
+    ) -> None:  # fmt: skip
+        """``hidden`` x ``layers`` tanh ``g``; Adam with ``lr``, then ``second_order_steps`` of ``second_order``.
+
+        ``method`` is the diffops engine: ``auto``, ``func``, ``taylor`` or ``autograd``.
+        """
+        super().__init__(adam_steps, lr, second_order)
         self.save_hyperparameters()
         self.u = Ansatz(mlp(1, 1, hidden, layers), u0=1.0)
         self.du_dx = Derivative(self.u, wrt=0, order=1, method=method)
@@ -54,34 +63,34 @@ class ODEModule(PINNModule):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.du_dx(x) - 2 * x
 
+    def least_squares_operators(self, x: torch.Tensor) -> list:
+        return [(self.du_dx, (x,), 2 * x)]
+
 
 def exact_solution(x: torch.Tensor) -> torch.Tensor:
     return x**2 + 1
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Train, test on a held-out grid, save the plot; returns the error and the wall time."""
-    parser = base_parser(__doc__.splitlines()[0], "ode_ansatz")
-    parser.set_defaults(hidden=32, layers=2, points=128, adam_steps=500, lbfgs_steps=50, lr=3e-3)
-    args = parser.parse_args(argv)
-    start = setup(args)
+class ODEData(CollocationData):
+    """``points`` random points in [-1, 1]; the exact solution on 1001 evenly spaced ones."""
 
-    train = torch.empty(args.points, 1, dtype=torch.float64).uniform_(-1, 1)
-    grid = torch.linspace(-1, 1, 1001, dtype=torch.float64).unsqueeze(-1)
-    data = CollocationData(train, grid, exact_solution(grid), steps_per_epoch=args.val_every)
-    model = ODEModule(args.hidden, args.layers, args.adam_steps, args.lr, args.method)
-    trainer, metrics = fit_and_test(model, data, args)
+    def __init__(self, points: int = 128, steps_per_epoch: int = 100) -> None:
+        grid = torch.linspace(-1, 1, 1001, dtype=torch.float64).unsqueeze(-1)
+        train = torch.empty(points, 1, dtype=torch.float64).uniform_(-1, 1)
+        super().__init__(train, grid, exact_solution(grid), steps_per_epoch)
 
-    result = report(trainer, model, metrics, start)
-    if trainer.is_global_zero:
+    def figure_data(self, model: ODEModule) -> dict:
         with torch.no_grad():
-            predicted = model(grid.to(model.dtype))
-        result["plot"] = args.output_dir / "ode_ansatz.png"
-        plot_curve(
-            result["plot"], grid.squeeze(-1).numpy(), predicted.squeeze(-1).numpy(),
-            exact_solution(grid).squeeze(-1).numpy(), loss_history(trainer), args.adam_steps,
-        )  # fmt: skip
-    return result
+            predicted = model(self.grid.to(model.dtype))
+        return {
+            "kind": "curve", "name": "ode_ansatz", "x": self.grid.squeeze(-1).numpy(),
+            "predicted": predicted.squeeze(-1).numpy(), "exact": self.exact.squeeze(-1).numpy(),
+        }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, test on a held-out grid, save the figure; returns the errors and the wall time."""
+    return run(ODEModule, ODEData, "ode_ansatz.yaml", argv)
 
 
 if __name__ == "__main__":

@@ -13,26 +13,17 @@ fastest engine diffops has.  ``--estimator hutchinson`` uses
 S random directions, so a step costs about S/d as much; the loss then trains
 on a noisy residual, so only Adam is used (L-BFGS needs exact losses).
 
-    python lightning_examples/poisson_100d.py
-    python lightning_examples/poisson_100d.py --estimator hutchinson --samples 16
+    python lightning_examples/poisson_100d.py                     # configs/poisson_100d.yaml
+    python lightning_examples/poisson_100d.py --model.estimator hutchinson --model.samples 16
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from common import (
-    CollocationData,
-    PINNModule,
-    as_grid,
-    base_parser,
-    fit_and_test,
-    grid_points,
-    loss_history,
-    mlp,
-    plot_field,
-    report,
-    setup,
-)
+from cli import run
+from common import CollocationData, PINNModule, as_grid, grid_points, mlp
 from torch import nn
 
 from diffops import Laplacian
@@ -78,12 +69,20 @@ class HighDimPoissonModule(PINNModule):
         hidden: int = 64,
         layers: int = 2,
         adam_steps: int = 1000,
+        second_order_steps: int = 0,
         lr: float = 5e-3,
-        estimator: str = "exact",
+        estimator: Literal["exact", "hutchinson"] = "exact",
         samples: int = 16,
         boundary_weight: float = 100.0,
-        method: str = "auto",
+        method: Literal["auto", "func", "taylor", "autograd"] = "auto",
     ) -> None:
+        """A ``hidden`` x ``layers`` tanh network in ``dim`` dimensions; Adam with ``lr``, then L-BFGS.
+
+        ``estimator`` is the Laplacian: ``exact`` or ``hutchinson`` with ``samples`` random directions (then
+        train with Adam only: L-BFGS needs exact losses).  ``boundary_weight`` multiplies the boundary term;
+        the residual scales with ``|f| ~ 12 |u|``, and a weak boundary term leaves ``u* + (a harmonic
+        function)`` unpinned.  ``method`` is the diffops engine.
+        """
         super().__init__(adam_steps, lr)
         self.save_hyperparameters()
         self.u = Standardized(mlp(dim, 1, hidden, layers))
@@ -125,51 +124,39 @@ def slice_points(dim: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return axis, points
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Train, test on held-out random points, save a plot of a 2-D slice; returns the error and wall time."""
-    parser = base_parser(__doc__.splitlines()[0], "poisson_100d")
-    parser.set_defaults(hidden=64, layers=2, points=256, adam_steps=1000, lbfgs_steps=0, lr=5e-3, val_every=200)
-    parser.add_argument("--dim", type=int, default=100, help="number of dimensions d")
-    parser.add_argument("--estimator", choices=("exact", "hutchinson"), default="exact", help="Laplacian")
-    parser.add_argument("--samples", type=int, default=16, help="random directions of the hutchinson estimator")
-    parser.add_argument("--boundary-points", type=int, default=256)
-    # The residual scales with |f| ~ 12 |u|; a weak boundary term leaves u* + (a harmonic function) unpinned.
-    parser.add_argument("--boundary-weight", type=float, default=100.0)
-    parser.add_argument("--test-points", type=int, default=2000, help="held-out interior points")
-    args = parser.parse_args(argv)
-    start = setup(args)
+class HighDimData(CollocationData):
+    """New interior and boundary points every step; ``test_points`` held-out interior points as the reference.
 
-    def draw(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        # A fixed set of points cannot cover 100 dimensions: every step trains on new ones.
-        interior = torch.rand(args.points, args.dim, dtype=torch.float64, generator=generator)
-        return interior, boundary_points(args.boundary_points, args.dim, generator)
+    A fixed set of points cannot cover 100 dimensions: every step trains on ``points`` new interior and
+    ``boundary_points`` new boundary points.
+    """
 
-    test = torch.rand(args.test_points, args.dim, dtype=torch.float64)
-    data = CollocationData(draw, test, exact_solution(test), steps_per_epoch=args.val_every)
-    model = HighDimPoissonModule(
-        args.dim,
-        args.hidden,
-        args.layers,
-        args.adam_steps,
-        args.lr,
-        args.estimator,
-        args.samples,
-        args.boundary_weight,
-        args.method,
-    )
-    trainer, metrics = fit_and_test(model, data, args)
+    def __init__(
+        self, dim: int = 100, points: int = 256, boundary_points: int = 256, test_points: int = 2000,
+        steps_per_epoch: int = 200,
+    ) -> None:  # fmt: skip
+        self.dim, self.points, self.boundary_points = dim, points, boundary_points
+        test = torch.rand(test_points, dim, dtype=torch.float64)
+        super().__init__(self.draw, test, exact_solution(test), steps_per_epoch)
 
-    result = report(trainer, model, metrics, start)
-    if trainer.is_global_zero:
-        axis, plane = slice_points(args.dim, 51)
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        interior = torch.rand(self.points, self.dim, dtype=torch.float64, generator=generator)
+        return interior, boundary_points(self.boundary_points, self.dim, generator)
+
+    def figure_data(self, model: HighDimPoissonModule) -> dict:
+        axis, plane = slice_points(self.dim, 51)
         with torch.no_grad():
             predicted = model(plane.to(model.dtype))
-        result["plot"] = args.output_dir / f"poisson_100d_{args.estimator}.png"
-        plot_field(
-            result["plot"], (axis.numpy(), axis.numpy()), as_grid(predicted, 51, 51),
-            as_grid(exact_solution(plane), 51, 51), loss_history(trainer), args.adam_steps, labels=("x_0", "x_1"),
-        )  # fmt: skip
-    return result
+        return {
+            "kind": "field", "name": f"poisson_100d_{model.hparams.estimator}", "axes": (axis.numpy(), axis.numpy()),
+            "labels": ("x_0", "x_1"), "predicted": as_grid(predicted, 51, 51),
+            "exact": as_grid(exact_solution(plane), 51, 51), "exact_name": "exact solution (slice)",
+        }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, test on held-out random points, save a figure of a 2-D slice; returns the errors and wall time."""
+    return run(HighDimPoissonModule, HighDimData, "poisson_100d.yaml", argv, links=(("data.dim", "model.dim"),))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ only the PDE residual, written with diffops' operator algebra:
 Training runs Adam, then L-BFGS, in float64; the relative L2 error on a
 held-out 101 x 101 grid is printed and plotted.
 
-    python lightning_examples/poisson_2d.py                          # rel. L2 error < 1e-3 in about a minute
-    python lightning_examples/poisson_2d.py --devices 2 --strategy ddp  # two processes
-    python lightning_examples/poisson_2d.py --help
+    python lightning_examples/poisson_2d.py              # configs/poisson_2d.yaml: rel. L2 error < 1e-3
+    python lightning_examples/poisson_2d.py --trainer.devices 2 --trainer.strategy ddp  # two processes
+    python lightning_examples/poisson_2d.py --help       # every option; --print_config prints them all
 """
 
 from __future__ import annotations
@@ -20,19 +20,8 @@ from __future__ import annotations
 import math
 
 import torch
-from common import (
-    CollocationData,
-    PINNModule,
-    as_grid,
-    base_parser,
-    fit_and_test,
-    grid_points,
-    loss_history,
-    mlp,
-    plot_field,
-    report,
-    setup,
-)
+from cli import run
+from common import CollocationData, PINNModule, as_grid, grid_points, mlp
 from torch import nn
 
 from diffops import Laplacian
@@ -62,9 +51,14 @@ class PoissonModule(PINNModule):
     """A tanh network for ``-Laplace(u) = f`` with the boundary condition built in."""
 
     def __init__(
-        self, hidden: int = 32, layers: int = 3, adam_steps: int = 500, lr: float = 1e-3, method: str = "auto"
-    ) -> None:
-        super().__init__(adam_steps, lr)
+        self, hidden: int = 32, layers: int = 3, adam_steps: int = 300, second_order_steps: int = 30,
+        lr: float = 1e-3, second_order: str = "lbfgs", method: str = "auto",
+    ) -> None:  # fmt: skip
+        """``hidden`` x ``layers`` tanh network; Adam with ``lr``, then ``second_order_steps`` of ``second_order``.
+
+        ``method`` is the diffops engine: ``auto``, ``func``, ``taylor`` or ``autograd``.
+        """
+        super().__init__(adam_steps, lr, second_order)
         self.save_hyperparameters()
         self.u = ZeroOnBoundary(mlp(2, 1, hidden, layers))
         self.pde = -Laplacian(self.u, method=method) - source
@@ -75,33 +69,33 @@ class PoissonModule(PINNModule):
     def residual(self, points: torch.Tensor) -> torch.Tensor:
         return self.pde(points)
 
+    def least_squares_operators(self, points: torch.Tensor) -> list:
+        return [(self.pde, (points,), 0.0)]
+
+
+class PoissonData(CollocationData):
+    """``points`` random collocation points in the unit square; the exact solution on a ``grid`` x ``grid`` grid."""
+
+    def __init__(self, points: int = 1000, grid: int = 101, steps_per_epoch: int = 100) -> None:
+        self.size = grid
+        self.axis = torch.linspace(0, 1, grid, dtype=torch.float64)
+        grid_ = grid_points(self.axis, self.axis)
+        super().__init__(torch.rand(points, 2, dtype=torch.float64), grid_, exact_solution(grid_), steps_per_epoch)
+
+    def figure_data(self, model: PoissonModule) -> dict:
+        with torch.no_grad():
+            predicted = model(self.grid.to(model.dtype))
+        shape = (self.size, self.size)
+        axis = self.axis.numpy()
+        return {
+            "kind": "field", "name": "poisson_2d", "axes": (axis, axis), "labels": ("x", "y"),
+            "predicted": as_grid(predicted, *shape), "exact": as_grid(self.exact, *shape),
+        }  # fmt: skip
+
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train, test on the held-out grid, save the plot; returns the error and the wall time."""
-    parser = base_parser(__doc__.splitlines()[0], "poisson_2d")
-    parser.set_defaults(hidden=32, layers=3, points=1000, adam_steps=300, lbfgs_steps=30, lr=1e-3)
-    parser.add_argument("--grid", type=int, default=101, help="held-out grid points per side")
-    args = parser.parse_args(argv)
-    start = setup(args)
-
-    train = torch.rand(args.points, 2, dtype=torch.float64)
-    axis = torch.linspace(0, 1, args.grid, dtype=torch.float64)
-    grid = grid_points(axis, axis)
-    data = CollocationData(train, grid, exact_solution(grid), steps_per_epoch=args.val_every)
-    model = PoissonModule(args.hidden, args.layers, args.adam_steps, args.lr, args.method)
-    trainer, metrics = fit_and_test(model, data, args)
-
-    result = report(trainer, model, metrics, start)
-    if trainer.is_global_zero:
-        with torch.no_grad():
-            predicted = model(grid.to(model.dtype))
-        shape = (args.grid, args.grid)
-        result["plot"] = args.output_dir / "poisson_2d.png"
-        plot_field(
-            result["plot"], (axis.numpy(), axis.numpy()), as_grid(predicted, *shape),
-            as_grid(exact_solution(grid), *shape), loss_history(trainer), args.adam_steps,
-        )  # fmt: skip
-    return result
+    """Train, test on the held-out grid, save the figure; returns the errors and the wall time."""
+    return run(PoissonModule, PoissonData, "poisson_2d.yaml", argv)
 
 
 if __name__ == "__main__":
