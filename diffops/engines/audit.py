@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
@@ -265,3 +266,40 @@ def exact_reverse_mode(order: int) -> Iterator[None]:
             return
         with Audit(handlers, "nested autograd"):
             yield
+
+
+# every backward decorated with @once_differentiable runs this one wrapper's code
+_ONCE_DIFFERENTIABLE = once_differentiable(lambda ctx, *grads: grads).__code__
+
+
+def once_differentiable_function(output: torch.Tensor) -> str | None:
+    """The name of a custom ``autograd.Function`` in ``output``'s graph whose backward is ``@once_differentiable``.
+
+    Such a backward hands back a result cut off from the graph, whose own
+    derivatives nested autograd would read as zeros.
+    """
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        function = getattr(node, "_forward_cls", None)
+        if getattr(getattr(function, "backward", None), "__code__", None) is _ONCE_DIFFERENTIABLE:
+            return function.__name__
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return None
+
+
+def refuse_once_differentiable(output: torch.Tensor, order: int) -> None:
+    """Nested autograd refuses ``output`` if its derivatives of ``order`` (and their gradients) would pass
+    through a backward that cannot be differentiated."""
+    if order < 1 or output.grad_fn is None or torch.compiler.is_compiling():
+        return
+    name = once_differentiable_function(output)
+    if name is not None:
+        raise EngineUnsupported(
+            f"nested autograd cannot differentiate {name} more than once: its backward is @once_differentiable, "
+            "so the derivatives of its gradient would come out as zeros"
+        )
+

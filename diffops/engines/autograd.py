@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .audit import exact_reverse_mode, request_order
+from .audit import exact_reverse_mode, refuse_once_differentiable, request_order
 from .base import BatchedFn, Request, compute_along
 
 
@@ -55,10 +55,12 @@ class AutogradEngine:
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if request.along:  # each direction set through self.along, the rest back here
             return compute_along(self, fn, x, request)
-        with torch.enable_grad(), exact_reverse_mode(request_order(request)):
+        order = request_order(request)
+        with torch.enable_grad(), exact_reverse_mode(order):
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             value = fn(x)
+            refuse_once_differentiable(value, order)
             n, d = x.shape
             out_shape = value.shape[1:]
             derivatives = _Derivatives(value.reshape(n, -1), x)
@@ -89,6 +91,7 @@ class AutogradEngine:
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             value = fn(x)
+            refuse_once_differentiable(value, order)
             components = value.reshape(value.shape[0], -1)
             per_direction = []
             for v in directions:  # (N, d)
@@ -113,6 +116,7 @@ class AutogradEngine:
         with torch.enable_grad(), exact_reverse_mode(order):
             t = torch.zeros(x.shape[0], r, dtype=x.dtype, device=x.device, requires_grad=True)
             value = fn(x + torch.einsum("nr,rnd->nd", t, directions.to(x.dtype)))
+            refuse_once_differentiable(value, order)
             components = value.reshape(value.shape[0], value.shape[1:].numel())  # also for an empty batch
             columns = []
             for m in range(components.shape[1]):

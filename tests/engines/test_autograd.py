@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import diffops as do
-from diffops.engines import Request
+from diffops.engines import EngineUnsupported, Request
 from diffops.engines.audit import request_order
 
 from .. import reference as ref
@@ -79,3 +79,39 @@ def test_hardsigmoid_laplacian_trains():
 )
 def test_request_order(request_, order):
     assert request_order(request_) == order
+
+
+class _Cube(torch.autograd.Function):
+    """x^3 with a backward that PyTorch cannot differentiate again."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+
+class _TwiceDifferentiableCube(_Cube):
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+
+def test_a_once_differentiable_backward_is_refused_not_read_as_zeros():
+    u = lambda x: _Cube.apply(x).sum(-1, keepdim=True)  # noqa: E731
+    x = torch.randn(5, 2, dtype=torch.float64)
+    expected = (6 * x).sum(-1, keepdim=True)
+    with pytest.raises(EngineUnsupported, match="_Cube.*once_differentiable"):
+        do.Laplacian(u, method="autograd")(x)
+    with pytest.raises(EngineUnsupported, match="_Cube.*once_differentiable"):
+        do.Derivative(u, wrt=0, method="autograd")(x)  # its parameters' gradients would need the second
+    torch.testing.assert_close(do.Laplacian(u, method="auto")(x), expected, rtol=1e-12, atol=1e-12)
+    # a backward that can be differentiated again is exact under nested autograd
+    twice = lambda x: _TwiceDifferentiableCube.apply(x).sum(-1, keepdim=True)  # noqa: E731
+    torch.testing.assert_close(do.Laplacian(twice, method="autograd")(x), expected, rtol=1e-12, atol=1e-12)
