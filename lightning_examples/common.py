@@ -437,7 +437,3 @@ class ErrorReport(pl.Callback):
         for name, (value, error) in result["identified"].items():
             print(f"{name}: {value:.6g} (relative error {error:.2e})")
         print(f"wall time: {result['wall_time']:.0f} s")
-
-
-# The argparse front of the examples before the Lightning CLI, for examples not converted yet.
-from legacy import base_parser, fit_and_test, loss_history, plot_curve, plot_field, report, setup  # noqa: E402,F401

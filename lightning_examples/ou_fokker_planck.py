@@ -23,25 +23,17 @@ call: the drift and the time derivative are one ``DirectionalDerivative`` along 
 the diffusion a weighted ``Laplacian`` with sigma = [S; 0] (r + 2 vectors per layer in Taylor
 mode instead of a d x d Hessian).
 
-    python lightning_examples/ou_fokker_planck.py
+    python lightning_examples/ou_fokker_planck.py                      # configs/ou_fokker_planck.yaml
+    python lightning_examples/ou_fokker_planck.py --data.dim 20 --model.rank 5
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from common import (
-    CollocationData,
-    PINNModule,
-    as_grid,
-    base_parser,
-    fit_and_test,
-    grid_points,
-    loss_history,
-    mlp,
-    plot_field,
-    report,
-    setup,
-)
+from cli import run
+from common import CollocationData, PINNModule, as_grid, grid_points, mlp
 from torch import nn
 
 from diffops import DirectionalDerivative, Laplacian
@@ -102,14 +94,21 @@ class KolmogorovModule(PINNModule):
         hidden: int = 64,
         layers: int = 2,
         adam_steps: int = 3000,
+        second_order_steps: int = 0,
         lr: float = 3e-3,
-        method: str = "auto",
-        seed: int = 0,
+        method: Literal["auto", "func", "taylor", "autograd"] = "auto",
+        process_seed: int = 0,
         boundary_weight: float = 10.0,
     ) -> None:
+        """The process in ``dim`` dimensions with noise of rank ``rank``, rate ``theta``, terminal time ``horizon``.
+
+        ``process_seed`` draws ``a``, ``c`` and ``S``.  A ``hidden`` x ``layers`` tanh network ``N``; Adam
+        with ``lr``, then ``second_order_steps`` of L-BFGS (none by default: the points change every step).
+        ``boundary_weight`` multiplies the penalty on the faces of the box; ``method`` is the diffops engine.
+        """
         super().__init__(adam_steps, lr)
         self.save_hyperparameters()
-        self.process = OrnsteinUhlenbeck(dim, rank, theta, horizon, torch.Generator().manual_seed(seed))
+        self.process = OrnsteinUhlenbeck(dim, rank, theta, horizon, torch.Generator().manual_seed(process_seed))
         self.u = TerminalAnsatz(mlp(dim + 1, 1, hidden, layers), self.process)
         # sigma over (x, t): no noise in time
         space_time_sigma = torch.cat([self.process.sigma, torch.zeros_like(self.process.sigma[:1])])
@@ -142,48 +141,50 @@ def draw_points(count: int, dim: int, horizon: float, generator: torch.Generator
     return torch.cat([x, t], dim=-1)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Train, test on held-out random points, save a plot of the (x_0, t) plane; returns the error and wall time."""
-    parser = base_parser(__doc__.splitlines()[0], "ou_fokker_planck")
-    parser.set_defaults(hidden=64, layers=2, points=256, adam_steps=3000, lbfgs_steps=0, lr=3e-3, val_every=500)
-    parser.add_argument("--dim", type=int, default=12, help="dimension d of the process")
-    parser.add_argument("--rank", type=int, default=3, help="rank r of the noise matrix S")
-    parser.add_argument("--theta", type=float, default=1.0, help="mean reversion rate")
-    parser.add_argument("--horizon", type=float, default=1.0, help="terminal time T")
-    parser.add_argument("--boundary-points", type=int, default=256, help="points on the faces of the box per step")
-    parser.add_argument("--boundary-weight", type=float, default=10.0)
-    parser.add_argument("--test-points", type=int, default=2000, help="held-out points")
-    args = parser.parse_args(argv)
-    start = setup(args)
+class OrnsteinUhlenbeckData(CollocationData):
+    """New interior and face points every step; ``test_points`` held-out points in the box as the reference.
 
-    model = KolmogorovModule(
-        args.dim, args.rank, args.theta, args.horizon, args.hidden, args.layers, args.adam_steps, args.lr,
-        args.method, args.seed, args.boundary_weight,
-    )  # fmt: skip
+    A fixed set of points covers 13 dimensions poorly: every step trains on ``points`` new interior
+    and ``boundary_points`` new face points.  The reference is the closed form of the model's process,
+    so it is computed in :meth:`setup`, once the model is known.
+    """
 
-    def draw(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        # every step trains on fresh points: a fixed set covers 13 dimensions poorly
-        interior = draw_points(args.points, args.dim, args.horizon, generator)
-        return interior, draw_points(args.boundary_points, args.dim, args.horizon, generator, faces=True)
+    def __init__(
+        self, dim: int = 12, horizon: float = 1.0, points: int = 256, boundary_points: int = 256,
+        test_points: int = 2000, steps_per_epoch: int = 500,
+    ) -> None:  # fmt: skip
+        self.dim, self.horizon, self.points, self.boundary_points = dim, horizon, points, boundary_points
+        # a generator of its own, so that the network's initialization does not depend on the test set
+        test = draw_points(test_points, dim, horizon, torch.Generator().manual_seed(torch.initial_seed() + 1))
+        super().__init__(self.draw, test, torch.full_like(test[:, :1], torch.nan), steps_per_epoch)
 
-    test = draw_points(args.test_points, args.dim, args.horizon, torch.Generator().manual_seed(args.seed + 1))
-    data = CollocationData(draw, test, model.process.exact(test), steps_per_epoch=args.val_every)
-    trainer, metrics = fit_and_test(model, data, args)
+    def setup(self, stage: str) -> None:
+        self.exact = self.trainer.lightning_module.process.exact(self.grid)
+        self.references = {name: (self.grid, self.exact) for name in self.references}
 
-    result = report(trainer, model, metrics, start)
-    if trainer.is_global_zero:
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        interior = draw_points(self.points, self.dim, self.horizon, generator)
+        return interior, draw_points(self.boundary_points, self.dim, self.horizon, generator, faces=True)
+
+    def figure_data(self, model: KolmogorovModule) -> dict:
+        """The (x_0, t) plane with the other coordinates at 0."""
         x_axis = torch.linspace(-1, 1, 41, dtype=torch.float64)
-        t_axis = torch.linspace(0, args.horizon, 41, dtype=torch.float64)
-        plane = torch.zeros(41 * 41, args.dim + 1, dtype=torch.float64)
+        t_axis = torch.linspace(0, self.horizon, 41, dtype=torch.float64)
+        plane = torch.zeros(41 * 41, self.dim + 1, dtype=torch.float64)
         plane[:, [0, -1]] = grid_points(x_axis, t_axis)
         with torch.no_grad():
             predicted = model(plane.to(model.dtype))
-        result["plot"] = args.output_dir / "ou_fokker_planck.png"
-        plot_field(
-            result["plot"], (x_axis.numpy(), t_axis.numpy()), as_grid(predicted, 41, 41),
-            as_grid(model.process.exact(plane), 41, 41), loss_history(trainer), args.adam_steps, labels=("x_0", "t"),
-        )  # fmt: skip
-    return result
+        return {
+            "kind": "field", "name": "ou_fokker_planck", "axes": (x_axis.numpy(), t_axis.numpy()),
+            "labels": ("x_0", "t"), "predicted": as_grid(predicted, 41, 41),
+            "exact": as_grid(model.process.exact(plane), 41, 41), "exact_name": "closed form (slice)",
+        }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, test on held-out random points, save a figure of the (x_0, t) plane; returns the errors and wall time."""
+    links = (("data.dim", "model.dim"), ("data.horizon", "model.horizon"))
+    return run(KolmogorovModule, OrnsteinUhlenbeckData, "ou_fokker_planck.yaml", argv, links=links)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 pytest.importorskip("pytorch_lightning")
 pytest.importorskip("matplotlib")
+pytest.importorskip("jsonargparse")
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lightning_examples"))
@@ -45,11 +48,36 @@ def test_the_residual_is_the_generator_applied_to_the_network():
 
 def test_example_runs_a_few_steps(tmp_path, capsys):
     result = example.main(
-        ["--hidden", "8", "--layers", "1", "--points", "16", "--boundary-points", "8", "--test-points", "32",
-         "--adam-steps", "6", "--val-every", "3", "--no-progress-bar", "--threads", "1", "--dim", "4", "--rank", "2",
-         "--output-dir", str(tmp_path)]
+        ["--model.hidden", "8", "--model.layers", "1", "--data.points", "16", "--data.boundary_points", "8",
+         "--data.test_points", "32", "--model.adam_steps", "6", "--data.steps_per_epoch", "3",
+         "--trainer.enable_progress_bar", "false", "--threads", "1", "--data.dim", "4", "--model.rank", "2",
+         "--trainer.default_root_dir", str(tmp_path)]
     )  # fmt: skip
     assert math.isfinite(result["error"]) and result["error"] > 0 and result["steps"] == 6
+    assert math.isfinite(result["residual"]) and result["wall_time"] > 0
     assert result["plot"].exists()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"wall time: \d+ s", lines[-1])
+    assert lines[-2] == f"relative L2 error: {result['relative_l2']:.2e}"
+
+
+def test_the_reference_is_the_closed_form_of_the_trained_process():
+    data = example.OrnsteinUhlenbeckData(dim=3, horizon=0.5, test_points=16)
+    module = example.KolmogorovModule(dim=3, rank=1, horizon=0.5, hidden=4, layers=1, process_seed=5)
+    data.trainer = SimpleNamespace(lightning_module=module)
+    data.setup("fit")
+    [(points, exact)] = data.references.values()
+    assert points.shape == (16, 4) and bool((points[:, -1] <= 0.5).all())
+    torch.testing.assert_close(exact, module.process.exact(points))
+    torch.testing.assert_close(data.val_dataloader().dataset[0][1], exact)
+    other = example.KolmogorovModule(dim=3, rank=1, horizon=0.5, hidden=4, layers=1, process_seed=6)
+    assert not torch.allclose(exact, other.process.exact(points)), "the reference follows the model's process"
+
+
+def test_config_parses(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        example.main(["--print_config", "--data.dim", "7"])
+    assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "relative L2 error: " in printed and "wall time: " in printed
+    assert "model:" in printed and "data:" in printed and "trainer:" in printed
+    assert "adam_steps: 3000" in printed and "rank: 3" in printed and "dim: 7" in printed
