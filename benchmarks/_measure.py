@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -94,3 +96,14 @@ def peak_bytes(work: Callable[[], object], device: torch.device) -> int:
     with _LiveStorage() as tracker:
         work()
     return tracker.peak
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as ``lscpu`` prints it (every table names it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import warnings
 from collections.abc import Callable
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _measure import peak_bytes  # noqa: E402
+from _measure import cpu_model, peak_bytes  # noqa: E402
 from bench_taylor import grad, paired_ratio, time_rounds, training_step  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import hessian, vmap  # noqa: E402
@@ -176,16 +175,6 @@ def _peak(step: Callable) -> int | None:
         return peak_bytes(step, torch.device("cpu"))
     except Exception:  # noqa: BLE001 - a method the storage tracker cannot follow: no figure rather than a wrong one
         return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_rows(rows: list[dict]) -> None:

@@ -50,7 +50,7 @@ from torch import nn
 from torch.func import jvp, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import peak_bytes, synchronize, tanh_mlp  # noqa: E402
+from _measure import cpu_model, peak_bytes, synchronize, tanh_mlp  # noqa: E402
 from bench_taylor import (  # noqa: E402 - the shared baselines and the timing harness
     func_laplacian,
     nested_laplacian,
@@ -239,17 +239,6 @@ def hardware(device: str) -> dict:
     else:
         info.update(model=cpu_model(), threads=torch.get_num_threads())
     return info
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as ``lscpu`` prints it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown(title: str, rows: list[dict]) -> str:

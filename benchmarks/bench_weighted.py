@@ -30,20 +30,7 @@ from torch.func import functional_call, hessian, vmap
 import diffops as do
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import peak_bytes, synchronize, tanh_mlp  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as ``lscpu`` reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
+from _measure import cpu_model, peak_bytes, synchronize, tanh_mlp  # noqa: E402
 
 
 def paired_seconds(works: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, list]:

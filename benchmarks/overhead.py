@@ -24,8 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,23 +33,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _measure import best_seconds, tanh_mlp  # noqa: E402
+from _measure import best_seconds, cpu_model, tanh_mlp  # noqa: E402
 
 import diffops as do  # noqa: E402
 
 NU = 0.01 / torch.pi
 BATCHES = (256, 2000)
 Fields = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def cpu_model() -> str:
-    """The processor's model name, as ``lscpu`` prints it."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
-    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def by_hand(net: torch.nn.Module) -> Fields:

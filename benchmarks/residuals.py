@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 from collections.abc import Callable
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _measure import cpu_model  # noqa: E402
 from bench_taylor import paired_ratio, time_rounds  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -237,16 +237,6 @@ def ratio_cell(rounds: dict[str, list[float]], numerator: str, denominator: str)
     """``median [min-max]`` of the paired ratios ``numerator / denominator`` over the rounds."""
     ratios = sorted(a / b for a, b in zip(rounds[numerator], rounds[denominator]))
     return f"{paired_ratio(rounds, numerator, denominator):.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> None:
