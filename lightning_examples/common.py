@@ -319,6 +319,45 @@ class PINNModule(pl.LightningModule):
 # -- data -----------------------------------------------------------------------------
 
 
+class InverseProblemModule(PINNModule):
+    """A tanh network ``u(x, t)`` and the coefficients ``lambda1``, ``lambda2`` of ``family``, fitted to observations.
+
+    ``family(u, method)`` is a :class:`diffops.DifferentialOperator` of the inputs ``(x, t)`` that holds
+    ``lambda1`` and ``lambda2`` as its own parameters; ``true_values`` are the coefficients to identify.
+    A subclass sets both and calls :meth:`build` from its ``__init__`` (whose defaults the CLI shows).
+    """
+
+    family: type[diffops.DifferentialOperator]
+    true_values: dict[str, float]
+
+    def build(self, hidden: int, layers: int, method: str, jacobian_method: str) -> None:
+        """The network, the residual, and the operators whose per-point parameter Jacobians Levenberg-Marquardt takes
+        (the same residual, sharing the coefficients, and ``u`` itself, with ``jacobian_method``)."""
+        self.u = SpaceTime(mlp(2, 1, hidden, layers), low=(-1.0, 0.0), high=(1.0, 1.0))
+        self.pde = self.family(self.u, method=method)
+        self.pde_for_jacobian = self.family(self.u, method=jacobian_method)
+        self.pde_for_jacobian.lambda1, self.pde_for_jacobian.lambda2 = self.pde.lambda1, self.pde.lambda2
+        self.value = diffops.Derivative(self.u, wrt=0, order=0, argnums=(0, 1), method=jacobian_method)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.u(points[..., :1], points[..., 1:])
+
+    def residual(self, points: torch.Tensor) -> torch.Tensor:
+        return self.pde(points[..., :1], points[..., 1:])
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        points, values = batch
+        return {"data": (self(points) - values).square().mean(), "residual": self.residual(points).square().mean()}
+
+    def least_squares_operators(self, batch: tuple[torch.Tensor, torch.Tensor]) -> list:
+        points, values = batch
+        inputs = (points[..., :1], points[..., 1:])
+        return [(self.value, inputs, values), (self.pde_for_jacobian, inputs, 0.0)]
+
+    def identified(self) -> dict[str, tuple[float, float]]:
+        return {name: (getattr(self.pde, name).item(), true) for name, true in self.true_values.items()}
+
+
 def _shard(batch: Batch, rank: int, world_size: int) -> Batch:
     """This process's share of every tensor in ``batch``."""
     if isinstance(batch, torch.Tensor):

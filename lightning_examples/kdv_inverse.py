@@ -24,10 +24,10 @@ from typing import Literal
 import numpy as np
 import torch
 from cli import run
-from common import DATA_DIR, ObservationData, PINNModule, SpaceTime, as_grid, grid_points, load_reference, mlp
+from common import DATA_DIR, InverseProblemModule, ObservationData, as_grid, grid_points, load_reference
 from torch import nn
 
-from diffops import Derivative, DifferentialOperator
+from diffops import DifferentialOperator
 
 DISPERSION = 0.0025
 
@@ -45,9 +45,10 @@ class KdVFamily(DifferentialOperator):
         return d["u_t"] + self.lambda1 * d["u"] * d["u_x"] + self.lambda2 * d["u_xxx"]
 
 
-class KdVInverseModule(PINNModule):
+class KdVInverseModule(InverseProblemModule):
     """A tanh network ``u(x, t)`` and the coefficients of :class:`KdVFamily`, fitted to observations."""
 
+    family = KdVFamily
     true_values = {"lambda1": 1.0, "lambda2": DISPERSION}
 
     def __init__(
@@ -65,30 +66,7 @@ class KdVInverseModule(PINNModule):
         """
         super().__init__(adam_steps, lr, second_order, damping)
         self.save_hyperparameters()
-        self.u = SpaceTime(mlp(2, 1, hidden, layers), low=(-1.0, 0.0), high=(1.0, 1.0))
-        self.pde = KdVFamily(self.u, method=method)
-        # The same residual, and u itself, for the per-point parameter Jacobians of Levenberg-Marquardt.
-        self.pde_for_jacobian = KdVFamily(self.u, method=jacobian_method)
-        self.pde_for_jacobian.lambda1, self.pde_for_jacobian.lambda2 = self.pde.lambda1, self.pde.lambda2
-        self.value = Derivative(self.u, wrt=0, order=0, argnums=(0, 1), method=jacobian_method)
-
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return self.u(points[..., :1], points[..., 1:])
-
-    def residual(self, points: torch.Tensor) -> torch.Tensor:
-        return self.pde(points[..., :1], points[..., 1:])
-
-    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        points, values = batch
-        return {"data": (self(points) - values).square().mean(), "residual": self.residual(points).square().mean()}
-
-    def least_squares_operators(self, batch: tuple[torch.Tensor, torch.Tensor]) -> list:
-        points, values = batch
-        inputs = (points[..., :1], points[..., 1:])
-        return [(self.value, inputs, values), (self.pde_for_jacobian, inputs, 0.0)]
-
-    def identified(self) -> dict[str, tuple[float, float]]:
-        return {name: (getattr(self.pde, name).item(), true) for name, true in self.true_values.items()}
+        self.build(hidden, layers, method, jacobian_method)
 
 
 def soliton(x: np.ndarray, t: np.ndarray, speed: float = 0.5, start: float = -0.25) -> np.ndarray:
