@@ -16,6 +16,12 @@ from typing import Any
 import torch
 from torch.overrides import is_tensor_like
 
+# errors of the device itself, raised as they are: not an engine's failure, not u's own error
+DEVICE_ERRORS: tuple[type[Exception], ...] = (
+    torch.OutOfMemoryError,
+    getattr(torch, "AcceleratorError", torch.OutOfMemoryError),  # torch >= 2.8
+)
+
 
 def check_argnums(name: str, argnums: Any) -> tuple[int, ...]:
     """``argnums`` as a tuple of distinct non-negative ints."""
@@ -103,7 +109,7 @@ class Rows:
                 args = self._arguments(x.detach().requires_grad_(True), self._others(rows))
                 try:
                     out = u(*args)
-                except torch.OutOfMemoryError:
+                except DEVICE_ERRORS:
                     raise
                 except Exception as error:
                     raise own_error(self.name, error, self.inputs) from error

@@ -29,7 +29,7 @@ from torch._C._functorch import peek_interpreter_stack
 
 from ._coords import check_coords, check_range, derivative_spec
 from ._empty import EMPTY_BATCH
-from ._inputs import Rows, check_argnums, flatten_inputs
+from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
 
 # an output size that outweighs any request: auto ranks the engines for it and for one output,
@@ -258,7 +258,7 @@ class DifferentialOperator(nn.Module):
             engine = ENGINES[engine_name]
             try:
                 merged = self._run_chunks(rows, engine, work)
-            except torch.OutOfMemoryError:
+            except DEVICE_ERRORS:  # the device is out of memory or broken: no other engine can help
                 raise
             except Exception as error:
                 if not failures:  # once per call: the plain evaluation raises u's own error

@@ -311,3 +311,19 @@ def test_the_engine_choice_is_cached_once_for_requests_with_directions(make):
         op(torch.randn(5, D, dtype=torch.float64))
     leaves = [leaf for leaf in op.modules() if isinstance(leaf, do.DifferentialOperator) and leaf._plans]
     assert leaves and all(len(leaf._plans) == 1 for leaf in leaves)  # bound directions differ per call; plans do not
+
+
+def test_an_error_of_the_device_is_raised_as_it_is_not_as_an_engine_failure(monkeypatch):
+    if not hasattr(torch, "AcceleratorError"):
+        pytest.skip("torch without AcceleratorError")
+    op = do.Laplacian(mlp(D), method="auto")
+    broken = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    def fail(*args, **kwargs):
+        raise broken
+
+    for engine in ENGINES.values():
+        monkeypatch.setattr(engine, "compute", fail)
+    with pytest.raises(torch.AcceleratorError) as raised:
+        op(torch.randn(3, D, dtype=torch.float64))
+    assert raised.value is broken and op._failed_engines == set()
