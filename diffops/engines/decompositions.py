@@ -38,6 +38,18 @@ def layer_norm(
     return y
 
 
+def _per_channel_affine(
+    y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``y * weight + bias`` with ``weight`` and ``bias`` of shape ``(C,)`` along dimension 1 of ``y: (N, C, *)``."""
+    channel = (1, -1) + (1,) * (y.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(channel)
+    if bias is not None:
+        y = y + bias.reshape(channel)
+    return y
+
+
 def instance_norm(
     input: torch.Tensor,
     running_mean: torch.Tensor | None = None,
@@ -54,12 +66,7 @@ def instance_norm(
     caller checks); the running-statistics case is batch norm in eval mode.
     """
     y = _normalise(input, tuple(range(2, input.dim())), eps)
-    channel = (1, -1) + (1,) * (input.dim() - 2)
-    if weight is not None:
-        y = y * weight.reshape(channel)
-    if bias is not None:
-        y = y + bias.reshape(channel)
-    return y
+    return _per_channel_affine(y, weight, bias)
 
 
 def batch_norm(
@@ -85,9 +92,4 @@ def batch_norm(
             variance = input.detach().var(dims, correction=1 if count > 1 else 0)
             running_mean.mul_(1 - momentum).add_(momentum * input.detach().mean(dims))
             running_var.mul_(1 - momentum).add_(momentum * variance)
-    channel = (1, -1) + (1,) * (input.dim() - 2)
-    if weight is not None:
-        y = y * weight.reshape(channel)
-    if bias is not None:
-        y = y + bias.reshape(channel)
-    return y
+    return _per_channel_affine(y, weight, bias)
