@@ -30,6 +30,90 @@ import torch.nn.functional as F
 from .jet import Jet, _dispatch
 
 
+def columns(stack: torch.Tensor) -> torch.Tensor:
+    """``(S, F, N)``: the stack ``(S, *sample, F)`` with the samples flattened and last, as a view."""
+    return (stack.unsqueeze(1) if stack.dim() == 2 else stack.flatten(1, -2)).mT
+
+
+def from_columns(cols: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(S, *sample, F)`` as a view of ``cols: (S, F, N)``, with ``like``'s sample shape."""
+    return cols.mT.reshape(cols.shape[0], *like.shape[1:-1], cols.shape[1])
+
+
+def linear_columns(cols: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight @ cols``: every coefficient's ``Linear`` with the samples last, ``(S, F_out, N)``."""
+    return torch.bmm(weight.expand(cols.shape[0], *weight.shape), cols)  # matmul would fold cols: a copy
+
+
+def feature_major(stack: torch.Tensor) -> bool:
+    """Whether ``stack`` is stored as :func:`from_columns` leaves it: samples last in memory."""
+    return stack.dim() >= 3 and stack.stride(-2) == 1 and stack.stride(-1) != 1
+
+
+class Rows:
+    """The layout of the ordinary rules: a coefficient ``(*sample, F)``, features last in memory."""
+
+    @staticmethod
+    def enter(stack: torch.Tensor) -> torch.Tensor:
+        return stack
+
+    @staticmethod
+    def leave(work: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return work
+
+    linear = staticmethod(F.linear)
+
+    @staticmethod
+    def bias(bias: torch.Tensor) -> torch.Tensor:
+        return bias
+
+    @staticmethod
+    def weight_grad(grad: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        return grad.flatten(0, -2).T @ work.flatten(0, -2)
+
+    @staticmethod
+    def bias_grad(grad: torch.Tensor) -> torch.Tensor:
+        return grad.flatten(0, -2).sum(0)
+
+
+class Columns:
+    """Feature-major: a coefficient ``(F, N)``, the samples flattened and last in memory.
+
+    Why: the CPU BLAS runs ``W @ cols`` 1.2-2.3x faster than ``F.linear``'s
+    ``x @ W.T`` at PINN widths in float64 (less in float32), and elementwise work
+    does not care.  A chain of fused layers keeps this layout from its first
+    product to its last; every other rule reads the stack through
+    :meth:`Stacked.resolved`, which lays it out in rows again (a copy).
+    """
+
+    enter = staticmethod(columns)
+    leave = staticmethod(from_columns)
+
+    @staticmethod
+    def linear(work: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return linear_columns(work, weight)
+
+    @staticmethod
+    def bias(bias: torch.Tensor) -> torch.Tensor:
+        return bias[:, None]
+
+    @staticmethod
+    def weight_grad(grad: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(grad, work.mT).sum(0)
+
+    @staticmethod
+    def bias_grad(grad: torch.Tensor) -> torch.Tensor:
+        return grad.sum(-1)
+
+
+ROWS, COLUMNS = Rows(), Columns()
+
+
+def map_linear(stack: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(stack, weight)`` in whichever orientation the stack is stored, the result stored feature-major."""
+    return from_columns(linear_columns(columns(stack), weight), stack)
+
+
 class Stacked(Jet):
     """Taylor coefficients of one batched tensor in one ``(S, *sample)`` tensor; see the module docstring.
 
@@ -45,7 +129,7 @@ class Stacked(Jet):
         self.degree = degree
         self.pending = pending
         self.form = Jet.SINGLE if counts[0] == 1 else Jet.DIRECTIONS
-        self._resolved: Stacked | None = None if pending is not None else self
+        self._resolved: Stacked | None = None if pending is not None or feature_major(stack) else self
         self._plain: list[torch.Tensor] | None = None
 
     # -- layout ---------------------------------------------------------------------
@@ -66,13 +150,18 @@ class Stacked(Jet):
         return out + [zero.expand(r, *out[0].shape) for r in self.counts[self.degree :]]
 
     def resolved(self) -> Stacked:
-        """This jet with its pending ``Linear`` applied (the bias on ``c_0`` only)."""
+        """This jet with its pending ``Linear`` applied (the bias on ``c_0`` only), its stack in rows.
+
+        Every rule but the fused layers reads the stack through here.
+        """
         if self._resolved is None:
-            weight, bias = self.pending
-            mapped = F.linear(self.stack, weight)
-            if bias is not None:
-                mapped = torch.cat([(mapped[0] + bias)[None], mapped[1:]])
-            self._resolved = Stacked(mapped, self.counts, self.degree)
+            mapped = self.stack
+            if self.pending is not None:
+                weight, bias = self.pending
+                mapped = map_linear(mapped, weight) if feature_major(mapped) else F.linear(mapped, weight)
+                if bias is not None:
+                    mapped = torch.cat([(mapped[0] + bias)[None], mapped[1:]])
+            self._resolved = Stacked(mapped.contiguous(), self.counts, self.degree)
         return self._resolved
 
     # -- what the ordinary rules and the tensor-like surface see -------------------------
@@ -101,9 +190,9 @@ class Stacked(Jet):
 
     @property
     def shape(self) -> torch.Size:
-        if self.pending is not None and self._resolved is None:
+        if self.pending is not None:
             return torch.Size((*self.stack.shape[1:-1], self.pending[0].shape[0]))
-        return self.resolved().stack.shape[1:]
+        return self.stack.shape[1:]
 
     @property
     def dtype(self) -> torch.dtype:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
-from ..stacked import Stacked
+from ..stacked import COLUMNS, ROWS, Stacked, feature_major, map_linear
 
 T = torch.Tensor
 Pieces = list  # [c_0: (*sample), c_1: (R_1, *sample), ..]; an entry may be None where it is known zero
@@ -143,7 +143,7 @@ def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int, first: tor
 
 def preactivation(stack: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
     """``F.linear`` of every coefficient, and ``c_0`` with the bias: ``(S, *sample, out)``, ``(*sample, out)``."""
-    mapped = stack if weight is None else F.linear(stack, weight)
+    mapped = stack if weight is None else map_linear(stack, weight)
     return mapped, mapped[0] if bias is None else mapped[0] + bias
 
 
@@ -156,43 +156,50 @@ def layer(activation: Activation, counts: tuple[int, ...], degree: int, stack, w
 
 
 class _FusedLayer(torch.autograd.Function):
-    """:func:`layer` with the backward ``dy_k / da_j = z_(k-j)`` and the three products of the ``Linear``."""
+    """:func:`layer` with the backward ``dy_k / da_j = z_(k-j)`` and the three products of the ``Linear``.
+
+    ``layout`` (:data:`~..stacked.ROWS` or :data:`~..stacked.COLUMNS`) says how the
+    coefficients are laid out while the layer works on them; the output is stored
+    in that layout, which the next fused layer reads without a copy.
+    """
 
     @staticmethod
-    def forward(ctx, activation, counts, degree, stack, weight, bias):
-        mapped, a0 = preactivation(stack, weight, bias)
+    def forward(ctx, activation, counts, degree, layout, stack, weight, bias):
+        work = layout.enter(stack)
+        mapped = work if weight is None else layout.linear(work, weight)
+        a0 = mapped[0] if bias is None else mapped[0] + layout.bias(bias)
         a = _split(mapped, counts, degree, a0)
-        total = 1 + sum(counts)
-        out = a0.new_empty(total, *a0.shape)
+        out = a0.new_empty(1 + sum(counts), *a0.shape)
         _, z = series(activation, a, counts, degree, _split(out, counts, len(counts)))
-        ctx.activation, ctx.counts, ctx.degree = activation, counts, degree
+        ctx.activation, ctx.counts, ctx.degree, ctx.layout = activation, counts, degree, layout
         ctx.save_for_backward(stack, weight, bias, *z)
         ctx.set_materialize_grads(False)
-        return out
+        return layout.leave(out, stack)
 
     @staticmethod
     def backward(ctx, grad):
         stack, weight, bias, *z = ctx.saved_tensors
+        none = (None,) * 4
         if grad is None:
-            return None, None, None, None, None, None
+            return *none, None, None, None
         if torch.is_grad_enabled():  # a differentiable backward: replay the layer under autograd
-            return (None, None, None, *_replayed(ctx, grad, stack, weight, bias))
-        counts, degree = ctx.counts, ctx.degree
-        g = _split(grad, counts, len(counts))
-        grad_mapped = grad.new_empty(stack.shape[0], *grad.shape[1:])
+            return *none, *_replayed(ctx, grad, stack, weight, bias)
+        counts, degree, layout = ctx.counts, ctx.degree, ctx.layout
+        g = _split(layout.enter(grad).contiguous(), counts, len(counts))  # a copy only if grad came in the other layout
+        grad_mapped = z[0].new_empty(stack.shape[0], *z[0].shape)
         ga = _split(grad_mapped, counts, degree)
         _series_backward(g, z, counts, degree, ga)
         grad_stack = grad_weight = grad_bias = None
         if weight is None:
-            grad_stack = grad_mapped
+            grad_stack = layout.leave(grad_mapped, stack)
         else:
-            if ctx.needs_input_grad[3]:
-                grad_stack = grad_mapped @ weight
             if ctx.needs_input_grad[4]:
-                grad_weight = grad_mapped.flatten(0, -2).T @ stack.flatten(0, -2)
-            if bias is not None and ctx.needs_input_grad[5]:
-                grad_bias = ga[0].flatten(0, -2).sum(0)
-        return None, None, None, grad_stack, grad_weight, grad_bias
+                grad_stack = layout.leave(layout.linear(grad_mapped, weight.T), stack)
+            if ctx.needs_input_grad[5]:
+                grad_weight = layout.weight_grad(grad_mapped, layout.enter(stack))
+            if bias is not None and ctx.needs_input_grad[6]:
+                grad_bias = layout.bias_grad(ga[0])
+        return *none, grad_stack, grad_weight, grad_bias
 
 
 def _series_backward(g: list, z: list, counts: tuple[int, ...], degree: int, ga: list) -> None:
@@ -211,11 +218,11 @@ def _series_backward(g: list, z: list, counts: tuple[int, ...], degree: int, ga:
 
 
 def _replayed(ctx, grad, stack, weight, bias) -> tuple:
-    inputs = [t for t, needed in zip((stack, weight, bias), ctx.needs_input_grad[3:]) if needed]
+    inputs = [t for t, needed in zip((stack, weight, bias), ctx.needs_input_grad[4:]) if needed]
     with torch.enable_grad():
         out = layer(ctx.activation, ctx.counts, ctx.degree, stack, weight, bias)
         grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True, allow_unused=True))
-    return tuple(next(grads) if needed else None for needed in ctx.needs_input_grad[3:])
+    return tuple(next(grads) if needed else None for needed in ctx.needs_input_grad[4:])
 
 
 def _plain() -> bool:
@@ -226,9 +233,10 @@ def _plain() -> bool:
 def activate(activation: Activation, x: Stacked) -> Stacked:
     """``f(x)`` of a stacked jet, fused with its pending ``Linear`` if it has one."""
     weight, bias = x.pending if x.pending is not None else (None, None)
-    args = (activation, x.counts, x.degree, x.stack, weight, bias)
-    stack = layer(*args) if _plain() else _FusedLayer.apply(*args)
-    return Stacked(stack, x.counts, x.order)
+    if _plain():
+        return Stacked(layer(activation, x.counts, x.degree, x.stack, weight, bias), x.counts, x.order)
+    layout = COLUMNS if feature_major(x.stack) or x.degree <= 1 else ROWS
+    return Stacked(_FusedLayer.apply(activation, x.counts, x.degree, layout, x.stack, weight, bias), x.counts, x.order)
 
 
 def _override(funcs: tuple, replacement: Callable) -> None:
