@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
-from ..stacked import COLUMNS, ROWS, Stacked, feature_major, map_linear
+from ..stacked import COLUMNS, ROWS, Stacked, feature_major
 
 T = torch.Tensor
 Pieces = list  # [c_0: (*sample), c_1: (R_1, *sample), ..]; an entry may be None where it is known zero
@@ -143,7 +143,7 @@ def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int, first: tor
 
 def preactivation(stack: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
     """``F.linear`` of every coefficient, and ``c_0`` with the bias: ``(S, *sample, out)``, ``(*sample, out)``."""
-    mapped = stack if weight is None else map_linear(stack, weight)
+    mapped = stack if weight is None else F.linear(stack, weight)
     return mapped, mapped[0] if bias is None else mapped[0] + bias
 
 
