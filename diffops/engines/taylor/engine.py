@@ -62,7 +62,7 @@ def propagate_truncated(fn: BatchedFn, x: torch.Tensor, plan: Truncation) -> lis
     to ``R_1`` directions (the rows read are the first ``R_k`` either way).
     """
     n, d = x.shape
-    v = torch.tensor(plan.interpolation.directions, dtype=x.dtype, device=x.device)  # (R, d)
+    v, _ = readout(plan.interpolation, x)  # (R, d)
     stack = torch.cat([x[None], v[:, None, :].expand(len(v), n, d)])  # (1 + R, N, d)
     out = _run(fn, Stacked(stack, plan.counts, degree=1))
     if isinstance(out, Stacked):
@@ -93,21 +93,38 @@ def along(directions: tuple[Direction, ...], x: torch.Tensor) -> torch.Tensor:
     return v.expand(len(directions), *x.shape)
 
 
-def read_partials(coefficients: list[torch.Tensor], interpolation: Interpolation) -> dict[MultiIndex, torch.Tensor]:
-    """``{index: (N, *f)}``: each recipe's combination of one order's coefficients."""
-    results = {}
+def readout(interpolation: Interpolation, like: torch.Tensor) -> tuple[torch.Tensor, list[tuple]]:
+    """The directions ``(R, d)`` and, per order, ``(indices, rows: (P, W), weights: (P, W))`` of the recipes.
+
+    Built once per dtype and device and kept on ``interpolation`` (built afresh
+    while compiling, where the graph holds them as constants).
+    """
+    key = (like.dtype, like.device)
+    cached = None if torch.compiler.is_compiling() else interpolation.tensors.get(key)
+    if cached is not None:
+        return cached
     by_order: dict[int, list] = {}
     for index, recipe in interpolation.recipes.items():
         by_order.setdefault(recipe.order, []).append((index, recipe))
+    orders = []
     for order, items in by_order.items():
         width = max(len(recipe.rows) for _, recipe in items)
-        coefficient = coefficients[order]  # (R, N, *f)
-        rows = torch.tensor([_padded(r.rows, width, 0) for _, r in items], device=coefficient.device)
-        weights = torch.tensor(
-            [_padded(r.weights, width, 0.0) for _, r in items], dtype=coefficient.dtype, device=coefficient.device
-        )
-        combined = torch.einsum("pw,pw...->p...", weights, coefficient[rows])  # (P, N, *f)
-        results.update(zip((index for index, _ in items), combined.unbind(0)))
+        rows = torch.tensor([_padded(r.rows, width, 0) for _, r in items], device=like.device)
+        weights = torch.tensor([_padded(r.weights, width, 0.0) for _, r in items], dtype=like.dtype, device=like.device)
+        orders.append((order, tuple(index for index, _ in items), rows, weights))
+    directions = torch.tensor(interpolation.directions, dtype=like.dtype, device=like.device)
+    cached = (directions, orders)
+    if not torch.compiler.is_compiling():
+        interpolation.tensors[key] = cached
+    return cached
+
+
+def read_partials(coefficients: list[torch.Tensor], interpolation: Interpolation) -> dict[MultiIndex, torch.Tensor]:
+    """``{index: (N, *f)}``: each recipe's combination of one order's coefficients."""
+    results = {}
+    for order, indices, rows, weights in readout(interpolation, coefficients[0])[1]:
+        combined = torch.einsum("pw,pw...->p...", weights, coefficients[order][rows])  # (P, N, *f)
+        results.update(zip(indices, combined.unbind(0)))
     return results
 
 

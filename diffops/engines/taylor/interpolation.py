@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import reduce, wraps
 from typing import Any
@@ -40,10 +40,15 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Interpolation:
-    """The directions of one forward pass and how each requested partial is read off it."""
+    """The directions of one forward pass and how each requested partial is read off it.
+
+    ``tensors`` keeps, per dtype and device, the tensors the engine builds from
+    them (see ``engine.readout``), so that a training step makes none.
+    """
 
     directions: tuple[Direction, ...]
     recipes: dict
+    tensors: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def order(self) -> int:
