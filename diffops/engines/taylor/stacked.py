@@ -45,6 +45,18 @@ def linear_columns(cols: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weight.expand(cols.shape[0], *weight.shape), cols)  # matmul would fold cols: a copy
 
 
+def split_slots(stack: torch.Tensor, counts: tuple[int, ...], degree: int) -> list[torch.Tensor]:
+    """``[c_0: (*sample), c_1: (R_1, *sample), .., c_degree]``: views of a stack of that degree.
+
+    One ``split``, not a slice per coefficient: under autograd a slice's backward
+    fills a zero tensor the size of the whole stack, ``split``'s one concatenates.
+    """
+    sizes = [1, *counts[:degree]]
+    spare = stack.shape[0] - sum(sizes)  # slots above the degree a caller reads
+    first, *rest = stack.split(sizes + [spare] if spare else sizes)
+    return [first[0], *rest[: degree]]
+
+
 def feature_major(stack: torch.Tensor) -> bool:
     """Whether ``stack`` is stored as :func:`from_columns` leaves it: samples last in memory."""
     return stack.dim() >= 3 and stack.stride(-2) == 1 and stack.stride(-1) != 1
@@ -134,18 +146,9 @@ class Stacked(Jet):
 
     # -- layout ---------------------------------------------------------------------
 
-    def offset(self, k: int) -> int:
-        """The first slot of ``c_k``."""
-        return 0 if k == 0 else 1 + sum(self.counts[: k - 1])
-
-    def piece(self, k: int) -> torch.Tensor:
-        """``c_0: (*sample)`` or ``c_k: (R_k, *sample)`` for ``k <= degree``, a view into the stack."""
-        stack = self.resolved().stack
-        return stack[0] if k == 0 else stack.narrow(0, self.offset(k), self.counts[k - 1])
-
     def pieces(self) -> list[torch.Tensor]:
         """``[c_0, .., c_K]`` unpadded (``c_k: (R_k, *sample)``), known zeros as expanded zeros."""
-        out = [self.piece(k) for k in range(self.degree + 1)]
+        out = split_slots(self.resolved().stack, self.counts, self.degree)
         zero = torch.zeros((), dtype=self.dtype, device=self.device)
         return out + [zero.expand(r, *out[0].shape) for r in self.counts[self.degree :]]
 
@@ -186,7 +189,7 @@ class Stacked(Jet):
 
     @property
     def primal(self) -> torch.Tensor:
-        return self.piece(0)
+        return self.resolved().stack[0]
 
     @property
     def shape(self) -> torch.Size:

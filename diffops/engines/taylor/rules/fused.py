@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
-from ..stacked import COLUMNS, ROWS, Stacked, feature_major
+from ..stacked import COLUMNS, ROWS, Stacked, feature_major, split_slots
 
 T = torch.Tensor
 Pieces = list  # [c_0: (*sample), c_1: (R_1, *sample), ..]; an entry may be None where it is known zero
@@ -126,19 +126,12 @@ def series(
     return y, z
 
 
-def _slices(counts: tuple[int, ...], degree: int) -> list[tuple[int, int]]:
-    """``(start, length)`` of each ``c_k``, k = 0..degree, in a stack."""
-    spans, start = [(0, 1)], 1
-    for n in counts[:degree]:
-        spans.append((start, n))
-        start += n
-    return spans
-
-
 def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int, first: torch.Tensor | None = None) -> list:
     """``[c_0, c_1, ..]`` as views of ``stack``; ``first``: a ``c_0`` to use instead of ``stack[0]``."""
-    spans = _slices(counts, degree)[1:]
-    return [stack[0] if first is None else first, *(stack.narrow(0, s, n) for s, n in spans)]
+    pieces = split_slots(stack, counts, degree)
+    if first is not None:
+        pieces[0] = first
+    return pieces
 
 
 def preactivation(stack: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
