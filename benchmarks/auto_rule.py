@@ -2,11 +2,13 @@
 
 For each case (an operator on a tanh MLP, or a PDE residual of
 ``residuals.py``) the script times one training step (operator, MSE loss,
-backward to the parameters) with each engine, side by side as
-``bench_taylor.py`` does, and prints the times next to the cost model's units,
-the engine it ranks first, and the paired ratio of that engine's time to the
-fastest one's (median over rounds, with the range), so a change to an engine
-shows at once whether the rule still picks the fastest.
+backward to the parameters) with each engine and with ``method="auto"``,
+side by side as ``bench_taylor.py`` does, and prints the times next to the
+cost model's units, the engine the model ranks first, the engine auto runs
+(the model's pick, or on a close call the one it measured faster), and the
+paired ratio of auto's step to the fastest engine's (median over rounds, with
+the range), so a change to an engine shows at once whether auto still runs
+the fastest.
 
 Usage::
 
@@ -76,26 +78,32 @@ def request_of(op: do.DifferentialOperator, d: int) -> Request:
     return op._request(d)
 
 
-def operator_case(name: str, quick: bool) -> tuple[dict, Request, int, int]:
-    """Training steps of each engine on one operator case, its request, d and output count."""
+def operator_case(name: str, quick: bool) -> tuple[dict, Request, int, int, do.DifferentialOperator]:
+    """Training steps of each engine and of auto on one operator case, its request, d, output count and auto op."""
     d, outputs, width, batch, make = CASES[name]
     torch.manual_seed(0)
     width, batch = (8, 16) if quick else (width, batch)
     u = tanh_mlp(d, width, 4, outputs)
     x = torch.rand(batch, d) * 2 - 1
     steps = {e: training_step(u, loss_of(make(u, e)), x) for e in sorted(ENGINES)}
-    return steps, request_of(make(u, "auto"), d), d, outputs
+    auto = make(u, "auto")
+    steps["auto"] = training_step(u, loss_of(auto), x)
+    return steps, request_of(auto, d), d, outputs, auto
 
 
-def residual_case(name: str, net: str, batch: int, dtype: torch.dtype) -> tuple[dict, Request, int, int]:
-    """Training steps of each engine on one residual of ``residuals.py``, its request, d and output count."""
+def residual_case(
+    name: str, net: str, batch: int, dtype: torch.dtype
+) -> tuple[dict, Request, int, int, do.DifferentialOperator]:
+    """Training steps of each engine and of auto on one residual of ``residuals.py``, as :func:`operator_case`."""
     coords, outputs, names, _ = residuals.RESIDUALS[name]
     torch.manual_seed(0)
     u = residuals.NETS[net](len(coords), outputs).to(dtype)
     x = torch.rand(batch, len(coords), dtype=dtype)
     steps = {e: residuals.training_step(u, residuals.Residual(u, name, e), x) for e in sorted(ENGINES)}
+    auto = residuals.Residual(u, name, "auto")
+    steps["auto"] = residuals.training_step(u, auto, x)
     request = Request(frozenset(tuple(sorted(coords.index(c) for c in letters)) for letters in names.values()))
-    return steps, request, len(coords), outputs
+    return steps, request, len(coords), outputs, auto
 
 
 def main() -> None:
@@ -122,23 +130,24 @@ def main() -> None:
         makers |= {name: (lambda name=name: residual_case(name, args.net, batch, dtype)) for name in names}
     print(f"{residuals.cpu_model()}, torch={torch.__version__} threads={torch.get_num_threads()}; ms per training step")
     print(f"residuals on {args.net}, batch {args.batch}, {args.dtype}; operators as in CASES, float32")
-    print(f"{'case':>26} " + " ".join(f"{e + ' ms':>12}" for e in engines) + f" {'fastest':>9} {'auto':>9}", end="")
-    print(f" {'auto/fastest':>20}  units")
+    print(f"{'case':>26} " + " ".join(f"{e + ' ms':>12}" for e in [*engines, "auto"]), end="")
+    print(f" {'fastest':>9} {'model':>9} {'auto':>9} {'auto/fastest':>20}  units")
     for name, make in makers.items():
-        steps, request, d, outputs = make()
+        steps, request, d, outputs, auto = make()
         rounds = time_rounds(steps, 2 if args.quick else args.repeats, "cpu")
-        times = {e: statistics.median(rounds[e]) for e in engines}
-        fastest = min(times, key=times.get)
-        pick = ranked(request, d, outputs)[0]
-        ratios = sorted(a / b for a, b in zip(rounds[pick], rounds[fastest]))
+        times = {e: statistics.median(rounds[e]) for e in [*engines, "auto"]}
+        fastest = min(engines, key=times.get)
+        model = ranked(request, d, outputs)[0]  # the cost model's pick; auto times it against close ones
+        (plan,) = {engines[0] for engines in auto._plans.values()}
+        ratios = sorted(a / b for a, b in zip(rounds["auto"], rounds[fastest]))
         units = {
             "taylor": taylor_cost(request, d),
             "autograd": autograd_cost(request, d, outputs),
             "func": 1.6 * autograd_cost(request, d, min(outputs, d)),
         }
-        line = f"{name:>26} " + " ".join(f"{times[e] * 1e3:>12.2f}" for e in engines)
-        ratio = paired_ratio(rounds, pick, fastest)
-        line += f" {fastest:>9} {pick:>9} {ratio:>6.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]  "
+        line = f"{name:>26} " + " ".join(f"{times[e] * 1e3:>12.2f}" for e in [*engines, "auto"])
+        ratio = paired_ratio(rounds, "auto", fastest)
+        line += f" {fastest:>9} {model:>9} {plan:>9} {ratio:>6.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]  "
         line += " / ".join(f"{units[e]:.1f}" for e in engines)
         print(line, flush=True)
 

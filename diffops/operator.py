@@ -27,10 +27,12 @@ import torch
 from torch import nn
 from torch._C._functorch import peek_interpreter_stack
 
+from . import _timing
 from ._coords import check_coords, check_range, derivative_spec
 from ._empty import EMPTY_BATCH
 from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
+from .engines.choice import too_close
 
 # an output size that outweighs any request: auto ranks the engines for it and for one output,
 # and when the two rankings agree the output size of u does not matter
@@ -153,8 +155,8 @@ class DifferentialOperator(nn.Module):
         rows = flatten_inputs(type(self).__name__, inputs, self.argnums)
         d = rows.num_coordinates
         request = make_request(d).bind(inputs, rows.x)  # directions that depend on the inputs, evaluated once
-        engines = self._engines(request, d, rows)
         work = lambda engine, rows_slice, x, fn: engine.compute(fn, x, request.rows(rows_slice))  # noqa: E731
+        engines = self._engines(request, d, rows, work=work)
         if not rows.num_rows:
             return Computed(self._run_empty(rows, work), rows.batch_shape, d)
         computed = Computed(self._run_engines(rows, engines, work), rows.batch_shape, d)
@@ -164,10 +166,14 @@ class DifferentialOperator(nn.Module):
             self._outputs = outputs
         return computed
 
-    def _engines(self, request: Request, d: int, rows: Rows, scale: int = 1) -> tuple[str, ...]:
+    def _engines(
+        self, request: Request, d: int, rows: Rows, scale: int = 1, work: Callable | None = None
+    ) -> tuple[str, ...]:
         """The engines to try for ``request``, after checking its indices against ``d``; cached per settings.
 
-        ``auto`` weighs the output components per sample (times ``scale``).
+        ``auto`` weighs the output components per sample (times ``scale``); where the
+        cost model cannot tell the cheapest engines apart it times them on this
+        call's ``work`` before the order is cached (:mod:`diffops._timing`).
         """
         compiling = torch.compiler.is_compiling()  # traced once: a cache would only add guards (see above)
         transformed = peek_interpreter_stack() is not None  # inside vmap/grad, as candidates() checks
@@ -181,8 +187,21 @@ class DifferentialOperator(nn.Module):
             size = self._output_size(rows, request, d) * scale if self.method == "auto" else 1
             engines = candidates(self.method, request, d, size)
             if self._outputs is not None and not compiling:
+                if self.method == "auto" and work is not None and not transformed and rows.num_rows:
+                    engines = self._timed(engines, too_close(request, d, size), rows, work)
                 self._plans[key] = engines
         return engines
+
+    def _timed(self, engines: tuple[str, ...], close: tuple[str, ...], rows: Rows, work: Callable) -> tuple:
+        """``engines`` with those in ``close`` reordered by their measured time, fastest first."""
+        close = tuple(name for name in close if name not in self._failed_engines)
+        if len(close) < 2 or not _timing.may_time(self.u):
+            return engines
+        parameters = [p for p in self.u.parameters() if p.requires_grad] if isinstance(self.u, nn.Module) else []
+        with _preserved_rng(rows.x.device):
+            run = lambda name: self._run_chunks(rows, ENGINES[name], work)  # noqa: E731
+            timed = _timing.fastest_first(close, run, parameters)
+        return (*timed, *(name for name in engines if name not in timed))
 
     def _output_size(self, rows: Rows, request: Request, d: int) -> int:
         """Output components per sample: from the last call, else from ``u`` on one row if auto needs it.

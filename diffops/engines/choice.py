@@ -104,18 +104,39 @@ def along_costs(request: Request, outputs: int) -> dict[str, float]:
     return costs
 
 
-def ranked(request: Request, d: int, outputs: int = 1) -> tuple[str, ...]:
-    """Engine names to try for ``request`` on ``d`` coordinates and ``outputs`` components: cheapest first."""
-    if torch.compiler.is_compiling():  # only engines that compile, Taylor first (see the module docstring)
-        return ("taylor", "func", "autograd")
-    costs = {
+def costs(request: Request, d: int, outputs: int = 1) -> dict[str, float]:
+    """Each engine's modelled cost for ``request`` on ``d`` coordinates and ``outputs`` components."""
+    modelled = {
         "taylor": taylor_cost(request, d),
         "autograd": autograd_cost(request, d, outputs),
         "func": 1.6 * autograd_cost(request, d, min(outputs, d)),
     }
     if request.along:
         extra = along_costs(request, outputs)
-        costs = {name: cost + extra[name] for name, cost in costs.items()}
-    fastest = min(costs, key=costs.get)
+        modelled = {name: cost + extra[name] for name, cost in modelled.items()}
+    return modelled
+
+
+# The cost model's resolution: two engines modelled within this factor of each other are too
+# close to call from the request alone (the network's width and structure decide), so auto
+# times them (see ``diffops._timing``).  The residuals it had to time: Burgers, heat, wave,
+# Allen-Cahn and Poisson on the 4 x 128 modified MLP (modelled 1.0-1.2x apart, measured up to
+# 1.8x the other way); those it ranked right were 1.9x apart or more (KdV, beam, Navier-Stokes).
+CLOSE = 1.5
+
+
+def ranked(request: Request, d: int, outputs: int = 1) -> tuple[str, ...]:
+    """Engine names to try for ``request`` on ``d`` coordinates and ``outputs`` components: cheapest first."""
+    if torch.compiler.is_compiling():  # only engines that compile, Taylor first (see the module docstring)
+        return ("taylor", "func", "autograd")
+    modelled = costs(request, d, outputs)
+    fastest = min(modelled, key=modelled.get)
     # after the fastest, the fallback order of the API contract: torch.func, then nested autograd
     return (fastest, *(name for name in ("func", "autograd", "taylor") if name != fastest))
+
+
+def too_close(request: Request, d: int, outputs: int = 1) -> tuple[str, ...]:
+    """The engines whose modelled costs are within :data:`CLOSE` of the cheapest, cheapest first."""
+    modelled = costs(request, d, outputs)
+    cheapest = min(modelled.values())
+    return tuple(sorted((name for name, cost in modelled.items() if cost <= CLOSE * cheapest), key=modelled.get))

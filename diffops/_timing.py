@@ -1,0 +1,83 @@
+"""``method="auto"`` on a close call: time the engines the cost model cannot tell apart.
+
+The cost model (:mod:`diffops.engines.choice`) sees the request, not the
+network: how wide its layers are and how much of it Taylor mode runs fused
+decide between engines whose modelled costs are near each other.  For those
+(:func:`~diffops.engines.choice.too_close`) the operator times each engine on
+the call's own batch, like ``torch.backends.cudnn.benchmark``: the engine's
+results and their backward pass to the parameters of ``u`` (``autograd.grad``,
+so no ``.grad`` is touched), three times each, interleaved, the best time kept;
+another engine replaces the model's pick only if it is more than 10 % faster.
+That happens once per request and settings, on the second call (the first
+learns the output size the ranking needs), and the order is kept from then on.
+
+It is skipped where a measurement would change something or mean nothing:
+under ``torch.compile`` and torch.func transforms, with deterministic
+algorithms requested (the ranking is then the cost model's, the same on every
+run), and when ``u`` has a module in training mode with buffers (a batch
+norm's running statistics would move).  The random number generator is
+restored afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+ROUNDS = 3
+# how much faster another engine must be measured than the cost model's pick to replace it: on a
+# tie the model's order stands, the same on every run
+MARGIN = 0.9
+
+
+def may_time(u: object) -> bool:
+    """Whether timing the engines on ``u`` changes nothing and means something (see the module docstring)."""
+    if torch.are_deterministic_algorithms_enabled() or torch.compiler.is_compiling():
+        return False
+    modules = u.modules() if isinstance(u, nn.Module) else ()
+    return not any(module.training and next(module.buffers(recurse=False), None) is not None for module in modules)
+
+
+def fastest_first(names: tuple[str, ...], run: Callable[[str], dict], parameters: list[torch.Tensor]) -> list[str]:
+    """``names`` (the cost model's order) reordered by the time of ``run(name)`` and its backward to ``parameters``.
+
+    The best of :data:`ROUNDS` times counts; the first name keeps its place
+    unless another is faster by more than :data:`MARGIN`.  An engine that
+    fails is put last: the ordinary fallback deals with it.
+    """
+    best = dict.fromkeys(names, float("inf"))
+    failed: set[str] = set()
+    for _ in range(ROUNDS):
+        for name in names:
+            if name in failed:
+                continue
+            try:
+                best[name] = min(best[name], _seconds(lambda name=name: _step(run(name), parameters)))
+            except Exception:  # the engine cannot do it; the call that follows reports why
+                failed.add(name)
+    best[names[0]] *= MARGIN
+    return sorted(names, key=best.get)
+
+
+def _step(results: dict, parameters: list[torch.Tensor]) -> None:
+    """The backward pass a training step takes through ``results``."""
+    outputs = [value for value in results.values() if isinstance(value, torch.Tensor) and value.requires_grad]
+    if outputs and parameters and torch.is_grad_enabled():
+        total = sum(output.float().sum() for output in outputs)
+        torch.autograd.grad(total, parameters, allow_unused=True)
+
+
+def _seconds(work: Callable[[], None]) -> float:
+    _synchronize()
+    start = time.perf_counter()
+    work()
+    _synchronize()
+    return time.perf_counter() - start
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
