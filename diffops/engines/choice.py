@@ -47,9 +47,11 @@ modified MLP nested autograd was faster on the second-order residuals with a
 first-order or few directions (Burgers 1.8x, Allen-Cahn 1.5x, heat 1.3x, wave
 1.2x, Poisson 2-D 1.1x): at width 128 a training step is matrix products, of
 which Taylor mode at order two does as many as nested autograd, and the
-modified MLP's gates add elementwise work per coefficient.  The rule does not
-see the network's width, so it keeps Taylor there too; third and fourth
-orders and Navier-Stokes go to Taylor at every width.  The operator cases of
+modified MLP's gates add elementwise work per coefficient.  The model does not
+see the network, but it rates those five within 1.2x (:data:`CLOSE`), so auto
+times them (``diffops._timing``) and runs nested autograd there; third and
+fourth orders and Navier-Stokes, 1.9x apart or more, go to Taylor at every
+width without timing.  The operator cases of
 the earlier fit (``--cases operators``) keep their ranking: first partials,
 Jacobians of scalar networks, Hessians and low-order mixed partials of one
 output go to nested autograd, the Laplacian and high orders to Taylor.
