@@ -6,8 +6,8 @@ decide between engines whose modelled costs are near each other.  For those
 (:func:`~diffops.engines.choice.too_close`) the operator times each engine on
 the call's own batch, like ``torch.backends.cudnn.benchmark``: the engine's
 results and their backward pass to the parameters of ``u`` (``autograd.grad``,
-so no ``.grad`` is touched), three times each, interleaved, the best time kept;
-another engine replaces the model's pick only if it is more than 10 % faster.
+so no ``.grad`` is touched), three rounds, interleaved; another engine replaces
+the model's pick only if it is more than 10 % faster in every round.
 That happens once per request and settings, on the second call (the first
 learns the output size the ranking needs), and the order is kept from then on.
 
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 ROUNDS = 3
-# how much faster another engine must be measured than the cost model's pick to replace it: on a
-# tie the model's order stands, the same on every run
+# another engine replaces the cost model's pick only if it is faster by this factor in every
+# round: a load spike on a shared machine must not decide, and on a tie the model's order stands
 MARGIN = 0.9
 
 
@@ -44,22 +44,24 @@ def may_time(u: object) -> bool:
 def fastest_first(names: tuple[str, ...], run: Callable[[str], dict], parameters: list[torch.Tensor]) -> list[str]:
     """``names`` (the cost model's order) reordered by the time of ``run(name)`` and its backward to ``parameters``.
 
-    The best of :data:`ROUNDS` times counts; the first name keeps its place
-    unless another is faster by more than :data:`MARGIN`.  An engine that
-    fails is put last: the ordinary fallback deals with it.
+    The engines take turns for :data:`ROUNDS` rounds.  The first name keeps its
+    place unless another beats it by :data:`MARGIN` in every round; the rest
+    follow by their median time.  An engine that fails goes last: the ordinary
+    fallback deals with it.
     """
-    best = dict.fromkeys(names, float("inf"))
-    failed: set[str] = set()
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(ROUNDS):
         for name in names:
-            if name in failed:
-                continue
             try:
-                best[name] = min(best[name], _seconds(lambda name=name: _step(run(name), parameters)))
+                seconds = _seconds(lambda name=name: _step(run(name), parameters))
             except Exception:  # the engine cannot do it; the call that follows reports why
-                failed.add(name)
-    best[names[0]] *= MARGIN
-    return sorted(names, key=best.get)
+                seconds = float("inf")
+            times[name].append(seconds)
+    model = names[0]
+    beat = [n for n in names[1:] if all(t < MARGIN * m for t, m in zip(times[n], times[model]))]
+    median = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    first = min(beat, key=median.get) if beat else model
+    return [first, *sorted((name for name in names if name != first), key=median.get)]
 
 
 def _step(results: dict, parameters: list[torch.Tensor]) -> None:
