@@ -76,7 +76,8 @@ class BurgersObservations(ObservationData):
     """``observations`` points of the solution on the 256 x 100 grid, with ``noise``; the grid is the reference."""
 
     def __init__(
-        self, observations: int = 2000, noise: float = 0.0, data_dir: str | None = DATA_DIR, steps_per_epoch: int = 100
+        self, observations: int = 2000, noise: float = 0.0, collocation: int = 0, data_dir: str | None = DATA_DIR,
+        steps_per_epoch: int = 100,
     ) -> None:  # fmt: skip
         published = load_reference(data_dir, "burgers_shock.mat")
         if published is not None:
@@ -88,7 +89,7 @@ class BurgersObservations(ObservationData):
         self.axes = (x_axis, t_axis)
         grid = grid_points(torch.from_numpy(x_axis), torch.from_numpy(t_axis))
         exact = torch.from_numpy(np.ascontiguousarray(solution)).reshape(-1, 1)
-        super().__init__(grid, exact, observations, noise, steps_per_epoch, reference_name=name)
+        super().__init__(grid, exact, observations, noise, steps_per_epoch, name, collocation)
 
     def figure_data(self, model: BurgersInverseModule) -> dict:
         with torch.no_grad():
