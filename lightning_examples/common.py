@@ -1,6 +1,6 @@
 """What the examples share that is specific to physics-informed networks.
 
-* :func:`mlp`, the tanh networks, and :func:`uniform_points`, the collocation points;
+* :func:`mlp`, the tanh networks, and :func:`uniform_points` / :func:`latin_hypercube`, the collocation points;
 * :class:`PINNModule`: Adam for ``adam_steps`` steps, then L-BFGS or Levenberg-Marquardt
   (:class:`LevenbergMarquardt`, on the residual's per-point parameter Jacobian from
   :func:`diffops.parameter_jacobian`), with derivatives kept working in validation and test;
@@ -70,6 +70,19 @@ def uniform_points(count: int, low: list[float], high: list[float], generator: t
     """``(count, len(low))`` points drawn uniformly from the box ``[low, high]``, in float64."""
     low_, high_ = torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
     return low_ + (high_ - low_) * torch.rand(count, len(low), dtype=torch.float64, generator=generator)
+
+
+def latin_hypercube(count: int, low: list[float], high: list[float], generator: torch.Generator | None = None):
+    """``(count, len(low))`` Latin-hypercube points in the box ``[low, high]``, in float64.
+
+    Each axis is cut into ``count`` equal bins and every bin holds exactly one point (at a uniform
+    place inside it), the bins paired at random across axes: the points cover the box more evenly
+    than independent uniform draws, as in the collocation points of Raissi et al.
+    """
+    low_, high_ = torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
+    bins = torch.stack([torch.randperm(count, generator=generator) for _ in low], dim=1).to(torch.float64)
+    within = torch.rand(count, len(low), dtype=torch.float64, generator=generator)
+    return low_ + (high_ - low_) * (bins + within) / count
 
 
 def grid_points(*axes: torch.Tensor) -> torch.Tensor:
@@ -345,14 +358,21 @@ class InverseProblemModule(PINNModule):
     def residual(self, points: torch.Tensor) -> torch.Tensor:
         return self.pde(points[..., :1], points[..., 1:])
 
-    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        points, values = batch
-        return {"data": (self(points) - values).square().mean(), "residual": self.residual(points).square().mean()}
+    @staticmethod
+    def residual_points(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Where the residual is taken: the observation points, and the collocation points when the batch has them."""
+        return torch.cat([batch[0], batch[2]]) if len(batch) > 2 else batch[0]
 
-    def least_squares_operators(self, batch: tuple[torch.Tensor, torch.Tensor]) -> list:
-        points, values = batch
+    def training_loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        points, values = batch[:2]
+        residual = self.residual(self.residual_points(batch)).square().mean()
+        return {"data": (self(points) - values).square().mean(), "residual": residual}
+
+    def least_squares_operators(self, batch: tuple[torch.Tensor, ...]) -> list:
+        points, values = batch[:2]
+        where = self.residual_points(batch)
         inputs = (points[..., :1], points[..., 1:])
-        return [(self.value, inputs, values), (self.pde_for_jacobian, inputs, 0.0)]
+        return [(self.value, inputs, values), (self.pde_for_jacobian, (where[..., :1], where[..., 1:]), 0.0)]
 
     def identified(self) -> dict[str, tuple[float, float]]:
         return {name: (getattr(self.pde, name).item(), true) for name, true in self.true_values.items()}
@@ -424,16 +444,29 @@ class ObservationData(CollocationData):
     """``observations`` points drawn from a reference solution on a grid, with Gaussian noise, for inverse problems.
 
     Training batches are ``(points, values)``: the values are ``exact`` plus ``noise`` times its standard
-    deviation times standard normal draws (the noise model of Raissi et al.).  The whole grid is the reference.
+    deviation times standard normal draws (the noise model of Raissi et al.), in float64.  With
+    ``collocation > 0`` they are ``(points, values, collocation_points)``: that many Latin-hypercube points
+    of the grid's bounding box, where the PDE residual is taken too, so that between and around the
+    observations the network must still solve the equation instead of bending toward their noise.
+    The collocation points come from a generator of their own (seeded from the run's seed), so the
+    observations and their noise are the same draws whatever ``collocation`` is.  The whole grid is
+    the reference.
     """
 
     def __init__(
         self, grid: torch.Tensor, exact: torch.Tensor, observations: int, noise: float, steps_per_epoch: int,
-        reference_name: str,
+        reference_name: str, collocation: int = 0,
     ) -> None:  # fmt: skip
+        if collocation < 0:
+            raise ValueError(f"collocation must be a number of points >= 0, got {collocation}")
         index = torch.randperm(len(grid))[:observations]
         values = exact[index] + noise * exact.std() * torch.randn_like(exact[index])
-        super().__init__((grid[index], values), grid, exact, steps_per_epoch, reference_name)
+        train: tuple[torch.Tensor, ...] = (grid[index], values)
+        if collocation:
+            generator = torch.Generator().manual_seed(torch.initial_seed())
+            low, high = grid.amin(dim=0).tolist(), grid.amax(dim=0).tolist()
+            train += (latin_hypercube(collocation, low, high, generator).to(grid.dtype),)
+        super().__init__(train, grid, exact, steps_per_epoch, reference_name)
 
 
 # -- the report -----------------------------------------------------------------------
