@@ -177,7 +177,9 @@ class DifferentialOperator(nn.Module):
         """
         compiling = torch.compiler.is_compiling()  # traced once: a cache would only add guards (see above)
         transformed = peek_interpreter_stack() is not None  # inside vmap/grad, as candidates() checks
-        key = (request.signature(), d, self._outputs, scale, transformed, self.method, self.coords)
+        # with or without grad: a validation loop (timed forward only) must not decide for training
+        key = (request.signature(), d, self._outputs, scale, transformed, self.method, self.coords,
+               torch.is_grad_enabled())  # fmt: skip
         engines = None if compiling else self._plans.get(key)
         if engines is None:
             name = type(self).__name__

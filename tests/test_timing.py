@@ -129,3 +129,14 @@ def test_a_network_with_running_statistics_in_training_is_not_timed(timed: list)
     op(x)
     op(x)
     assert timed
+
+
+def test_validation_without_grad_is_timed_apart_from_training(timed: list) -> None:
+    op, x = Residual(net(), BURGERS), torch.rand(64, 2)
+    with torch.no_grad():  # Lightning's sanity check runs validation before the first training step
+        op(x)
+        op(x)
+    assert len(timed) == 1 and len(op._plans) == 1
+    op(x).square().mean().backward()
+    op(x).square().mean().backward()
+    assert len(timed) == 2 and len(op._plans) == 2  # training has its own, timed with the backward pass
