@@ -204,8 +204,8 @@ def training_step(net: nn.Module, residual: Callable, x: torch.Tensor, compile: 
 
 def auto_pick(op: do.DifferentialOperator) -> str:
     """The engine ``op`` (``method="auto"``) runs after its first calls: the model's pick, or the timed one."""
-    (engines,) = {plan[0] for plan in op._plans.values()}
-    return engines
+    (engine,) = {plan[0] for key, plan in op._plans.items() if key[-1]}  # the plans of calls with grad
+    return engine
 
 
 def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: bool, repeats: int) -> dict:
