@@ -9,7 +9,7 @@ from torch import nn
 import diffops as do
 from diffops.engines import ENGINES, Request
 from diffops.engines.taylor.interpolation import interpolate, truncate
-from diffops.engines.taylor.stacked import Stacked
+from diffops.engines.taylor.stacked import Stacked, feature_major
 
 from .. import reference as ref
 from ..nets import Ansatz, Residual, TwoInputs, mlp
@@ -126,6 +126,47 @@ def test_the_fused_rules_handle_the_whole_network():
         x = Stacked(torch.randn(3, 4, 2, dtype=torch.float64), (2, 1), degree=1)
         out = u(x)
         assert isinstance(out, Stacked) and out._plain is None
+
+
+def test_a_chain_runs_feature_major_from_the_coordinates_and_rows_where_others_feed_it():
+    """A fused layer on the coordinates (degree 1) or on a feature-major stack stores its output
+    feature-major; fed by rows of higher degree (the output of another rule) it returns rows."""
+    layer = nn.Sequential(nn.Linear(2, 4), nn.Tanh()).double()
+    coordinates = Stacked(torch.randn(3, 5, 2, dtype=torch.float64), (2, 1), degree=1)
+    out = layer(coordinates)
+    assert feature_major(out.stack)
+    assert feature_major(nn.Sequential(nn.Linear(4, 4), nn.Tanh()).double()(out).stack)
+    rows = Stacked(torch.randn(4, 5, 2, dtype=torch.float64), (2, 1), degree=2)
+    assert not feature_major(layer(rows).stack)
+    assert out.resolved().stack.is_contiguous()  # what every other rule reads
+
+
+class Pointwise(nn.Module):
+    """A fused chain on a 3-D stack, ``(N, d, 8)``: every coordinate through the same small network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chain = nn.Sequential(
+            nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Tanh()
+        )
+        self.out = nn.Linear(8, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.chain(x.unsqueeze(-1)).sum(-2))
+
+
+def test_a_feature_major_chain_on_more_sample_dimensions_matches_the_reference():
+    torch.manual_seed(0)
+    u, x = Pointwise(), torch.randn(5, 3, dtype=torch.float64)
+    partials = frozenset({(), (0,), (0, 1), (1, 1, 1)})
+    results = TAYLOR.compute(u, x, Request(partials))
+    for index in partials:
+        assert_close(results[index], ref.partial(u, x, index))
+    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
+    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
+    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)
 
 
 def test_the_fused_backward_is_differentiable():
