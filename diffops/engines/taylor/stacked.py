@@ -53,7 +53,7 @@ def split_slots(stack: torch.Tensor, counts: tuple[int, ...], degree: int) -> li
     """
     sizes = [1, *counts[:degree]]
     spare = stack.shape[0] - sum(sizes)  # slots above the degree a caller reads
-    first, *rest = stack.split(sizes + [spare] if spare else sizes)
+    first, *rest = stack.split_with_sizes(sizes + [spare] if spare else sizes)  # Tensor.split wraps this
     return [first[0], *rest[: degree]]
 
 
