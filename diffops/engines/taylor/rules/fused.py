@@ -48,10 +48,11 @@ def _sum_of_products(terms: list, out: torch.Tensor | None) -> torch.Tensor:
     """``sum_i w_i a_i b_i`` over ``terms = [(w, a, b), ..]``, the first product written into ``out``."""
     weight, a, b = terms[0]
     total = torch.mul(a, b, out=out) if out is not None else a * b
+    mutable = _mutable()
     if weight != 1:
-        total = total.mul_(weight) if _mutable() else total * weight
+        total = total.mul_(weight) if mutable else total * weight
     for weight, a, b in terms[1:]:
-        total = total.addcmul_(a, b, value=weight) if _mutable() else torch.addcmul(total, a, b, value=weight)
+        total = total.addcmul_(a, b, value=weight) if mutable else torch.addcmul(total, a, b, value=weight)
     return total
 
 
