@@ -9,7 +9,9 @@ results and their backward pass to the parameters of ``u`` (``autograd.grad``,
 so no ``.grad`` is touched), three rounds, interleaved; another engine replaces
 the model's pick only if it is more than 10 % faster in every round.
 That happens once per request and settings, on the second call (the first
-learns the output size the ranking needs), and the order is kept from then on.
+learns the output size the ranking needs), and the order is kept from then on;
+calls without grad (a validation loop) are timed and kept apart, on their
+forward pass alone.
 
 It is skipped where a measurement would change something or mean nothing:
 under ``torch.compile`` and torch.func transforms, with deterministic
@@ -52,6 +54,9 @@ def fastest_first(names: tuple[str, ...], run: Callable[[str], dict], parameters
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(ROUNDS):
         for name in names:
+            if times[name] and times[name][-1] == float("inf"):  # it failed: once is enough
+                times[name].append(float("inf"))
+                continue
             try:
                 seconds = _seconds(lambda name=name: _step(run(name), parameters))
             except Exception:  # the engine cannot do it; the call that follows reports why
