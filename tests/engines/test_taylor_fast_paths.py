@@ -254,3 +254,64 @@ def test_a_compiled_custom_residual_is_one_graph_and_matches_eager(net):
     grad = lambda loss: torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)  # noqa: E731
     for a, e in zip(grad(compiled), grad(eager)):
         assert_close(a, e)
+
+
+def test_a_chain_of_fused_layers_runs_as_one_autograd_node():
+    """Linear + activation pairs wait as a chain and run, when read, as one node over all their parameters."""
+    u = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 5), nn.Sigmoid(), nn.Linear(5, 4), nn.Tanh()).double()
+    out = u(Stacked(torch.randn(3, 6, 2, dtype=torch.float64), (2, 1), degree=1))
+    assert out.lazy and out.shape == (6, 4) and out.dtype == torch.float64
+    node = out.stack.grad_fn
+    assert type(node).__name__ == "_FusedChainBackward"
+    leaves = [fn.variable for fn, _ in node.next_functions if type(fn).__name__ == "AccumulateGrad"]
+    assert {id(p) for p in leaves} == {id(p) for p in u.parameters()}
+
+
+class Branched(nn.Module):
+    """One fused layer read by two others, a product of the branches, and a layer run without grad."""
+
+    def __init__(self, d: int, d_out: int = 1, frozen: bool = False) -> None:
+        super().__init__()
+        self.first, self.left, self.right = nn.Linear(d, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+        self.out = nn.Linear(6, d_out)
+        self.frozen = frozen
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            h = torch.tanh(self.first(x))
+        return self.out(torch.tanh(self.left(h)) * torch.sigmoid(self.right(h)))
+
+
+def test_a_link_read_by_two_layers_runs_once_and_the_branches_stay_exact(monkeypatch):
+    from diffops.engines.taylor.rules import fused
+
+    layers_run = []
+    forward = fused._FusedChain.forward
+
+    def counted(ctx, activations, *args):
+        layers_run.append(len(activations))
+        return forward(ctx, activations, *args)
+
+    monkeypatch.setattr(fused._FusedChain, "forward", staticmethod(counted))
+    torch.manual_seed(0)
+    u, x = Branched(3), torch.randn(5, 3, dtype=torch.float64)
+    partials = frozenset({(), (0,), (0, 0), (1,), (1, 2)})
+    results = TAYLOR.compute(u, x, Request(partials))
+    assert sum(layers_run) == 3
+    for index in partials:
+        assert_close(results[index], ref.partial(u, x, index))
+    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
+    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
+    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)
+
+
+def test_a_chain_runs_in_the_grad_mode_its_layers_were_called_in():
+    """A layer the network runs under ``no_grad`` gives its parameters no gradient, chained or not."""
+    torch.manual_seed(0)
+    u, x = Branched(2, frozen=True), torch.randn(4, 2, dtype=torch.float64)
+    results = TAYLOR.compute(u, x, Request(frozenset({(), (0,), (0, 0)})))
+    sum(value.sum() for value in results.values()).backward()
+    assert u.first.weight.grad is None and u.first.bias.grad is None
+    assert all(p.grad is not None for p in (*u.left.parameters(), *u.right.parameters(), *u.out.parameters()))

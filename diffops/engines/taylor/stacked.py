@@ -15,7 +15,10 @@ another's, so truncating one changes no coefficient that is read.
 One tensor lets a layer ``Linear`` + activation run as one matrix product and
 a handful of fused elementwise kernels (:mod:`.rules.fused`).  A ``Linear``
 on a stacked jet is kept *pending* (its input, weight and bias) until the next
-operation: an activation with a fused rule takes the three as they are.  Any
+operation: an activation with a fused rule takes the three as they are.  The
+fused layers themselves are kept as a *chain* (:class:`~.rules.fused.Chain`)
+until something reads the stack, and then run as one autograd node: a layer
+of its own costs more in Python than its arithmetic at PINN widths.  Any
 other operation sees an ordinary :class:`~.jet.Jet` (``coefficients``, built on
 first use, with zeros in the truncated places) and runs its ordinary rule.
 """
@@ -128,19 +131,41 @@ class Stacked(Jet):
     """Taylor coefficients of one batched tensor in one ``(S, *sample)`` tensor; see the module docstring.
 
     ``counts``: ``(R_1, .., R_K)``, non-increasing; ``degree``: the highest order
-    stored; ``pending``: ``(weight, bias)`` of a ``Linear`` not yet applied to ``stack``.
+    stored; ``pending``: ``(weight, bias)`` of a ``Linear`` not yet applied to ``stack``;
+    ``chain``: instead of ``stack``, the fused layers whose output it is, run on first read.
     """
 
-    __slots__ = ("stack", "counts", "pending", "_resolved", "_plain")
+    __slots__ = ("_stack", "chain", "counts", "pending", "_resolved", "_plain")
 
-    def __init__(self, stack: torch.Tensor, counts: tuple[int, ...], degree: int, pending: tuple | None = None):
-        self.stack = stack
+    def __init__(
+        self,
+        stack: torch.Tensor | None,
+        counts: tuple[int, ...],
+        degree: int,
+        pending: tuple | None = None,
+        chain: Any = None,
+    ):
+        self._stack = stack
+        self.chain = chain
         self.counts = counts
         self.degree = degree
         self.pending = pending
         self.form = Jet.SINGLE if counts[0] == 1 else Jet.DIRECTIONS
-        self._resolved: Stacked | None = None if pending is not None or feature_major(stack) else self
+        plain = pending is None and stack is not None and not feature_major(stack)
+        self._resolved: Stacked | None = self if plain else None
         self._plain: list[torch.Tensor] | None = None
+
+    @property
+    def stack(self) -> torch.Tensor:
+        """``(S, *sample)``: the coefficients (before the pending ``Linear``); reading it runs the chain."""
+        if self._stack is None:
+            self._stack = self.chain.output()
+        return self._stack
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the stack is still a chain of fused layers that has not run."""
+        return self._stack is None
 
     # -- layout ---------------------------------------------------------------------
 
@@ -191,17 +216,18 @@ class Stacked(Jet):
 
     @property
     def shape(self) -> torch.Size:
+        shape = self.chain.shape if self.lazy else self.stack.shape
         if self.pending is not None:
-            return torch.Size((*self.stack.shape[1:-1], self.pending[0].shape[0]))
-        return self.stack.shape[1:]
+            return torch.Size((*shape[1:-1], self.pending[0].shape[0]))
+        return shape[1:]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.stack.dtype
+        return self.chain.source.dtype if self.lazy else self.stack.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.stack.device
+        return self.chain.source.device if self.lazy else self.stack.device
 
     def dim(self) -> int:
         return len(self.shape)
