@@ -43,9 +43,9 @@ def from_columns(cols: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return cols.mT.reshape(cols.shape[0], *like.shape[1:-1], cols.shape[1])
 
 
-def linear_columns(cols: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``weight @ cols``: every coefficient's ``Linear`` with the samples last, ``(S, F_out, N)``."""
-    return torch.bmm(weight.expand(cols.shape[0], *weight.shape), cols)  # matmul would fold cols: a copy
+def linear_columns(cols: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight @ cols``: every coefficient's ``Linear`` with the samples last, ``(S, F_out, N)`` (into ``out``)."""
+    return torch.bmm(weight.expand(cols.shape[0], *weight.shape), cols, out=out)  # matmul would fold cols: a copy
 
 
 def split_slots(stack: torch.Tensor, counts: tuple[int, ...], degree: int) -> list[torch.Tensor]:
@@ -76,7 +76,9 @@ class Rows:
     def leave(work: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return work
 
-    linear = staticmethod(F.linear)
+    @staticmethod
+    def linear(work: torch.Tensor, weight: torch.Tensor, out: None = None) -> torch.Tensor:
+        return F.linear(work, weight)
 
     @staticmethod
     def bias(bias: torch.Tensor) -> torch.Tensor:
