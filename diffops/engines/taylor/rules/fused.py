@@ -77,7 +77,11 @@ def _quadratic_slope(k: int, y: Pieces, scale: torch.Tensor, n: int) -> torch.Te
 
 
 class Activation:
-    """The series of one activation: ``start(a_0, out) -> (y_0, z_0, state)`` and ``slope(k, ..) -> z_k``."""
+    """The series of one activation: ``start(a_0, out) -> (y_0, z_0, state)`` and ``slope(k, ..) -> z_k``.
+
+    With ``out`` (``y_0`` written into it, in the fused layers) ``a_0`` is the
+    layer's own tensor, which ``start`` may overwrite.
+    """
 
     def __init__(self, start: Callable, slope: Callable) -> None:
         self.start, self.slope = start, slope
@@ -87,7 +91,7 @@ def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
     if out is None or a0.device.type != "cpu":  # plain ops (the compiler writes its own tanh), or a GPU
         y0 = torch.tanh(a0, out=out)
     else:  # tanh = 2 sigmoid(2a) - 1: the CPU kernel of tanh took 3x sigmoid's time (116 vs 36 us at 2000 x 20)
-        half = torch.sigmoid(a0 * 2)
+        half = a0.mul_(2).sigmoid_()  # a0 is the layer's own (see Activation)
         y0 = torch.addcmul(_scalar(-1, half), half, _scalar(2, half), out=out)  # within 2e-7 of tanh in float32
     return y0, torch.addcmul(_scalar(1, y0), y0, y0, value=-1), -2 * y0
 
@@ -181,9 +185,11 @@ class _FusedChain(torch.autograd.Function):
         saved, degrees, scratch = [], [], {}
         for activation, weight, bias in zip(activations, params[::2], params[1::2]):
             mapped = work if weight is None else layout.linear(work, weight, _reused(scratch, layout, work, weight))
-            a0 = mapped[0]
-            if bias is not None:  # the product is the layer's own (not the saved input) unless there is no weight
+            a0 = mapped[0]  # the layer's own product, or without a weight the saved input: then a copy
+            if bias is not None:
                 a0 = a0 + layout.bias(bias) if weight is None else a0.add_(layout.bias(bias))
+            elif weight is None:
+                a0 = a0.clone()
             a = _split(mapped, counts, degree, a0)
             out = a0.new_empty(1 + sum(counts), *a0.shape)
             _, z = series(activation, a, counts, degree, _split(out, counts, order))
@@ -217,7 +223,8 @@ class _FusedChain(torch.autograd.Function):
             # without a weight the gradient in the mapped stack is the next one out: a tensor of its own
             grad_mapped = z[0].new_empty(shape) if weight is None else _buffer(scratch, "mapped", shape, z[0])
             ga = _split(grad_mapped, counts, degree)
-            _series_backward(_split(grad_out, counts, len(counts)), z, counts, degree, ga)
+            per_direction = _buffer(scratch, "directions", z[1].shape, z[1])
+            _series_backward(_split(grad_out, counts, len(counts)), z, counts, degree, ga, per_direction)
             if weight is not None and ctx.needs_input_grad[5 + 2 * i]:
                 grads[2 * i] = layout.weight_grad(grad_mapped, work)
             if bias is not None and ctx.needs_input_grad[6 + 2 * i]:
@@ -248,15 +255,20 @@ def _buffer(scratch: dict, use: str, shape: tuple, like: torch.Tensor) -> torch.
     return scratch[use, shape]
 
 
-def _series_backward(g: list, z: list, counts: tuple[int, ...], degree: int, ga: list) -> None:
-    """``ga_j = sum_(k>=j) g_k z_(k-j)`` written into ``ga`` (j = 0..degree); ``ga_0`` sums over the directions."""
+def _series_backward(
+    g: list, z: list, counts: tuple[int, ...], degree: int, ga: list, per_direction: torch.Tensor
+) -> None:
+    """``ga_j = sum_(k>=j) g_k z_(k-j)`` written into ``ga`` (j = 0..degree); ``ga_0`` sums over the directions.
+
+    ``per_direction``: a buffer like ``z_1`` for the terms of ``ga_0`` before that sum.
+    """
     order = len(counts)
     for j in range(1, degree + 1):
         torch.mul(g[j], z[0], out=ga[j])
         for k in range(j + 1, order + 1):
             n = counts[k - 1]
             _rows(ga, j, n).addcmul_(g[k], _rows(z, k - j, n))
-    per_direction = g[1] * z[1]
+    torch.mul(g[1], z[1], out=per_direction)
     for k in range(2, order + 1):
         per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], z[k])
     torch.sum(per_direction, 0, out=ga[0])
