@@ -140,3 +140,16 @@ def test_validation_without_grad_is_timed_apart_from_training(timed: list) -> No
     op(x).square().mean().backward()
     op(x).square().mean().backward()
     assert len(timed) == 2 and len(op._plans) == 2  # training has its own, timed with the backward pass
+
+
+@pytest.mark.parametrize(
+    "challenger, beats",
+    [
+        ([0.7, 0.7, 2.0, 0.7, 0.7], True),  # one load spike does not keep the slower engine
+        ([0.7, 2.0, 2.0, 0.7, 0.7], False),  # lost two rounds
+        ([0.95, 0.95, 0.95, 0.95, 0.95], False),  # faster, but by less than the margin
+        ([0.5, 0.5, float("inf"), 0.5, 0.5], False),  # failed once
+    ],
+)
+def test_another_engine_replaces_the_pick_on_the_median_ratio_and_at_most_one_lost_round(challenger, beats):
+    assert _timing._beats(challenger, [1.0] * 5) is beats
