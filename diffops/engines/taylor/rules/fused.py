@@ -19,8 +19,9 @@ and ``z_k`` from the ``y``: ``tanh' = 1 - y^2`` and ``sigmoid' = y - y^2`` give
 
 The rules registered here take over ``F.linear`` and the activations when
 their argument is a stacked jet and hand every other case to the rule they
-replace.  Under ``torch.compile`` and torch.func transforms the same series
-runs as plain differentiable ops (the compiler fuses them itself).
+replace.  Under torch.func transforms the same series runs as plain
+differentiable ops; under ``torch.compile`` as :mod:`.traced`'s layer, with this
+backward in plain ops, which the compiler fuses.
 """
 
 from __future__ import annotations
@@ -224,9 +225,14 @@ def _plain() -> bool:
     return peek_interpreter_stack() is not None or torch.compiler.is_compiling()
 
 
+from .traced import traced, traced_layer  # noqa: E402 - it builds on the series above
+
+
 def activate(activation: Activation, x: Stacked) -> Stacked:
     """``f(x)`` of a stacked jet, fused with its pending ``Linear`` if it has one."""
     weight, bias = x.pending if x.pending is not None else (None, None)
+    if traced():
+        return traced_layer(activation, x, weight, bias)
     if _plain():
         return Stacked(layer(activation, x.counts, x.degree, x.stack, weight, bias), x.counts, x.order)
     layout = COLUMNS if feature_major(x.stack) or x.degree <= 1 else ROWS
