@@ -8,7 +8,7 @@ import torch
 from diffops.engines import Request
 from diffops.engines.taylor.rules import fused, traced
 from diffops.engines.taylor.rules.traced import TracedLayer
-from diffops.engines.taylor.stacked import feature_major
+from diffops.engines.taylor.stacked import Stacked, feature_major
 
 from .. import reference as ref
 from .test_taylor_fast_paths import NETS, REQUESTS, TAYLOR, assert_close
@@ -111,3 +111,20 @@ def test_inductor_compiles_the_traced_layer_exactly():
     expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
     for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
         assert_close(a, e)
+
+
+def test_other_rules_read_a_chain_start_in_rows_as_the_plain_series_computes_it():
+    """A traced layer fed by the coordinates keeps its features-first stack for the next fused layer;
+    any other rule reads the layer computed again in rows (the compiler drops the unread one)."""
+    torch.manual_seed(0)
+    x = Stacked(torch.randn(3, 5, 2, dtype=torch.float64), (2, 1), degree=1)
+    weight, bias = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    act = fused.ACTIVATIONS["tanh"]
+    out = traced.traced_layer(act, x, weight, bias)
+    assert feature_major(out.stack)
+    rows = out.resolved().stack
+    assert rows.is_contiguous() and not feature_major(rows)
+    assert_close(rows, fused.layer(act, x.counts, x.degree, x.stack, weight, bias))
+    assert_close(out.stack, rows)
+    inner = traced.traced_layer(act, Stacked(out.stack, out.counts, out.degree), torch.randn(4, 4).double(), None)
+    assert feature_major(inner.stack) and type(inner) is Stacked  # inside a chain: read through the usual transpose

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from ..stacked import Stacked
-from .fused import ACTIVATIONS, Activation, _quadratic_slope, _rows, _split, series
+from ..stacked import Stacked, feature_major
+from .fused import ACTIVATIONS, Activation, _quadratic_slope, _rows, _split, layer, series
 
 # ``y_0 -> (z_0, state)`` of the activations whose slope series follows from their own (:func:`_quadratic_slope`)
 _FROM_VALUE = {
@@ -131,7 +131,30 @@ class TracedLayer(torch.autograd.Function):
         return grad_stack, grad_weight, grad_bias, None, None, None
 
 
+class _ChainStart(Stacked):
+    """The output of a traced layer fed in rows, which other rules read as the plain series computes it.
+
+    Features first pays where the next fused layer reads the stack; where another
+    rule does (the products of the modified MLP), the transpose back to rows cost
+    more than the layer saved (0.82x on that network compiled). So such a rule
+    gets the layer computed again in rows (:func:`.fused.layer`), and the
+    compiler drops whichever of the two nothing reads.
+    """
+
+    __slots__ = ("source",)
+
+    def resolved(self) -> Stacked:
+        if self._resolved is None:
+            activation, x, weight, bias = self.source
+            self._resolved = Stacked(layer(activation, x.counts, x.degree, x.stack, weight, bias), x.counts, x.order)
+        return self._resolved
+
+
 def traced_layer(activation: Activation, x: Stacked, weight, bias) -> Stacked:
     """``f(x)`` of a stacked jet with its pending ``Linear`` (or None), under torch.compile."""
     out = TracedLayer.apply(x.stack, weight, bias, activation, x.counts, x.degree)
-    return Stacked(out, x.counts, x.order)
+    if feature_major(x.stack):
+        return Stacked(out, x.counts, x.order)
+    start = _ChainStart(out, x.counts, x.order)
+    start.source = (activation, x, weight, bias)
+    return start
