@@ -22,8 +22,10 @@ differs in three ways, each measured on the compiled training steps of
   series of ``f'``) follows from ``y`` (``tanh' = 1 - y^2``), and ``y`` is the
   next layer's input, kept for its weight gradient anyway.
 
-The backward is not differentiable again, which needs no guard: AOTAutograd
-refuses double backward through a compiled graph.
+Only a layer fed features first (a chain) or by the coordinates runs here; one
+fed in rows by another rule runs the plain series.  The backward is not
+differentiable again, which needs no guard: AOTAutograd refuses double
+backward through a compiled graph.
 """
 
 from __future__ import annotations
