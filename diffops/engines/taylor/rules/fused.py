@@ -231,7 +231,7 @@ from .traced import traced, traced_layer  # noqa: E402 - it builds on the series
 def activate(activation: Activation, x: Stacked) -> Stacked:
     """``f(x)`` of a stacked jet, fused with its pending ``Linear`` if it has one."""
     weight, bias = x.pending if x.pending is not None else (None, None)
-    if traced() and (feature_major(x.stack) or x.degree <= 1):  # fed by rows of another rule: the plain series
+    if traced() and (feature_major(x.stack) or x.degree <= 1):  # a chain, or its start; rows of other rules: plain
         return traced_layer(activation, x, weight, bias)
     if _plain():
         return Stacked(layer(activation, x.counts, x.degree, x.stack, weight, bias), x.counts, x.order)
