@@ -24,6 +24,8 @@ from fractions import Fraction
 from functools import reduce, wraps
 from typing import Any
 
+import torch
+
 from ..base import MultiIndex
 
 Direction = tuple[int, ...]  # an integer vector with one entry per coordinate
@@ -94,12 +96,16 @@ def memoised(function: Callable) -> Callable:
     """``function`` with its results kept in a plain dict (at most 256, then cleared).
 
     Not ``functools.lru_cache``: torch.compile traces through that wrapper with a
-    warning on every compiled operator, where it reads a dict as it is.
+    warning on every compiled operator, where it reads a dict as it is.  While
+    compiling the dict is not read: a graph traced with the key missing guards on
+    its absence, and the next call, which finds the key, compiled the graph again.
     """
     results: dict = {}
 
     @wraps(function)
     def lookup(*key: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return function(*key)
         if key not in results:
             if len(results) >= 256:  # requests are few in practice; the bound keeps a long-running process small
                 results.clear()

@@ -19,8 +19,9 @@ and ``z_k`` from the ``y``: ``tanh' = 1 - y^2`` and ``sigmoid' = y - y^2`` give
 
 The rules registered here take over ``F.linear`` and the activations when
 their argument is a stacked jet and hand every other case to the rule they
-replace.  Under ``torch.compile`` and torch.func transforms the same series
-runs as plain differentiable ops (the compiler fuses them itself).
+replace.  Under torch.func transforms the same series runs as plain
+differentiable ops; under ``torch.compile`` as :mod:`.traced`'s layer, with this
+backward in plain ops, which the compiler fuses.
 """
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ class Activation:
 def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
     if out is None or a0.device.type != "cpu":  # plain ops (the compiler writes its own tanh), or a GPU
         y0 = torch.tanh(a0, out=out)
+        one = torch.ones((), dtype=y0.dtype, device=y0.device)  # no cache: a traced graph must not store it
     else:  # tanh = 2 sigmoid(2a) - 1: the CPU kernel of tanh took 3x sigmoid's time (116 vs 36 us at 2000 x 20)
         half = a0.mul_(2).sigmoid_()  # a0 is the layer's own (see Activation)
         y0 = torch.addcmul(_scalar(-1, half), half, _scalar(2, half), out=out)  # within 2e-7 of tanh in float32
-    return y0, torch.addcmul(_scalar(1, y0), y0, y0, value=-1), -2 * y0
+        one = _scalar(1, y0)
+    return y0, torch.addcmul(one, y0, y0, value=-1), -2 * y0
 
 
 _SCALARS: dict = {}
@@ -292,9 +295,14 @@ def _plain() -> bool:
     return peek_interpreter_stack() is not None or torch.compiler.is_compiling()
 
 
+from .traced import traced, traced_layer  # noqa: E402 - it builds on the series above
+
+
 def activate(activation: Activation, x: Stacked) -> Stacked:
     """``f(x)`` of a stacked jet, fused with its pending ``Linear`` if it has one."""
     weight, bias = x.pending if x.pending is not None else (None, None)
+    if traced() and (feature_major(x.stack) or x.degree <= 1):  # a chain, or its start; rows of other rules: plain
+        return traced_layer(activation, x, weight, bias)
     if _plain():
         return Stacked(layer(activation, x.counts, x.degree, x.stack, weight, bias), x.counts, x.order)
     return Stacked(None, x.counts, x.order, chain=Chain.after(x, (activation, weight, bias)))

@@ -1,0 +1,130 @@
+"""The fused layer under torch.compile (``rules/traced.py``) against the plain series and the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffops.engines import Request
+from diffops.engines.taylor.rules import fused, traced
+from diffops.engines.taylor.rules.traced import TracedLayer
+from diffops.engines.taylor.stacked import Stacked, feature_major
+
+from .. import reference as ref
+from .test_taylor_fast_paths import NETS, REQUESTS, TAYLOR, assert_close
+
+SHAPES = {  # counts, degree of the input, sample shape
+    "burgers": ((2, 1), 1, (5,)),
+    "burgers, inner layer": ((2, 1), 2, (5,)),
+    "order four": ((3, 2, 2, 1), 4, (4,)),
+    "two sample dimensions": ((2, 2, 1), 3, (3, 2)),
+}
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "sin"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("linear", ["weight and bias", "weight", "none"])
+def test_the_traced_layer_matches_the_plain_series(activation, shape, linear):
+    """Values, and gradients in the stack, weight and bias, equal autograd through :func:`fused.layer`."""
+    torch.manual_seed(0)
+    counts, degree, sample = SHAPES[shape]
+    f_in, f_out = 3, (4 if linear != "none" else 3)
+    stack = torch.randn(1 + sum(counts[:degree]), *sample, f_in, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(f_out, f_in, dtype=torch.float64, requires_grad=True) if linear != "none" else None
+    bias = torch.randn(f_out, dtype=torch.float64, requires_grad=True) if linear == "weight and bias" else None
+    act = fused.ACTIVATIONS[activation]
+    actual = TracedLayer.apply(stack, weight, bias, act, counts, degree)
+    expected = fused.layer(act, counts, degree, stack, weight, bias)
+    assert_close(actual, expected)
+    assert feature_major(actual)  # stored features first, read by the next layer without a copy
+    inputs = [t for t in (stack, weight, bias) if t is not None]
+    cotangent = torch.randn_like(expected)
+    for a, e in zip(torch.autograd.grad(actual, inputs, cotangent), torch.autograd.grad(expected, inputs, cotangent)):
+        assert_close(a, e)
+
+
+def _compiled_partials(u, x, partials, monkeypatch) -> tuple[dict, int]:
+    """``TAYLOR.compute`` under ``torch.compile(fullgraph=True)``, and how many layers ran the traced layer."""
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return traced.traced_layer(*args)
+
+    monkeypatch.setattr(fused, "traced_layer", counted)
+    torch._dynamo.reset()
+    compute = torch.compile(lambda x: TAYLOR.compute(u, x, Request(partials)), backend="aot_eager", fullgraph=True)
+    return compute(x), len(calls)
+
+
+UNFUSED = {"silu (ordinary rules)", "ansatz"}  # SiLU has no fused rule
+CASES = [(net, "burgers", 1) for net in NETS] + [
+    ("tanh", "kdv", 1),
+    ("sin", "beam", 1),
+    ("gated", "mixed to order four", 1),
+    ("sigmoid", "navier-stokes", 3),
+]
+
+
+@pytest.mark.parametrize("net, request_name, d_out", CASES)
+def test_compiled_values_and_parameter_gradients_match_the_reference(net, request_name, d_out, monkeypatch):
+    torch.manual_seed(0)
+    u = NETS[net](3, d_out)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    partials = frozenset(REQUESTS[request_name])
+    results, calls = _compiled_partials(u, x, partials, monkeypatch)
+    assert (calls > 0) == (net not in UNFUSED)
+    for index in partials:
+        assert_close(results[index], ref.partial(u, x, index))
+    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
+    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
+    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)
+
+
+def test_under_vmap_inside_torch_compile_the_plain_series_runs(monkeypatch):
+    """torch.func transforms inside a compiled function take the plain series (the traced layer has no vmap rule)."""
+    torch.manual_seed(0)
+    u = NETS["tanh"](2, 1)
+    xs = torch.randn(3, 4, 2, dtype=torch.float64)
+    calls = []
+    monkeypatch.setattr(fused, "traced_layer", lambda *args: calls.append(1) or traced.traced_layer(*args))
+    torch._dynamo.reset()
+    second = lambda x: TAYLOR.compute(u, x, Request(frozenset({(0, 0)})))[(0, 0)]  # noqa: E731
+    out = torch.compile(lambda xs: torch.func.vmap(second)(xs), backend="aot_eager", fullgraph=True)(xs)
+    assert not calls
+    for i in range(len(xs)):
+        assert_close(out[i], ref.partial(u, xs[i], (0, 0)))
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_traced_layer_exactly():
+    torch.manual_seed(0)
+    u = NETS["tanh"](2, 1)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    partials = frozenset(REQUESTS["burgers"])
+    torch._dynamo.reset()
+    results = torch.compile(lambda x: TAYLOR.compute(u, x, Request(partials)), fullgraph=True)(x)
+    for index in partials:
+        assert_close(results[index], ref.partial(u, x, index))
+    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
+    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
+    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)
+
+
+def test_other_rules_read_a_chain_start_in_rows_as_the_plain_series_computes_it():
+    """A traced layer fed by the coordinates keeps its features-first stack for the next fused layer;
+    any other rule reads the layer computed again in rows (the compiler drops the unread one)."""
+    torch.manual_seed(0)
+    x = Stacked(torch.randn(3, 5, 2, dtype=torch.float64), (2, 1), degree=1)
+    weight, bias = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    act = fused.ACTIVATIONS["tanh"]
+    out = traced.traced_layer(act, x, weight, bias)
+    assert feature_major(out.stack)
+    rows = out.resolved().stack
+    assert rows.is_contiguous() and not feature_major(rows)
+    assert_close(rows, fused.layer(act, x.counts, x.degree, x.stack, weight, bias))
+    assert_close(out.stack, rows)
+    inner = traced.traced_layer(act, Stacked(out.stack, out.counts, out.degree), torch.randn(4, 4).double(), None)
+    assert feature_major(inner.stack) and type(inner) is Stacked  # inside a chain: read through the usual transpose
