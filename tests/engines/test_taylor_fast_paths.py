@@ -23,6 +23,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL)
 
 
+def assert_matches_reference(u: nn.Module, x: torch.Tensor, results: dict) -> None:
+    """Every partial in ``results`` and the parameter gradients of one loss over all of them, against the reference.
+
+    One loss over every partial, so that each parameter's gradient sums the paths through all of them.
+    """
+    partials = sorted(index for index in results if isinstance(index, tuple))
+    for index in partials:
+        assert_close(results[index], ref.partial(u, x, index))
+    total = sum(results[index] * (1 + i) for i, index in enumerate(partials))
+    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(partials))
+    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)
+
+
 class Gated(nn.Module):
     """The modified MLP: ``h <- (1 - z) U + z V``, ``z = tanh(W h + b)``; sums and products of stacked jets."""
 
@@ -109,15 +123,7 @@ def test_values_and_parameter_gradients_match_the_reference(net, request_name, d
     u = NETS[net](3, d_out)
     x = torch.randn(5, 3, dtype=torch.float64)
     partials = frozenset(REQUESTS[request_name])
-    results = TAYLOR.compute(u, x, Request(partials))
-    for index in partials:
-        expected = ref.partial(u, x, index)
-        assert_close(results[index], expected)
-    # one loss over every partial, so that each parameter's gradient sums the paths through all of them
-    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
-    expected_total = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
-    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected_total)):
-        assert_close(a, e)
+    assert_matches_reference(u, x, TAYLOR.compute(u, x, Request(partials)))
 
 
 def test_the_fused_rules_handle_the_whole_network():
@@ -161,12 +167,7 @@ def test_a_feature_major_chain_on_more_sample_dimensions_matches_the_reference()
     u, x = Pointwise(), torch.randn(5, 3, dtype=torch.float64)
     partials = frozenset({(), (0,), (0, 1), (1, 1, 1)})
     results = TAYLOR.compute(u, x, Request(partials))
-    for index in partials:
-        assert_close(results[index], ref.partial(u, x, index))
-    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
-    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
-    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    assert_matches_reference(u, x, results)
 
 
 def test_the_fused_backward_is_differentiable():
@@ -299,12 +300,7 @@ def test_a_link_read_by_two_layers_runs_once_and_the_branches_stay_exact(monkeyp
     partials = frozenset({(), (0,), (0, 0), (1,), (1, 2)})
     results = TAYLOR.compute(u, x, Request(partials))
     assert sum(layers_run) == 3
-    for index in partials:
-        assert_close(results[index], ref.partial(u, x, index))
-    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
-    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
-    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    assert_matches_reference(u, x, results)
 
 
 def test_a_chain_runs_in_the_grad_mode_its_layers_were_called_in():

@@ -11,7 +11,7 @@ from diffops.engines.taylor.rules.traced import TracedLayer
 from diffops.engines.taylor.stacked import Stacked, feature_major
 
 from .. import reference as ref
-from .test_taylor_fast_paths import NETS, REQUESTS, TAYLOR, assert_close
+from .test_taylor_fast_paths import NETS, REQUESTS, TAYLOR, assert_close, assert_matches_reference
 
 SHAPES = {  # counts, degree of the input, sample shape
     "burgers": ((2, 1), 1, (5,)),
@@ -74,12 +74,7 @@ def test_compiled_values_and_parameter_gradients_match_the_reference(net, reques
     partials = frozenset(REQUESTS[request_name])
     results, calls = _compiled_partials(u, x, partials, monkeypatch)
     assert (calls > 0) == (net not in UNFUSED)
-    for index in partials:
-        assert_close(results[index], ref.partial(u, x, index))
-    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
-    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
-    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    assert_matches_reference(u, x, results)
 
 
 def test_under_vmap_inside_torch_compile_the_plain_series_runs(monkeypatch):
@@ -105,12 +100,7 @@ def test_inductor_compiles_the_traced_layer_exactly():
     partials = frozenset(REQUESTS["burgers"])
     torch._dynamo.reset()
     results = torch.compile(lambda x: TAYLOR.compute(u, x, Request(partials)), fullgraph=True)(x)
-    for index in partials:
-        assert_close(results[index], ref.partial(u, x, index))
-    total = sum(results[index] * (1 + i) for i, index in enumerate(sorted(partials)))
-    expected = sum(ref.partial(u, x, index) * (1 + i) for i, index in enumerate(sorted(partials)))
-    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    assert_matches_reference(u, x, results)
 
 
 def test_other_rules_read_a_chain_start_in_rows_as_the_plain_series_computes_it():
