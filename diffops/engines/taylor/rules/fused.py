@@ -81,29 +81,39 @@ class Activation:
     """The series of one activation: ``start(a_0, out) -> (y_0, z_0, state)`` and ``slope(k, ..) -> z_k``.
 
     With ``out`` (``y_0`` written into it, in the fused layers) ``a_0`` is the
-    layer's own tensor, which ``start`` may overwrite.
+    layer's own tensor, which ``start`` may overwrite.  ``from_value``: ``y_0 ->
+    (z_0, state)`` where the slope series follows from ``y`` alone (tanh, sigmoid),
+    so that a backward can keep ``y`` instead of ``z``.
     """
 
-    def __init__(self, start: Callable, slope: Callable) -> None:
-        self.start, self.slope = start, slope
+    def __init__(self, start: Callable, slope: Callable, from_value: Callable | None = None) -> None:
+        self.start, self.slope, self.from_value = start, slope, from_value
 
 
 def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
     if out is None or a0.device.type != "cpu":  # plain ops (the compiler writes its own tanh), or a GPU
         y0 = torch.tanh(a0, out=out)
-        one = torch.ones((), dtype=y0.dtype, device=y0.device)  # no cache: a traced graph must not store it
     else:  # tanh = 2 sigmoid(2a) - 1: the CPU kernel of tanh took 3x sigmoid's time (116 vs 36 us at 2000 x 20)
         half = a0.mul_(2).sigmoid_()  # a0 is the layer's own (see Activation)
         y0 = torch.addcmul(_scalar(-1, half), half, _scalar(2, half), out=out)  # within 2e-7 of tanh in float32
-        one = _scalar(1, y0)
-    return y0, torch.addcmul(one, y0, y0, value=-1), -2 * y0
+    return y0, *_tanh_from_value(y0)
+
+
+def _tanh_from_value(y0: torch.Tensor) -> tuple:
+    """``tanh' = 1 - y^2``: ``z_0`` and the scale ``-2 y_0`` of :func:`_quadratic_slope`."""
+    return torch.addcmul(_scalar(1, y0), y0, y0, value=-1), -2 * y0
 
 
 _SCALARS: dict = {}
 
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
-    """``value``: a 0-d tensor of ``like``'s dtype and device, made once (addcmul takes no number as input)."""
+    """``value``: a 0-d tensor of ``like``'s dtype and device (addcmul takes no number as input).
+
+    Made once, except while compiling: a traced graph must not store a tensor it made.
+    """
+    if torch.compiler.is_compiling():
+        return torch.full((), value, dtype=like.dtype, device=like.device)
     key = (value, like.dtype, like.device)
     if key not in _SCALARS:
         _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
@@ -112,7 +122,12 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
 
 def _sigmoid_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
     y0 = torch.sigmoid(a0, out=out)
-    return y0, y0 - y0 * y0, 1 - 2 * y0
+    return y0, *_sigmoid_from_value(y0)
+
+
+def _sigmoid_from_value(y0: torch.Tensor) -> tuple:
+    """``sigmoid' = y - y^2``: ``z_0`` and the scale ``1 - 2 y_0`` of :func:`_quadratic_slope`."""
+    return y0 - y0 * y0, 1 - 2 * y0
 
 
 def _sin_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
@@ -128,8 +143,8 @@ def _quadratic(k: int, a: Pieces, y: Pieces, state, n: int, degree: int) -> torc
 
 
 ACTIVATIONS = {
-    "tanh": Activation(_tanh_start, _quadratic),
-    "sigmoid": Activation(_sigmoid_start, _quadratic),
+    "tanh": Activation(_tanh_start, _quadratic, _tanh_from_value),
+    "sigmoid": Activation(_sigmoid_start, _quadratic, _sigmoid_from_value),
     "sin": Activation(_sin_start, _sin_slope),
 }
 

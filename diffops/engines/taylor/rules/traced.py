@@ -33,13 +33,7 @@ from __future__ import annotations
 import torch
 
 from ..stacked import Stacked, feature_major
-from .fused import ACTIVATIONS, Activation, _quadratic_slope, _rows, _split, layer, series
-
-# ``y_0 -> (z_0, state)`` of the activations whose slope series follows from their own (:func:`_quadratic_slope`)
-_FROM_VALUE = {
-    ACTIVATIONS["tanh"]: lambda y0: (1 - y0 * y0, -2 * y0),
-    ACTIVATIONS["sigmoid"]: lambda y0: (y0 - y0 * y0, 1 - 2 * y0),
-}
+from .fused import Activation, _quadratic_slope, _rows, _split, layer, series
 
 
 def traced() -> bool:
@@ -105,7 +99,7 @@ class TracedLayer(torch.autograd.Function):
         a0 = mapped[0] if bias is None else mapped[0] + bias.view(-1, *[1] * (stack.dim() - 2))
         y, z = series(activation, _split(mapped, counts, degree, a0), counts, degree, None)
         out = _stored(y)
-        ctx.counts, ctx.degree, ctx.from_value = counts, degree, _FROM_VALUE.get(activation)
+        ctx.counts, ctx.degree, ctx.from_value = counts, degree, activation.from_value
         ctx.save_for_backward(stack, weight, bias, *([out] if ctx.from_value is not None else z))
         return out.movedim(0, -1)
 
