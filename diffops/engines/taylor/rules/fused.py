@@ -49,10 +49,15 @@ def _sum_of_products(terms: list, out: torch.Tensor | None) -> torch.Tensor:
     """``sum_i w_i a_i b_i`` over ``terms = [(w, a, b), ..]``, the first product written into ``out``."""
     weight, a, b = terms[0]
     total = torch.mul(a, b, out=out) if out is not None else a * b
-    mutable = _mutable()
     if weight != 1:
-        total = total.mul_(weight) if mutable else total * weight
-    for weight, a, b in terms[1:]:
+        total = total.mul_(weight) if _mutable() else total * weight
+    return _accumulate(total, terms[1:])
+
+
+def _accumulate(total: torch.Tensor, terms: list) -> torch.Tensor:
+    """``total + sum_i w_i a_i b_i``, in place where tensors may be updated."""
+    mutable = _mutable()
+    for weight, a, b in terms:
         total = total.addcmul_(a, b, value=weight) if mutable else torch.addcmul(total, a, b, value=weight)
     return total
 
@@ -62,46 +67,53 @@ def _mutable() -> bool:
     return peek_interpreter_stack() is None
 
 
-def _integral(k: int, a: Pieces, z: Pieces, n: int, degree: int, out: torch.Tensor | None) -> torch.Tensor:
-    """``y_k = (1/k) sum_j j a_j z_(k-j)`` on ``n`` directions; the ``a_j`` above ``degree`` are zero."""
-    terms = [(j / k, _rows(a, j, n), _rows(z, k - j, n)) for j in range(min(k, degree), 0, -1)]
-    return _sum_of_products(terms, out)
+def _integral_terms(k: int, a: Pieces, z: Pieces, n: int, below: int, sign: float = 1) -> list:
+    """The terms ``(sign j / k, a_j, z_(k-j))`` of ``y_k`` for ``j = below .. 1``, on ``n`` directions."""
+    return [(sign * j / k, _rows(a, j, n), _rows(z, k - j, n)) for j in range(below, 0, -1)]
 
 
-def _quadratic_slope(k: int, y: Pieces, scale: torch.Tensor, n: int) -> torch.Tensor:
-    """``z_k = scale y_k - sum_(i=1..k-1) y_i y_(k-i)`` (tanh, sigmoid)."""
-    terms = [(1, scale, y[k])]
-    terms += [(-2, _rows(y, i, n), _rows(y, k - i, n)) for i in range(1, (k + 1) // 2)]
+def _integral(k: int, a: Pieces, z: Pieces, n: int, degree: int, out: torch.Tensor | None, sign: float = 1):
+    """``y_k = (sign/k) sum_j j a_j z_(k-j)`` on ``n`` directions; the ``a_j`` above ``degree`` are zero."""
+    return _sum_of_products(_integral_terms(k, a, z, n, min(k, degree), sign), out)
+
+
+def _quadratic_slope(k: int, y: Pieces, linear: int, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``z_k = linear y_k - 2 y_0 y_k - sum_(i=1..k-1) y_i y_(k-i)``: tanh (``linear`` 0), sigmoid (1)."""
+    base = y[k] if linear else _scalar(0, y[k])
+    total = torch.addcmul(base, y[0], y[k], value=-2, out=out)
+    terms = [(-2, _rows(y, i, n), _rows(y, k - i, n)) for i in range(1, (k + 1) // 2)]
     if k % 2 == 0 and k > 1:
-        terms.append((-1, _rows(y, k // 2, n), _rows(y, k // 2, n)))
-    return _sum_of_products(terms, None)
+        middle = _rows(y, k // 2, n)
+        terms.append((-1, middle, middle))
+    return _accumulate(total, terms)
 
 
 class Activation:
-    """The series of one activation: ``start(a_0, out) -> (y_0, z_0, state)`` and ``slope(k, ..) -> z_k``.
+    """The series of one activation: ``start(a_0, out, z_out) -> (y_0, z_0, state)``, ``slope(k, .., out) -> z_k``.
 
-    With ``out`` (``y_0`` written into it, in the fused layers) ``a_0`` is the
-    layer's own tensor, which ``start`` may overwrite.  ``from_value``: ``y_0 ->
-    (z_0, state)`` where the slope series follows from ``y`` alone (tanh, sigmoid),
-    so that a backward can keep ``y`` instead of ``z``.
+    With ``out`` (``y_0`` written into it, ``z_0`` into ``z_out``: the eager
+    chain) ``a_0`` is the layer's own tensor, which ``start`` may overwrite.
+    ``from_value``: ``(y_0, z_out) -> (z_0, state)`` where the slope series
+    follows from ``y`` alone (tanh, sigmoid), so that a backward can keep ``y``
+    instead of ``z``.
     """
 
     def __init__(self, start: Callable, slope: Callable, from_value: Callable | None = None) -> None:
         self.start, self.slope, self.from_value = start, slope, from_value
 
 
-def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor | None = None) -> tuple:
     if out is None or a0.device.type != "cpu":  # plain ops (the compiler writes its own tanh), or a GPU
         y0 = torch.tanh(a0, out=out)
     else:  # tanh = 2 sigmoid(2a) - 1: the CPU kernel of tanh took 3x sigmoid's time (116 vs 36 us at 2000 x 20)
         half = a0.mul_(2).sigmoid_()  # a0 is the layer's own (see Activation)
         y0 = torch.addcmul(_scalar(-1, half), half, _scalar(2, half), out=out)  # within 2e-7 of tanh in float32
-    return y0, *_tanh_from_value(y0)
+    return y0, *_tanh_from_value(y0, z_out)
 
 
-def _tanh_from_value(y0: torch.Tensor) -> tuple:
-    """``tanh' = 1 - y^2``: ``z_0`` and the scale ``-2 y_0`` of :func:`_quadratic_slope`."""
-    return torch.addcmul(_scalar(1, y0), y0, y0, value=-1), -2 * y0
+def _tanh_from_value(y0: torch.Tensor, out: torch.Tensor | None = None) -> tuple:
+    """``tanh' = 1 - y^2``: ``z_0``, and 0, the ``linear`` of :func:`_quadratic_slope`."""
+    return torch.addcmul(_scalar(1, y0), y0, y0, value=-1, out=out), 0
 
 
 _SCALARS: dict = {}
@@ -120,26 +132,26 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return _SCALARS[key]
 
 
-def _sigmoid_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
+def _sigmoid_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor | None = None) -> tuple:
     y0 = torch.sigmoid(a0, out=out)
-    return y0, *_sigmoid_from_value(y0)
+    return y0, *_sigmoid_from_value(y0, z_out)
 
 
-def _sigmoid_from_value(y0: torch.Tensor) -> tuple:
-    """``sigmoid' = y - y^2``: ``z_0`` and the scale ``1 - 2 y_0`` of :func:`_quadratic_slope`."""
-    return y0 - y0 * y0, 1 - 2 * y0
+def _sigmoid_from_value(y0: torch.Tensor, out: torch.Tensor | None = None) -> tuple:
+    """``sigmoid' = y - y^2``: ``z_0``, and 1, the ``linear`` of :func:`_quadratic_slope`."""
+    return torch.addcmul(y0, y0, y0, value=-1, out=out), 1
 
 
-def _sin_start(a0: torch.Tensor, out: torch.Tensor | None) -> tuple:
-    return torch.sin(a0, out=out), torch.cos(a0), None
+def _sin_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor | None = None) -> tuple:
+    return torch.sin(a0, out=out), torch.cos(a0, out=z_out), None
 
 
-def _sin_slope(k: int, a: Pieces, y: Pieces, state, n: int, degree: int) -> torch.Tensor:
-    return -_integral(k, a, y, n, degree, None)
+def _sin_slope(k: int, a: Pieces, y: Pieces, state, n: int, degree: int, out=None) -> torch.Tensor:
+    return _integral(k, a, y, n, degree, out, sign=-1)
 
 
-def _quadratic(k: int, a: Pieces, y: Pieces, state, n: int, degree: int) -> torch.Tensor:
-    return _quadratic_slope(k, y, state, n)
+def _quadratic(k: int, a: Pieces, y: Pieces, linear: int, n: int, degree: int, out=None) -> torch.Tensor:
+    return _quadratic_slope(k, y, linear, n, out)
 
 
 ACTIVATIONS = {
@@ -149,19 +161,39 @@ ACTIVATIONS = {
 }
 
 
-def series(
-    activation: Activation, a: Pieces, counts: tuple[int, ...], degree: int, out: list | None
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def series(activation: Activation, a: Pieces, counts: tuple[int, ...], degree: int) -> tuple[list, list]:
     """``y = f(a)`` and ``z = f'(a)`` to order K = len(counts), each ``c_k`` on ``counts[k-1]`` directions.
 
-    ``a``: the pieces of the input to ``degree``; ``out``: views to write the ``y_k`` into, or None.
+    ``a``: the pieces of the input to ``degree``.  Plain ops, which torch.func and the compiler differentiate.
     """
-    y0, z0, state = activation.start(a[0], None if out is None else out[0])
+    y0, z0, state = activation.start(a[0], None)
     y, z = [y0], [z0]
     for k, n in enumerate(counts, start=1):
-        y.append(_integral(k, a, z, n, degree, None if out is None else out[k]))
+        y.append(_integral(k, a, z, n, degree, None))
         z.append(activation.slope(k, a, y, state, n, degree))
     return y, z
+
+
+def series_into(activation: Activation, mapped: torch.Tensor, a: Pieces, counts: tuple, degree: int, out, z_out):
+    """:func:`series` written into the stacks ``out`` (``y``) and ``z_out`` (``z``), laid out as ``mapped``'s slots.
+
+    The term ``a_k z_0`` of every ``y_k`` (k <= degree) is one product over those
+    slots, where one a coefficient took a product each, and the others add in place.
+    """
+    order = len(counts)
+    y, z = _split(out, counts, order), _split(z_out, counts, order)
+    _, _, state = activation.start(a[0], y[0], z[0])
+    stored = sum(counts[:degree])  # the slots of a_1 .. a_degree
+    torch.mul(mapped.narrow(0, 1, stored), z[0], out=out.narrow(0, 1, stored))
+    for k, n in enumerate(counts, start=1):
+        terms = _integral_terms(k, a, z, n, min(k - 1, degree))
+        if k <= degree:
+            _accumulate(y[k], terms)
+        elif terms:
+            _sum_of_products(terms, y[k])
+        else:  # a constant input (degree 0)
+            y[k].zero_()
+        activation.slope(k, a, y, state, n, degree, z[k])
 
 
 def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int, first: torch.Tensor | None = None) -> list:
@@ -182,7 +214,7 @@ def layer(activation: Activation, counts: tuple[int, ...], degree: int, stack, w
     """The stacked output of ``f(Linear(x))`` (``weight`` None: of ``f(x)``), as plain differentiable ops."""
     mapped, a0 = preactivation(stack, weight, bias)
     a = _split(mapped, counts, degree, a0)
-    y, _ = series(activation, a, counts, degree, None)
+    y, _ = series(activation, a, counts, degree)
     return torch.cat([y[0][None], *y[1:]])
 
 
@@ -210,8 +242,11 @@ class _FusedChain(torch.autograd.Function):
                 a0 = a0.clone()
             a = _split(mapped, counts, degree, a0)
             out = a0.new_empty(1 + sum(counts), *a0.shape)
-            _, z = series(activation, a, counts, degree, _split(out, counts, order))
-            saved += [work, *z]
+            # z follows from y for tanh and sigmoid: the backward computes it again into a buffer
+            # instead of keeping every layer's
+            z = out.new_empty(out.shape) if activation.from_value is None else _buffer(scratch, "z", out.shape, out)
+            series_into(activation, mapped, a, counts, degree, out, z)
+            saved += [work, z if activation.from_value is None else out]
             degrees.append(degree)
             work, degree = out, order
         ctx.activations, ctx.counts, ctx.degrees, ctx.layout = activations, counts, degrees, layout
@@ -230,28 +265,38 @@ class _FusedChain(torch.autograd.Function):
         if torch.is_grad_enabled():  # a differentiable backward: replay the layers under autograd
             return *none, *_replayed(ctx, grad, stack, params)
         counts, layout = ctx.counts, ctx.layout
-        per_layer = len(counts) + 2  # the input and z_0 .. z_K
         grads: list = [None] * len(params)
         grad_out = layout.enter(grad).contiguous()  # a copy only if grad came in the other layout
         scratch: dict = {}
         for i in reversed(range(layers)):
-            work, *z = saved[i * per_layer : (i + 1) * per_layer]
+            work, z = saved[2 * i], saved[2 * i + 1]
+            if ctx.activations[i].from_value is not None:  # z from the output y
+                z = _slopes(ctx.activations[i], z, counts, _buffer(scratch, "z", z.shape, z))
             weight, bias, degree = params[2 * i], params[2 * i + 1], ctx.degrees[i]
-            shape = (work.shape[0], *z[0].shape)
+            shape = (work.shape[0], *z.shape[1:])
             # without a weight the gradient in the mapped stack is the next one out: a tensor of its own
-            grad_mapped = z[0].new_empty(shape) if weight is None else _buffer(scratch, "mapped", shape, z[0])
-            ga = _split(grad_mapped, counts, degree)
-            per_direction = _buffer(scratch, "directions", z[1].shape, z[1])
-            _series_backward(_split(grad_out, counts, len(counts)), z, counts, degree, ga, per_direction)
+            grad_mapped = z.new_empty(shape) if weight is None else _buffer(scratch, "mapped", shape, z)
+            _series_backward(grad_out, z, counts, degree, grad_mapped, scratch)
+            ga0 = grad_mapped[0]
             if weight is not None and ctx.needs_input_grad[5 + 2 * i]:
                 grads[2 * i] = layout.weight_grad(grad_mapped, work)
             if bias is not None and ctx.needs_input_grad[6 + 2 * i]:
-                grads[2 * i + 1] = layout.bias_grad(ga[0])
+                grads[2 * i + 1] = layout.bias_grad(ga0)
             if i == 0 and not ctx.needs_input_grad[4]:
                 return *none, None, *grads
             buffer = _reused(scratch, layout, grad_mapped, weight.T) if weight is not None and i > 0 else None
             grad_out = grad_mapped if weight is None else layout.linear(grad_mapped, weight.T, buffer)
         return *none, layout.leave(grad_out, stack), *grads
+
+
+def _slopes(activation: Activation, out: torch.Tensor, counts: tuple, z: torch.Tensor) -> torch.Tensor:
+    """The stack ``z`` of ``f'(a)`` from the stack ``out`` of ``y = f(a)``, written into ``z`` (tanh, sigmoid)."""
+    order = len(counts)
+    y, slopes = _split(out, counts, order), _split(z, counts, order)
+    _, linear = activation.from_value(y[0], slopes[0])
+    for k, n in enumerate(counts, start=1):
+        _quadratic_slope(k, y, linear, n, slopes[k])
+    return z
 
 
 def _reused(scratch: dict, layout, work: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
@@ -273,24 +318,27 @@ def _buffer(scratch: dict, use: str, shape: tuple, like: torch.Tensor) -> torch.
     return scratch[use, shape]
 
 
-def _series_backward(
-    g: list, z: list, counts: tuple[int, ...], degree: int, ga: list, per_direction: torch.Tensor
-) -> None:
-    """``ga_j = sum_(k>=j) g_k z_(k-j)`` written into ``ga`` (j = 0..degree); ``ga_0`` sums over the directions.
+def _series_backward(grad_out: torch.Tensor, z: torch.Tensor, counts: tuple, degree: int, grad_mapped, scratch) -> None:
+    """``ga_j = sum_(k>=j) g_k z_(k-j)`` into ``grad_mapped`` (j = 0..degree); ``ga_0`` sums over the directions.
 
-    ``per_direction``: a buffer like ``z_1`` for the terms of ``ga_0`` before that sum.
+    ``grad_out``, ``z``: stacks of the output's slots (``g``, and ``z`` as
+    :func:`series_into` wrote it).  The term ``g_j z_0`` of every ``ga_j`` is one
+    product over their slots.
     """
     order = len(counts)
+    g, zs, ga = _split(grad_out, counts, order), _split(z, counts, order), _split(grad_mapped, counts, degree)
+    stored = sum(counts[:degree])
+    torch.mul(grad_out.narrow(0, 1, stored), zs[0], out=grad_mapped.narrow(0, 1, stored))
     for j in range(1, degree + 1):
-        torch.mul(g[j], z[0], out=ga[j])
         for k in range(j + 1, order + 1):
             n = counts[k - 1]
-            _rows(ga, j, n).addcmul_(g[k], _rows(z, k - j, n))
-    torch.mul(g[1], z[1], out=per_direction)
+            _rows(ga, j, n).addcmul_(g[k], _rows(zs, k - j, n))
+    # ga_0 = g_0 z_0 + sum over the directions of sum_k g_k z_k; summing the first order's rows only
+    # measured faster than one product over every slot and its sum
+    per_direction = torch.mul(g[1], zs[1], out=_buffer(scratch, "directions", zs[1].shape, z))
     for k in range(2, order + 1):
-        per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], z[k])
-    torch.sum(per_direction, 0, out=ga[0])
-    ga[0].addcmul_(g[0], z[0])
+        per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], zs[k])
+    torch.sum(per_direction, 0, out=ga[0]).addcmul_(g[0], zs[0])
 
 
 def _replayed(ctx, grad, stack, params) -> tuple:

@@ -97,7 +97,7 @@ class TracedLayer(torch.autograd.Function):
         cols = features_first(stack)
         mapped = _directions_first(cols if weight is None else weight @ cols, stack)
         a0 = mapped[0] if bias is None else mapped[0] + bias.view(-1, *[1] * (stack.dim() - 2))
-        y, z = series(activation, _split(mapped, counts, degree, a0), counts, degree, None)
+        y, z = series(activation, _split(mapped, counts, degree, a0), counts, degree)
         out = _stored(y)
         ctx.counts, ctx.degree, ctx.from_value = counts, degree, activation.from_value
         ctx.save_for_backward(stack, weight, bias, *([out] if ctx.from_value is not None else z))
