@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _measure import cpu_model  # noqa: E402
+from _measure import cpu_model, peak_bytes  # noqa: E402
 from bench_taylor import paired_ratio, time_rounds  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -209,7 +209,11 @@ def auto_pick(op: do.DifferentialOperator) -> str:
 
 
 def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: bool, repeats: int) -> dict:
-    """Times (ms) of every method on one residual, and the paired ratios to nested autograd."""
+    """Times (ms) of every method on one residual, the paired ratios to nested autograd, and peak memory (MiB).
+
+    Peak memory: the tensors one training step allocates beyond those alive before it
+    (eager only: the tracker does not see inside compiled code).
+    """
     coords, outputs, _, _ = RESIDUALS[case]
     torch.manual_seed(0)
     net = NETS[net_name](len(coords), outputs).to(dtype)
@@ -223,10 +227,12 @@ def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: 
         steps["compiled"] = training_step(net, Residual(net, case), x, compile=True)
     rounds = time_rounds(steps, repeats, "cpu")
     times = {name: statistics.median(values) * 1e3 for name, values in rounds.items()}
+    memory = {name: peak_bytes(steps[name], torch.device("cpu")) / 2**20 for name in ("auto", "nested")}
     engines = [name for name in ENGINES]
     fastest = min(engines, key=lambda name: times[name])
     return {
         "times": times,
+        "memory": memory,
         "speedup": {name: ratio_cell(rounds, "nested", name) for name in steps},
         "auto_vs_fastest": ratio_cell(rounds, "auto", fastest),
         "fastest": fastest,
@@ -259,10 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.residuals, args.batches, args.repeats = ["burgers", "kdv"], [16], 1
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); ms per training step,")
-    print("median of interleaved rounds; ratios: median [range] over the rounds of the ratio within a round")
+    print("median of interleaved rounds; ratios: median [range] over the rounds of the ratio within a round;")
+    print("MiB: peak tensor memory of one eager training step")
     methods = ["auto", *ENGINES, "nested"] + (["compiled"] if args.compile else [])
     header = f"| residual | net | batch | dtype | {' | '.join(f'{m} ms' for m in methods)} | auto picks"
-    header += " | fastest engine | nested / auto | auto / fastest |" + (" nested / compiled |" if args.compile else "")
+    header += " | fastest engine | nested / auto | auto / fastest | auto MiB | nested MiB |"
+    header += " nested / compiled |" if args.compile else ""
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for net_name in args.nets:
@@ -272,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                     row = measure(case, net_name, batch, getattr(torch, dtype_name), args.compile, args.repeats)
                     cells = [case, net_name, str(batch), dtype_name] + [f"{row['times'][m]:.2f}" for m in methods]
                     cells += [row["pick"], row["fastest"], row["speedup"]["auto"], row["auto_vs_fastest"]]
+                    cells += [f"{row['memory'][m]:.1f}" for m in ("auto", "nested")]
                     if args.compile:
                         cells.append(row["speedup"]["compiled"])
                     print("| " + " | ".join(cells) + " |", flush=True)

@@ -46,3 +46,5 @@ def test_the_quick_table_has_a_row_per_residual(capsys):
     assert len(rows) == 2
     cells = rows[0].strip("|").split("|")
     assert cells[9].strip() in ("autograd", "func", "taylor")
+    auto_mib, nested_mib = (float(cell) for cell in cells[-2:])
+    assert 0 < auto_mib and 0 < nested_mib
