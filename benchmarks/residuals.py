@@ -1,9 +1,10 @@
 """The PDE residuals PINN users train, one training step each: diffops against hand-written nested autograd.
 
-Each residual is written twice: as a custom ``DifferentialOperator`` built from
-``self.derivatives`` (run with ``method="auto"`` and with every engine), and as
-the nested ``torch.autograd.grad`` calls a user writes by hand.  A training
-step is the residual, an MSE loss and the backward pass to the parameters.
+Each residual is written three times: as a custom ``DifferentialOperator`` built from
+``self.derivatives`` (run with ``method="auto"`` and with every engine), as the
+nested ``torch.autograd.grad`` calls a user writes by hand, and with ``torch.func``
+by hand (``vmap`` of ``jacrev`` and ``jacfwd``).  A training step is the residual,
+an MSE loss and the backward pass to the parameters.
 Methods are timed side by side, rounds interleaved (``bench_taylor.time_rounds``);
 ratios are medians over rounds of the ratio within a round, so load from other
 work on the machine cancels.
@@ -42,6 +43,7 @@ import torch  # noqa: E402
 from _measure import cpu_model, peak_bytes  # noqa: E402
 from bench_taylor import paired_ratio, time_rounds  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.func import jacfwd, jacrev, vmap  # noqa: E402
 
 import diffops as do  # noqa: E402
 from diffops.engines import ENGINES  # noqa: E402
@@ -186,6 +188,27 @@ def nested(net: nn.Module, case: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return residual
 
 
+def with_torch_func(net: nn.Module, case: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The residual with ``torch.func`` by hand: ``vmap`` of ``jacrev``, then ``jacfwd`` of that per order above one.
+
+    Each order's whole derivative tensor ``(N, outputs, d, .., d)`` is built once, as
+    users do with ``vmap(jacrev(f))`` and ``vmap(hessian(f))``, and the partials
+    are read from it.
+    """
+    coords, _, names, pde = RESIDUALS[case]
+    orders = {len(letters) for letters in names.values()}
+    derivatives: list[Callable] = [net]  # of one sample (d,) -> (outputs,)
+    for order in range(1, max(orders) + 1):
+        derivatives.append((jacrev if order == 1 else jacfwd)(derivatives[-1]))
+
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        tables = {order: vmap(derivatives[order])(x) for order in orders}
+        at = {name: (slice(None), slice(None), *(coords.index(c) for c in letters)) for name, letters in names.items()}
+        return pde({name: tables[len(names[name])][index] for name, index in at.items()})
+
+    return residual
+
+
 # -- one table ----------------------------------------------------------------------------------
 
 
@@ -222,6 +245,7 @@ def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: 
     steps = {"auto": training_step(net, auto, x)}
     steps |= {name: training_step(net, Residual(net, case, name), x) for name in ENGINES}
     steps["nested"] = training_step(net, nested(net, case), x)
+    steps["torch.func"] = training_step(net, with_torch_func(net, case), x)
     if compiled:
         torch._dynamo.reset()  # each case its own graphs: one code object compiles for many cases otherwise
         steps["compiled"] = training_step(net, Residual(net, case), x, compile=True)
@@ -234,6 +258,7 @@ def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: 
         "times": times,
         "memory": memory,
         "speedup": {name: ratio_cell(rounds, "nested", name) for name in steps},
+        "versus_func": ratio_cell(rounds, "torch.func", "auto"),
         "auto_vs_fastest": ratio_cell(rounds, "auto", fastest),
         "fastest": fastest,
         "pick": auto_pick(auto),
@@ -267,9 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); ms per training step,")
     print("median of interleaved rounds; ratios: median [range] over the rounds of the ratio within a round;")
     print("MiB: peak tensor memory of one eager training step")
-    methods = ["auto", *ENGINES, "nested"] + (["compiled"] if args.compile else [])
+    methods = ["auto", *ENGINES, "nested", "torch.func"] + (["compiled"] if args.compile else [])
     header = f"| residual | net | batch | dtype | {' | '.join(f'{m} ms' for m in methods)} | auto picks"
-    header += " | fastest engine | nested / auto | auto / fastest | auto MiB | nested MiB |"
+    header += " | fastest engine | nested / auto | torch.func / auto | auto / fastest | auto MiB | nested MiB |"
     header += " nested / compiled |" if args.compile else ""
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -279,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
                 for case in args.residuals:
                     row = measure(case, net_name, batch, getattr(torch, dtype_name), args.compile, args.repeats)
                     cells = [case, net_name, str(batch), dtype_name] + [f"{row['times'][m]:.2f}" for m in methods]
-                    cells += [row["pick"], row["fastest"], row["speedup"]["auto"], row["auto_vs_fastest"]]
+                    cells += [row["pick"], row["fastest"], row["speedup"]["auto"], row["versus_func"]]
+                    cells.append(row["auto_vs_fastest"])
                     cells += [f"{row['memory'][m]:.1f}" for m in ("auto", "nested")]
                     if args.compile:
                         cells.append(row["speedup"]["compiled"])

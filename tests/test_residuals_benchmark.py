@@ -28,6 +28,21 @@ def test_each_residual_matches_its_nested_autograd_version(case, method):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("net_name", residuals.NETS)
+@pytest.mark.parametrize("case", ["burgers", "navier_stokes", "beam"])
+def test_the_torch_func_version_matches_nested_autograd(case, net_name):
+    coords, outputs, _, _ = residuals.RESIDUALS[case]
+    torch.manual_seed(0)
+    net = residuals.NETS[net_name](len(coords), outputs).double()
+    x = torch.rand(5, len(coords), dtype=torch.float64)
+    expected, actual = residuals.nested(net, case)(x), residuals.with_torch_func(net, case)(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+    params = list(net.parameters())
+    grad = lambda r: torch.autograd.grad(r.square().sum(), params, allow_unused=True, materialize_grads=True)  # noqa: E731
+    for a, e in zip(grad(actual), grad(expected)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-10)
+
+
 def test_the_modified_mlp_runs_every_engine():
     net = residuals.NETS["modified"](2, 1).double()
     x = torch.rand(4, 2, dtype=torch.float64)
@@ -45,6 +60,6 @@ def test_the_quick_table_has_a_row_per_residual(capsys):
     ]
     assert len(rows) == 2
     cells = rows[0].strip("|").split("|")
-    assert cells[9].strip() in ("autograd", "func", "taylor")
+    assert cells[10].strip() in ("autograd", "func", "taylor")
     auto_mib, nested_mib = (float(cell) for cell in cells[-2:])
     assert 0 < auto_mib and 0 < nested_mib

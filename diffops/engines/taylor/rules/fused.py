@@ -474,6 +474,10 @@ def _combination(a, alpha: float, b, beta: float) -> Stacked | None:
     if not _constant(c, x):
         return None
     x = x.resolved()
+    if isinstance(c, (int, float)):  # one kernel: the number added to c_0 only, through a shift of one slot
+        shift = x.stack.new_zeros(x.stack.shape[0], *[1] * (x.stack.dim() - 1))
+        shift[0] = weight * c
+        return Stacked(torch.add(shift, x.stack, alpha=scale), x.counts, x.degree)
     stack = x.stack if scale == 1 else scale * x.stack
     return _with_primal(Stacked(stack, x.counts, x.degree), stack[0] + weight * c)
 
