@@ -189,10 +189,8 @@ def series_into(activation: Activation, mapped: torch.Tensor, a: Pieces, counts:
         terms = _integral_terms(k, a, z, n, min(k - 1, degree))
         if k <= degree:
             _accumulate(y[k], terms)
-        elif terms:
+        else:  # no a_k: the terms alone (a stacked jet has degree >= 1, so there is one)
             _sum_of_products(terms, y[k])
-        else:  # a constant input (degree 0)
-            y[k].zero_()
         activation.slope(k, a, y, state, n, degree, z[k])
 
 
