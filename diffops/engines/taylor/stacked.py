@@ -114,7 +114,9 @@ class Columns:
 
     @staticmethod
     def weight_grad(grad: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(grad, work.mT).sum(0)
+        # the samples contiguous in both factors: the BLAS took 4x as long on the coordinates' stack as it
+        # lies (samples first) for the first layer's gradient, 144 against 32 us at 3 x 2 x 2,000
+        return torch.bmm(grad, (work if work.stride(-1) == 1 else work.contiguous()).mT).sum(0)
 
     @staticmethod
     def bias_grad(grad: torch.Tensor) -> torch.Tensor:
