@@ -175,7 +175,7 @@ def _direction_sum(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torc
         return total if scale == 1 else total.mul_(scale)
     pairs = zip(a.unbind(0), b.unbind(0))
     first, second = next(pairs)
-    total = torch.addcmul(_scalar(0.0, first), first, second, value=scale)
+    total = torch.addcmul(scalar(0.0, first), first, second, value=scale)
     for a_r, b_r in pairs:
         total.addcmul_(a_r, b_r, value=scale)
     return total
@@ -239,15 +239,27 @@ def _tanh_derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
     # Written in f' = 1 - t^2, one fused kernel each, since these run on every layer of every step.
     t = torch.tanh(x0)
     yield t
-    f1 = torch.addcmul(_scalar(1.0, t), t, t, value=-1)
+    f1 = torch.addcmul(scalar(1.0, t), t, t, value=-1)
     yield f1
-    yield torch.addcmul(_scalar(0.0, t), t, f1, value=-2)  # -2 t f'
+    yield torch.addcmul(scalar(0.0, t), t, f1, value=-2)  # -2 t f'
     yield torch.addcmul(4 * f1, f1, f1, value=-6)  # (6 t^2 - 2) f' = (4 - 6 f') f'
 
 
-def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
-    """A 0-d tensor, the broadcast first operand of a fused ``addcmul``."""
-    return torch.full((), value, dtype=like.dtype, device=like.device)
+_SCALARS: dict = {}
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value``: a 0-d tensor of ``like``'s dtype and device, the broadcast first operand of a fused ``addcmul``.
+
+    Made once, except while compiling: a traced graph must not store a tensor it made.
+    """
+    if torch.compiler.is_compiling():
+        return torch.full((), value, dtype=like.dtype, device=like.device)
+    key = (value, like.dtype, like.device)
+    if key not in _SCALARS:
+        _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return _SCALARS[key]
+
 
 
 def _tanh_series(x: Jet) -> tuple[list, list]:
@@ -490,8 +502,8 @@ def _exponential_linear(x: Jet, alpha: float, scale: float, input_scale: float) 
 
     def slope(x0: torch.Tensor, ys: list, k: int) -> torch.Tensor:
         if k == 0:
-            return torch.where(x0 <= 0, input_scale * (ys[0] + shift), _scalar(scale, x0))
-        return torch.where(x0 < 0, input_scale * ys[k], _scalar(0.0, x0))
+            return torch.where(x0 <= 0, input_scale * (ys[0] + shift), scalar(scale, x0))
+        return torch.where(x0 < 0, input_scale * ys[k], scalar(0.0, x0))
 
     def value(x0: torch.Tensor) -> torch.Tensor:  # torch's ELU with its three constants: SELU and CELU are such ELUs
         return torch._C._nn.elu(x0, alpha, scale, input_scale)
@@ -500,9 +512,9 @@ def _exponential_linear(x: Jet, alpha: float, scale: float, input_scale: float) 
         y0 = value(x0)
         exponential = input_scale * (y0 + shift)
         yield y0
-        yield torch.where(x0 <= 0, exponential, _scalar(scale, x0))
-        yield torch.where(x0 < 0, input_scale * exponential, _scalar(0.0, x0))
-        yield torch.where(x0 < 0, input_scale**2 * exponential, _scalar(0.0, x0))
+        yield torch.where(x0 <= 0, exponential, scalar(scale, x0))
+        yield torch.where(x0 < 0, input_scale * exponential, scalar(0.0, x0))
+        yield torch.where(x0 < 0, input_scale**2 * exponential, scalar(0.0, x0))
 
     def series(x: Jet) -> tuple[list, list]:
         return solve(x, value(x.primal), lambda k, ys: slope(x.primal, ys, k))

@@ -34,6 +34,7 @@ from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
 from ..stacked import COLUMNS, ROWS, Stacked, feature_major, split_slots
+from .elementwise import scalar
 
 T = torch.Tensor
 Pieces = list  # [c_0: (*sample), c_1: (R_1, *sample), ..]; an entry may be None where it is known zero
@@ -79,7 +80,7 @@ def _integral(k: int, a: Pieces, z: Pieces, n: int, degree: int, out: torch.Tens
 
 def _quadratic_slope(k: int, y: Pieces, linear: int, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``z_k = linear y_k - 2 y_0 y_k - sum_(i=1..k-1) y_i y_(k-i)``: tanh (``linear`` 0), sigmoid (1)."""
-    base = y[k] if linear else _scalar(0, y[k])
+    base = y[k] if linear else scalar(0, y[k])
     total = torch.addcmul(base, y[0], y[k], value=-2, out=out)
     terms = [(-2, _rows(y, i, n), _rows(y, k - i, n)) for i in range(1, (k + 1) // 2)]
     if k % 2 == 0 and k > 1:
@@ -107,29 +108,13 @@ def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor 
         y0 = torch.tanh(a0, out=out)
     else:  # tanh = 2 sigmoid(2a) - 1: the CPU kernel of tanh took 3x sigmoid's time (116 vs 36 us at 2000 x 20)
         half = a0.mul_(2).sigmoid_()  # a0 is the layer's own (see Activation)
-        y0 = torch.addcmul(_scalar(-1, half), half, _scalar(2, half), out=out)  # within 2e-7 of tanh in float32
+        y0 = torch.addcmul(scalar(-1, half), half, scalar(2, half), out=out)  # within 2e-7 of tanh in float32
     return y0, *_tanh_from_value(y0, z_out)
 
 
 def _tanh_from_value(y0: torch.Tensor, out: torch.Tensor | None = None) -> tuple:
     """``tanh' = 1 - y^2``: ``z_0``, and 0, the ``linear`` of :func:`_quadratic_slope`."""
-    return torch.addcmul(_scalar(1, y0), y0, y0, value=-1, out=out), 0
-
-
-_SCALARS: dict = {}
-
-
-def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
-    """``value``: a 0-d tensor of ``like``'s dtype and device (addcmul takes no number as input).
-
-    Made once, except while compiling: a traced graph must not store a tensor it made.
-    """
-    if torch.compiler.is_compiling():
-        return torch.full((), value, dtype=like.dtype, device=like.device)
-    key = (value, like.dtype, like.device)
-    if key not in _SCALARS:
-        _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
-    return _SCALARS[key]
+    return torch.addcmul(scalar(1, y0), y0, y0, value=-1, out=out), 0
 
 
 def _sigmoid_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor | None = None) -> tuple:
