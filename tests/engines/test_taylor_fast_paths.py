@@ -56,6 +56,21 @@ class Gated(nn.Module):
         return 2.0 * self.out(h) - 0.5
 
 
+class Shared(nn.Module):
+    """One ``Linear`` used twice, the second time on a product that depends on its first use: a chain whose
+    input is a function of the chain's own weight."""
+
+    def __init__(self, d: int, d_out: int = 1, width: int = 6) -> None:
+        super().__init__()
+        self.first, self.shared, self.out = nn.Linear(d, width), nn.Linear(width, width), nn.Linear(width, d_out)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.tanh(self.first(x))
+        h = torch.tanh(self.shared(u))
+        return self.out(torch.tanh(self.shared(h * u)))
+
+
 class Scaled(nn.Module):
     """A network with constants added and multiplied between fused layers, and a bias-free layer."""
 
@@ -170,10 +185,13 @@ def test_a_feature_major_chain_on_more_sample_dimensions_matches_the_reference()
     assert_matches_reference(u, x, results)
 
 
-def test_the_fused_backward_is_differentiable():
-    """Gradients of a residual's gradient in x (a gradient-enhanced loss) go through the fused backward."""
+@pytest.mark.parametrize("net", ["tanh", "gated", "shared"])
+def test_the_fused_backward_is_differentiable(net):
+    """Gradients of a residual's gradient in x (a gradient-enhanced loss) go through the fused backwards:
+    the chains', and the products' (the gated network uses one jet in two products, the shared one feeds
+    a chain with a function of its own weight)."""
     torch.manual_seed(1)
-    u = mlp(2, width=6, depth=2)
+    u = Shared(2, 1) if net == "shared" else NETS[net](2, 1)
     x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
     partials = frozenset({(0,), (0, 0), (1,)})
 
@@ -187,6 +205,27 @@ def test_the_fused_backward_is_differentiable():
     assert_close(actual, expected)
     params = list(u.parameters())
     for a, e in zip(torch.autograd.grad(actual, params), torch.autograd.grad(expected, params)):
+        assert_close(a, e)
+
+
+@pytest.mark.parametrize("net", ["gated", "shared"])
+def test_parameter_gradients_taken_with_create_graph_match_the_reference(net):
+    """The differentiable backwards give the parameter gradients themselves right (as for a Hessian-vector product)."""
+    torch.manual_seed(2)
+    u = Shared(2, 1) if net == "shared" else NETS[net](2, 1)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    partials = frozenset({(), (0,), (0, 0), (1,)})
+    results = TAYLOR.compute(u, x, Request(partials))
+    loss = sum((1 + i) * results[index].square().sum() for i, index in enumerate(sorted(partials)))
+    expected = sum((1 + i) * ref.partial(u, x, index).square().sum() for i, index in enumerate(sorted(partials)))
+    params = list(u.parameters())
+    actual_grads = torch.autograd.grad(loss, params, create_graph=True)
+    for a, e in zip(actual_grads, torch.autograd.grad(expected, params, create_graph=True)):
+        assert_close(a, e)
+    vector = [torch.randn_like(p) for p in params]
+    hvp = torch.autograd.grad(actual_grads, params, vector)
+    expected_hvp = torch.autograd.grad(torch.autograd.grad(expected, params, create_graph=True), params, vector)
+    for a, e in zip(hvp, expected_hvp):
         assert_close(a, e)
 
 
