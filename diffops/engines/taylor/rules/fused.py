@@ -499,7 +499,7 @@ def _mul(a, b) -> Stacked | None:
         return None
     a, b = a.resolved(), b.resolved()
     degree = min(a.order, a.degree + b.degree)
-    if _plain():
+    if _plain() or a.stack.dtype != b.stack.dtype:  # the node writes into one stack: one dtype
         stack = cauchy_product(a.stack, b.stack, a.counts, a.degree, b.degree)
     else:
         stack = _Product.apply(a.counts, a.degree, b.degree, a.stack, b.stack)
