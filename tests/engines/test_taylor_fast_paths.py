@@ -229,6 +229,30 @@ def test_parameter_gradients_taken_with_create_graph_match_the_reference(net):
         assert_close(a, e)
 
 
+@pytest.mark.parametrize("degrees", [(2, 2), (1, 2), (2, 1), (1, 1), (3, 1)])
+def test_the_product_node_matches_the_product_as_plain_ops(degrees):
+    """The Cauchy product node and its backwards against autograd through the plain product, any two degrees."""
+    from diffops.engines.taylor.rules.fused import _Product, cauchy_product
+
+    torch.manual_seed(3)
+    counts, (da, db) = (3, 2, 1), degrees
+    a = torch.randn(1 + sum(counts[:da]), 4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1 + sum(counts[:db]), 4, 5, dtype=torch.float64, requires_grad=True)
+    expected, actual = cauchy_product(a, b, counts, da, db), _Product.apply(counts, da, db, a, b)
+    assert_close(actual, expected)
+    grad = torch.randn_like(expected)
+    for create_graph in (False, True):
+        got = torch.autograd.grad(actual, (a, b), grad, retain_graph=True, create_graph=create_graph)
+        want = torch.autograd.grad(expected, (a, b), grad, retain_graph=True, create_graph=create_graph)
+        for g, w in zip(got, want):
+            assert_close(g, w)
+    square, grad = _Product.apply(counts, da, da, a, a), torch.randn_like(cauchy_product(a, a, counts, da, da))
+    for create_graph in (False, True):  # a jet times itself: both factors' gradients land on one tensor
+        (got,) = torch.autograd.grad(square, a, grad, retain_graph=True, create_graph=create_graph)
+        (want,) = torch.autograd.grad(cauchy_product(a, a, counts, da, da), a, grad, create_graph=create_graph)
+        assert_close(got, want)
+
+
 def test_several_inputs_are_split_and_concatenated_as_stacked_jets():
     u = TwoInputs(2, 1)
     x = Stacked(torch.randn(4, 5, 3, dtype=torch.float64), (2, 1), degree=1)

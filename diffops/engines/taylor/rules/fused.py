@@ -259,7 +259,7 @@ class _FusedChain(torch.autograd.Function):
             shape = (work.shape[0], *z.shape[1:])
             # without a weight the gradient in the mapped stack is the next one out: a tensor of its own
             grad_mapped = z.new_empty(shape) if weight is None else _buffer(scratch, "mapped", shape, z)
-            _series_backward(grad_out, z, counts, degree, grad_mapped, scratch)
+            _series_backward(grad_out, z, counts, (degree, len(counts), len(counts)), grad_mapped, scratch)
             ga0 = grad_mapped[0]
             if weight is not None and ctx.needs_input_grad[5 + 2 * i]:
                 grads[2 * i] = layout.weight_grad(grad_mapped, work)
@@ -301,25 +301,29 @@ def _buffer(scratch: dict, use: str, shape: tuple, like: torch.Tensor) -> torch.
     return scratch[use, shape]
 
 
-def _series_backward(grad_out: torch.Tensor, z: torch.Tensor, counts: tuple, degree: int, grad_mapped, scratch) -> None:
+def _series_backward(
+    grad_out: torch.Tensor, z: torch.Tensor, counts: tuple, degrees: tuple, grad_mapped, scratch: dict
+) -> None:
     """``ga_j = sum_(k>=j) g_k z_(k-j)`` into ``grad_mapped`` (j = 0..degree); ``ga_0`` sums over the directions.
 
-    ``grad_out``, ``z``: stacks of the output's slots (``g``, and ``z`` as
-    :func:`series_into` wrote it).  The term ``g_j z_0`` of every ``ga_j`` is one
-    product over their slots.
+    The backward of ``y = f(a)`` (``z`` the series of ``f'``, as :func:`series_into`
+    wrote it) and of either factor of a product (``z`` the other factor).
+    ``degrees``: those of ``a``, of ``grad_out`` and of ``z``, each a stack of
+    slots to its degree.  The term ``g_j z_0`` of every ``ga_j`` is one product
+    over their slots.
     """
-    order = len(counts)
-    g, zs, ga = _split(grad_out, counts, order), _split(z, counts, order), _split(grad_mapped, counts, degree)
+    degree, top, known = degrees
+    g, zs, ga = _split(grad_out, counts, top), _split(z, counts, known), _split(grad_mapped, counts, degree)
     stored = sum(counts[:degree])
     torch.mul(grad_out.narrow(0, 1, stored), zs[0], out=grad_mapped.narrow(0, 1, stored))
     for j in range(1, degree + 1):
-        for k in range(j + 1, order + 1):
+        for k in range(j + 1, min(top, j + known) + 1):
             n = counts[k - 1]
             _rows(ga, j, n).addcmul_(g[k], _rows(zs, k - j, n))
     # ga_0 = g_0 z_0 + sum over the directions of sum_k g_k z_k; summing the first order's rows only
     # measured faster than one product over every slot and its sum
-    per_direction = torch.mul(g[1], zs[1], out=_buffer(scratch, "directions", zs[1].shape, z))
-    for k in range(2, order + 1):
+    per_direction = torch.mul(g[1], zs[1], out=_buffer(scratch, "directions", g[1].shape, z))
+    for k in range(2, min(top, known) + 1):
         per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], zs[k])
     torch.sum(per_direction, 0, out=ga[0]).addcmul_(g[0], zs[0])
 
@@ -550,27 +554,15 @@ class _Product(torch.autograd.Function):
             product = lambda a, b: cauchy_product(a, b, counts, da, db)  # noqa: E731
             return None, None, None, *_partials(product, (a, b), ctx.needs_input_grad[3:], grad)
         degree = min(len(counts), da + db)
-        ga = _factor_grad(grad, b, counts, degree, da, db) if ctx.needs_input_grad[3] else None
-        gb = _factor_grad(grad, a, counts, degree, db, da) if ctx.needs_input_grad[4] else None
+        ga = _factor_grad(grad, b, counts, (da, degree, db)) if ctx.needs_input_grad[3] else None
+        gb = _factor_grad(grad, a, counts, (db, degree, da)) if ctx.needs_input_grad[4] else None
         return None, None, None, ga, gb
 
 
-def _factor_grad(grad: torch.Tensor, other: torch.Tensor, counts: tuple, degree: int, own: int, others: int):
-    """The gradient in one factor (degree ``own``) of a product with ``other`` (degree ``others``).
-
-    ``g_j = sum_(k>=j) grad_k other_(k-j)`` on the rows of ``grad_k``, ``g_0`` summed over the directions.
-    """
-    g, o = _split(grad, counts, degree), _split(other, counts, others)
-    out = grad.new_empty(1 + sum(counts[:own]), *grad.shape[1:])
-    pieces = _split(out, counts, own)
-    for j in range(1, own + 1):
-        torch.mul(g[j], o[0], out=pieces[j])
-        for k in range(j + 1, min(degree, j + others) + 1):
-            n = counts[k - 1]
-            _rows(pieces, j, n).addcmul_(g[k], _rows(o, k - j, n))
-    torch.mul(g[0], o[0], out=pieces[0])
-    for k in range(1, min(degree, others) + 1):
-        pieces[0].add_(torch.sum(g[k] * _rows(o, k, counts[k - 1]), 0))
+def _factor_grad(grad: torch.Tensor, other: torch.Tensor, counts: tuple, degrees: tuple) -> torch.Tensor:
+    """The gradient in one factor of a product, ``d(ab)_k / da_j = b_(k-j)``: :func:`_series_backward` with ``b``."""
+    out = grad.new_empty(1 + sum(counts[: degrees[0]]), *grad.shape[1:])
+    _series_backward(grad, other, counts, degrees, out, {})
     return out
 
 
