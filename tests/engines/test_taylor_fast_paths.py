@@ -151,7 +151,8 @@ def test_the_fused_rules_handle_the_whole_network():
 
 def test_a_chain_runs_feature_major_from_the_coordinates_and_rows_where_others_feed_it():
     """A fused layer on the coordinates (degree 1) or on a feature-major stack stores its output
-    feature-major; fed by rows of higher degree (the output of another rule) it returns rows."""
+    feature-major; fed by rows of higher degree (the output of another rule), or alone and read by
+    another rule, it returns rows."""
     layer = nn.Sequential(nn.Linear(2, 4), nn.Tanh()).double()
     coordinates = Stacked(torch.randn(3, 5, 2, dtype=torch.float64), (2, 1), degree=1)
     out = layer(coordinates)
@@ -160,6 +161,10 @@ def test_a_chain_runs_feature_major_from_the_coordinates_and_rows_where_others_f
     rows = Stacked(torch.randn(4, 5, 2, dtype=torch.float64), (2, 1), degree=2)
     assert not feature_major(layer(rows).stack)
     assert out.resolved().stack.is_contiguous()  # what every other rule reads
+    read_by_another_rule = layer(coordinates)
+    read_by_another_rule.resolved()  # a single layer that no fused layer reads runs in rows: nothing to transpose
+    assert not feature_major(read_by_another_rule.stack)
+    torch.testing.assert_close(read_by_another_rule.stack, out.resolved().stack, rtol=1e-14, atol=1e-14)
 
 
 class Pointwise(nn.Module):

@@ -407,8 +407,14 @@ class Chain:
         layout = COLUMNS if feature_major(stack) or x.degree <= 1 else ROWS
         return Chain(None, layer, stack, x.degree, layout, x.counts)
 
-    def output(self) -> torch.Tensor:
-        """``(S, *sample, F)``: the stack after this link, running the links before it that have not run."""
+    def output(self, rows: bool = False) -> torch.Tensor:
+        """``(S, *sample, F)``: the stack after this link, running the links before it that have not run.
+
+        ``rows``: the reader lays the stack out in rows (every rule but a fused layer).  A single
+        layer on a stack in rows that no later layer reads then runs in rows too: feature-major, its
+        output and the gradient coming back would each be transposed, which took longer than the
+        layer itself at width 128 (the modified MLP's encoders).
+        """
         if self.result is None:
             links, link = [], self
             while link is not None and link.result is None:
@@ -418,8 +424,10 @@ class Chain:
             links.reverse()
             params = [t for each in links for t in each.layer[1:]]
             activations = tuple(each.layer[0] for each in links)
+            alone = rows and len(links) == 1 and self.children == 0 and not feature_major(start)
             with torch.set_grad_enabled(self.grad):
-                self.result = _FusedChain.apply(activations, self.counts, degree, self.layout, start, *params)
+                layout = ROWS if alone else self.layout
+                self.result = _FusedChain.apply(activations, self.counts, degree, layout, start, *params)
         return self.result
 
 
