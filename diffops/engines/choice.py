@@ -28,30 +28,28 @@ CPU thread of an AMD EPYC shared with one other job), ms as taylor / autograd / 
 ================  =========================  ============================
 residual          8 x 20 tanh, batch 2,000   4 x 128 modified MLP, 2,000
 ================  =========================  ============================
-burgers           14.6 / 22.0 / 53.5         192 / 144 / 266
-heat              14.0 / 27.1 / 73.4         223 / 165 / 360
-wave              17.5 / 30.1 / 91.6         243 / 217 / 424
-allen_cahn        11.1 / 16.3 / 38.1         124 / 107 / 211
-poisson2d         13.0 / 23.8 / 61.9         247 / 155 / 330
-poisson3d         15.6 / 26.9 / 78.4         239 / 274 / 540
-navier_stokes     17.3 / 62.4 / 75.4         233 / 556 / 479
-kdv               13.0 / 32.7 / 93.5         252 / 343 / 645
-beam              15.1 / 95.1 / 329.1        297 / 779 / 1908
+burgers           14.6 / 22.0 / 53.5         100.7 / 118.9 / 204
+heat              14.0 / 27.1 / 73.4         161.3 / 185.9 / 444
+wave              17.5 / 30.1 / 91.6         203.3 / 267.6 / 541
+allen_cahn        11.1 / 16.3 / 38.1         128.4 / 123.6 / 239
+poisson2d         13.0 / 23.8 / 61.9         173.2 / 218.8 / 361
+poisson3d         15.6 / 26.9 / 78.4         203.1 / 232.1 / 539
+navier_stokes     17.3 / 62.4 / 75.4         183.8 / 534.1 / 418
+kdv               13.0 / 32.7 / 93.5         155.6 / 308.1 / 626
+beam              15.1 / 95.1 / 329.1        235.2 / 955.6 / 2428
 ================  =========================  ============================
 
 The same code timed twice differs by up to 20 % on that machine.  On the 8 x 20
 network (the usual PINN) Taylor was the fastest engine on every residual
 (1.5-6.3x ahead of nested autograd), and the rule picks it on all of them.  On
-the 4 x 128 modified MLP nested autograd was faster on five second-order
-residuals (Burgers 1.3x, Allen-Cahn 1.2x, heat 1.35x, wave 1.1x, Poisson 2-D
-1.6x; Poisson 3-D went either way in two runs): at width 128 a training step is
-matrix products, of which Taylor mode at order two does as many as nested
-autograd, and the modified MLP's gates add elementwise work per coefficient
-and keep its fused layers from running as chains.  The model does not see the
-network, but it rates those within 1.5x (:data:`CLOSE`), so auto times them
-(``diffops._timing``) and runs the faster; third and fourth orders and
-Navier-Stokes, 1.35x apart or more the other way, go to Taylor at every width
-without timing.  The operator cases of
+the 4 x 128 modified MLP Taylor was the fastest on eight and level with nested
+autograd on Allen-Cahn (before products of jets ran as one node, nested autograd
+was 1.1-1.6x faster on five second-order residuals): at width 128 a training step
+is mostly matrix products, of which Taylor mode at order two does as many as
+nested autograd.  The model does not see the network, but it rates those within
+1.5x (:data:`CLOSE`), so auto times them (``diffops._timing``) and runs the
+faster; third and fourth orders and Navier-Stokes, 1.35x apart or more the other
+way, go to Taylor at every width without timing.  The operator cases of
 the earlier fit (``--cases operators``) keep their ranking: first partials,
 Jacobians of scalar networks, Hessians and low-order mixed partials of one
 output go to nested autograd, the Laplacian and high orders to Taylor.
@@ -122,8 +120,9 @@ def costs(request: Request, d: int, outputs: int = 1) -> dict[str, float]:
 # The cost model's resolution: two engines modelled within this factor of each other are too
 # close to call from the request alone (the network's width and structure decide), so auto
 # times them (see ``diffops._timing``).  The residuals it had to time: Burgers, heat, wave,
-# Allen-Cahn and Poisson on the 4 x 128 modified MLP (modelled 1.0-1.2x apart, measured up to
-# 1.8x the other way); those it ranked right were 1.35x apart or more (KdV, beam, Navier-Stokes).
+# Allen-Cahn and Poisson on the 4 x 128 modified MLP (modelled 1.0-1.2x apart; measured up to
+# 1.8x the other way before products of jets ran as one node, 0.96-1.3x since); those it ranked
+# right were 1.35x apart or more (KdV, beam, Navier-Stokes).
 CLOSE = 1.5
 
 
