@@ -213,6 +213,20 @@ def test_the_fused_backward_is_differentiable(net):
         assert_close(a, e)
 
 
+@pytest.mark.parametrize("net", ["tanh", "gated", "shared"])
+def test_gradients_in_the_inputs_match_the_reference(net):
+    """The backward to ``x`` through chains in either layout and through products, without create_graph."""
+    torch.manual_seed(4)
+    u = Shared(2, 1) if net == "shared" else NETS[net](2, 1)
+    x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    partials = frozenset({(), (0,), (0, 0), (1,)})
+    results = TAYLOR.compute(u, x, Request(partials))
+    for index in sorted(partials):
+        (actual,) = torch.autograd.grad(results[index].sum(), x, retain_graph=True)
+        (expected,) = torch.autograd.grad(ref.partial(u, x, index).sum(), x)
+        assert_close(actual, expected)
+
+
 @pytest.mark.parametrize("net", ["gated", "shared"])
 def test_parameter_gradients_taken_with_create_graph_match_the_reference(net):
     """The differentiable backwards give the parameter gradients themselves right (as for a Hessian-vector product)."""
