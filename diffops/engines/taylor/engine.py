@@ -130,8 +130,10 @@ def read_partials(coefficients: list[torch.Tensor], interpolation: Interpolation
     for order, indices, rows, weights in readout(interpolation, coefficients[0])[1]:
         if all(len(interpolation.recipes[index].rows) == 1 for index in indices):
             for index in indices:
-                (row,), (weight,) = interpolation.recipes[index].rows, interpolation.recipes[index].weights
-                results[index] = coefficients[order][row] * weight if weight != 1 else coefficients[order][row]
+                recipe = interpolation.recipes[index]
+                (row,), (weight,) = recipe.rows, recipe.weights
+                coefficient = coefficients[order][row]
+                results[index] = coefficient if weight == 1 else weight * coefficient
             continue
         combined = torch.einsum("pw,pw...->p...", weights, coefficients[order][rows])  # (P, N, *f)
         results.update(zip(indices, combined.unbind(0)))

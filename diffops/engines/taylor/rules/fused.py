@@ -272,13 +272,17 @@ class _FusedChain(torch.autograd.Function):
         return *none, layout.leave(grad_out, stack), *grads
 
 
+def slopes_from_value(from_value: Callable, y: Pieces, counts: tuple, out: Pieces | None = None) -> list:
+    """``[z_0, .., z_K]``, the series of ``f'(a)`` from the pieces ``y`` of ``f(a)`` (tanh, sigmoid), into ``out``."""
+    z0, linear = from_value(y[0], None if out is None else out[0])
+    rows = enumerate(counts, start=1)
+    return [z0] + [_quadratic_slope(k, y, linear, n, None if out is None else out[k]) for k, n in rows]
+
+
 def _slopes(activation: Activation, out: torch.Tensor, counts: tuple, z: torch.Tensor) -> torch.Tensor:
     """The stack ``z`` of ``f'(a)`` from the stack ``out`` of ``y = f(a)``, written into ``z`` (tanh, sigmoid)."""
     order = len(counts)
-    y, slopes = _split(out, counts, order), _split(z, counts, order)
-    _, linear = activation.from_value(y[0], slopes[0])
-    for k, n in enumerate(counts, start=1):
-        _quadratic_slope(k, y, linear, n, slopes[k])
+    slopes_from_value(activation.from_value, _split(out, counts, order), counts, _split(z, counts, order))
     return z
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from ..stacked import Stacked, feature_major
-from .fused import Activation, _quadratic_slope, _rows, _split, layer, series
+from .fused import Activation, _rows, _split, layer, series, slopes_from_value
 
 
 def traced() -> bool:
@@ -108,9 +108,7 @@ class TracedLayer(torch.autograd.Function):
         stack, weight, bias, *z = ctx.saved_tensors
         counts, degree = ctx.counts, ctx.degree
         if ctx.from_value is not None:  # z from the output
-            y = _split(z[0].movedim(0, 1), counts, len(counts))
-            z0, state = ctx.from_value(y[0])
-            z = [z0] + [_quadratic_slope(k, y, state, n) for k, n in enumerate(counts, start=1)]
+            z = slopes_from_value(ctx.from_value, _split(z[0].movedim(0, 1), counts, len(counts)), counts)
         g = _split(grad.movedim(-1, 0).movedim(0, 1), counts, len(counts))
         ga = series_grad(g, z, counts, degree)
         grad_mapped = _stored(ga)  # (F_out, S, *sample)
