@@ -218,13 +218,13 @@ class _FusedChain(torch.autograd.Function):
         saved, degrees, scratch = [], [], {}
         for activation, weight, bias in zip(activations, params[::2], params[1::2]):
             mapped = work if weight is None else layout.linear(work, weight, _reused(scratch, layout, work, weight))
-            a0 = mapped[0]  # the layer's own product, or without a weight the saved input: then a copy
+            a = _split(mapped, counts, degree)
+            # a_0 is the layer's own product, or without a weight the saved input: then a copy
             if bias is not None:
-                a0 = a0 + layout.bias(bias) if weight is None else a0.add_(layout.bias(bias))
+                a[0] = a[0] + layout.bias(bias) if weight is None else a[0].add_(layout.bias(bias))
             elif weight is None:
-                a0 = a0.clone()
-            a = _split(mapped, counts, degree, a0)
-            out = a0.new_empty(1 + sum(counts), *a0.shape)
+                a[0] = a[0].clone()
+            out = a[0].new_empty(1 + sum(counts), *a[0].shape)
             # z follows from y for tanh and sigmoid: the backward computes it again into a buffer
             # instead of keeping every layer's
             z = out.new_empty(out.shape) if activation.from_value is None else _buffer(scratch, "z", out.shape, out)
@@ -259,8 +259,7 @@ class _FusedChain(torch.autograd.Function):
             shape = (work.shape[0], *z.shape[1:])
             # without a weight the gradient in the mapped stack is the next one out: a tensor of its own
             grad_mapped = z.new_empty(shape) if weight is None else _buffer(scratch, "mapped", shape, z)
-            _series_backward(grad_out, z, counts, (degree, len(counts), len(counts)), grad_mapped, scratch)
-            ga0 = grad_mapped[0]
+            ga0 = _series_backward(grad_out, z, counts, (degree, len(counts), len(counts)), grad_mapped, scratch)
             if weight is not None and ctx.needs_input_grad[5 + 2 * i]:
                 grads[2 * i] = layout.weight_grad(grad_mapped, work)
             if bias is not None and ctx.needs_input_grad[6 + 2 * i]:
@@ -307,8 +306,10 @@ def _buffer(scratch: dict, use: str, shape: tuple, like: torch.Tensor) -> torch.
 
 def _series_backward(
     grad_out: torch.Tensor, z: torch.Tensor, counts: tuple, degrees: tuple, grad_mapped, scratch: dict
-) -> None:
+) -> torch.Tensor:
     """``ga_j = sum_(k>=j) g_k z_(k-j)`` into ``grad_mapped`` (j = 0..degree); ``ga_0`` sums over the directions.
+
+    Returns ``ga_0``, the view of ``grad_mapped`` the bias gradient reads.
 
     The backward of ``y = f(a)`` (``z`` the series of ``f'``, as :func:`series_into`
     wrote it) and of either factor of a product (``z`` the other factor).
@@ -329,7 +330,7 @@ def _series_backward(
     per_direction = torch.mul(g[1], zs[1], out=_buffer(scratch, "directions", g[1].shape, z))
     for k in range(2, min(top, known) + 1):
         per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], zs[k])
-    torch.sum(per_direction, 0, out=ga[0]).addcmul_(g[0], zs[0])
+    return torch.sum(per_direction, 0, out=ga[0]).addcmul_(g[0], zs[0])
 
 
 def _replayed(ctx, grad, stack, params) -> tuple:
