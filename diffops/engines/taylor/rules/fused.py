@@ -34,6 +34,7 @@ from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
 from ..stacked import COLUMNS, ROWS, Stacked, feature_major, split_slots
+from ..workspace import buffer
 from .elementwise import scalar
 
 T = torch.Tensor
@@ -215,9 +216,9 @@ class _FusedChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, activations, counts, degree, layout, stack, *params):
         work, order = layout.enter(stack), len(counts)
-        saved, degrees, scratch = [], [], {}
+        saved, degrees = [], []
         for activation, weight, bias in zip(activations, params[::2], params[1::2]):
-            mapped = work if weight is None else layout.linear(work, weight, _reused(scratch, layout, work, weight))
+            mapped = work if weight is None else layout.linear(work, weight, _reused(layout, work, weight))
             a = _split(mapped, counts, degree)
             # a_0 is the layer's own product, or without a weight the saved input: then a copy
             if bias is not None:
@@ -227,7 +228,7 @@ class _FusedChain(torch.autograd.Function):
             out = a[0].new_empty(1 + sum(counts), *a[0].shape)
             # z follows from y for tanh and sigmoid: the backward computes it again into a buffer
             # instead of keeping every layer's
-            z = out.new_empty(out.shape) if activation.from_value is None else _buffer(scratch, "z", out.shape, out)
+            z = out.new_empty(out.shape) if activation.from_value is None else buffer("z", out.shape, out)
             series_into(activation, mapped, a, counts, degree, out, z)
             saved += [work, z if activation.from_value is None else out]
             degrees.append(degree)
@@ -250,24 +251,23 @@ class _FusedChain(torch.autograd.Function):
         counts, layout = ctx.counts, ctx.layout
         grads: list = [None] * len(params)
         grad_out = layout.enter(grad).contiguous()  # a copy only if grad came in the other layout
-        scratch: dict = {}
         for i in reversed(range(layers)):
             work, z = saved[2 * i], saved[2 * i + 1]
             if ctx.activations[i].from_value is not None:  # z from the output y
-                z = _slopes(ctx.activations[i], z, counts, _buffer(scratch, "z", z.shape, z))
+                z = _slopes(ctx.activations[i], z, counts, buffer("z", z.shape, z))
             weight, bias, degree = params[2 * i], params[2 * i + 1], ctx.degrees[i]
             shape = (work.shape[0], *z.shape[1:])
             # without a weight the gradient in the mapped stack is the next one out: a tensor of its own
-            grad_mapped = z.new_empty(shape) if weight is None else _buffer(scratch, "mapped", shape, z)
-            ga0 = _series_backward(grad_out, z, counts, (degree, len(counts), len(counts)), grad_mapped, scratch)
+            grad_mapped = z.new_empty(shape) if weight is None else buffer("mapped", shape, z)
+            ga0 = _series_backward(grad_out, z, counts, (degree, len(counts), len(counts)), grad_mapped)
             if weight is not None and ctx.needs_input_grad[5 + 2 * i]:
                 grads[2 * i] = layout.weight_grad(grad_mapped, work)
             if bias is not None and ctx.needs_input_grad[6 + 2 * i]:
                 grads[2 * i + 1] = layout.bias_grad(ga0)
             if i == 0 and not ctx.needs_input_grad[4]:
                 return *none, None, *grads
-            buffer = _reused(scratch, layout, grad_mapped, weight.T) if weight is not None and i > 0 else None
-            grad_out = grad_mapped if weight is None else layout.linear(grad_mapped, weight.T, buffer)
+            product = _reused(layout, grad_mapped, weight.T) if weight is not None and i > 0 else None
+            grad_out = grad_mapped if weight is None else layout.linear(grad_mapped, weight.T, product)
         return *none, layout.leave(grad_out, stack), *grads
 
 
@@ -285,8 +285,8 @@ def _slopes(activation: Activation, out: torch.Tensor, counts: tuple, z: torch.T
     return z
 
 
-def _reused(scratch: dict, layout, work: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """A buffer for ``layout.linear(work, weight)`` that the layers of one chain share (feature-major only).
+def _reused(layout, work: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """A buffer for ``layout.linear(work, weight)`` that the layers share (feature-major only).
 
     The product dies within the layer that makes it; a buffer written again and
     again stays in cache where fresh memory for each layer did not (the product
@@ -294,18 +294,11 @@ def _reused(scratch: dict, layout, work: torch.Tensor, weight: torch.Tensor) -> 
     """
     if layout is not COLUMNS:
         return None
-    return _buffer(scratch, "product", (work.shape[0], weight.shape[0], *work.shape[2:]), work)
-
-
-def _buffer(scratch: dict, use: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    """``scratch``'s tensor for ``use`` and ``shape``, made on first asking."""
-    if (use, shape) not in scratch:
-        scratch[use, shape] = like.new_empty(shape)
-    return scratch[use, shape]
+    return buffer("product", (work.shape[0], weight.shape[0], *work.shape[2:]), work)
 
 
 def _series_backward(
-    grad_out: torch.Tensor, z: torch.Tensor, counts: tuple, degrees: tuple, grad_mapped, scratch: dict
+    grad_out: torch.Tensor, z: torch.Tensor, counts: tuple, degrees: tuple, grad_mapped: torch.Tensor
 ) -> torch.Tensor:
     """``ga_j = sum_(k>=j) g_k z_(k-j)`` into ``grad_mapped`` (j = 0..degree); ``ga_0`` sums over the directions.
 
@@ -327,7 +320,7 @@ def _series_backward(
             _rows(ga, j, n).addcmul_(g[k], _rows(zs, k - j, n))
     # ga_0 = g_0 z_0 + sum over the directions of sum_k g_k z_k; summing the first order's rows only
     # measured faster than one product over every slot and its sum
-    per_direction = torch.mul(g[1], zs[1], out=_buffer(scratch, "directions", g[1].shape, z))
+    per_direction = torch.mul(g[1], zs[1], out=buffer("directions", g[1].shape, z))
     for k in range(2, min(top, known) + 1):
         per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], zs[k])
     return torch.sum(per_direction, 0, out=ga[0]).addcmul_(g[0], zs[0])
@@ -575,7 +568,7 @@ class _Product(torch.autograd.Function):
 def _factor_grad(grad: torch.Tensor, other: torch.Tensor, counts: tuple, degrees: tuple) -> torch.Tensor:
     """The gradient in one factor of a product, ``d(ab)_k / da_j = b_(k-j)``: :func:`_series_backward` with ``b``."""
     out = grad.new_empty(1 + sum(counts[: degrees[0]]), *grad.shape[1:])
-    _series_backward(grad, other, counts, degrees, out, {})
+    _series_backward(grad, other, counts, degrees, out)
     return out
 
 
