@@ -74,6 +74,47 @@ def test_a_buffer_over_the_limit_is_still_handed_out(monkeypatch):
     assert big.shape == (100,)
 
 
+def test_recycled_memory_is_reused_only_once_no_tensor_uses_it():
+    like = torch.zeros(1)
+    first = workspace.recycled("out", (3, 4), like)
+    pointer = first.data_ptr()
+    assert workspace.recycled("out", (3, 4), like).data_ptr() != pointer  # first is alive
+    view = first[1:]
+    del first
+    assert workspace.recycled("out", (3, 4), like).data_ptr() != pointer  # a view holds it
+    x = torch.ones(2, 4, requires_grad=True)
+    product = x * view  # the graph saves the view
+    del view
+    assert workspace.recycled("out", (3, 4), like).data_ptr() != pointer
+    product.sum().backward()  # the graph lets go; product itself does not hold the view
+    again = workspace.recycled("out", (3, 4), like)
+    assert again.data_ptr() == pointer and again.shape == (3, 4) and again.is_contiguous()
+
+
+def test_recycled_memory_is_kept_apart_by_use_dtype_and_inference_mode():
+    like = torch.zeros(1)
+    pointer = workspace.recycled("out", (3,), like).data_ptr()  # dies at once: free
+    assert workspace.recycled("other", (3,), like).data_ptr() != pointer
+    assert workspace.recycled("out", (3,), like.double()).data_ptr() != pointer
+    with torch.inference_mode():
+        assert workspace.recycled("out", (3,), like).data_ptr() != pointer
+    assert workspace.recycled("out", (3,), like).data_ptr() == pointer
+
+
+def test_a_graph_kept_for_a_second_backward_keeps_its_memory():
+    torch.manual_seed(0)
+    u = mlp(2, 1, width=8, depth=3)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    hessian = do.Hessian(u, method="taylor")
+    value = hessian(x)
+    first = torch.autograd.grad(value.sum(), list(u.parameters()), retain_graph=True)
+    for _ in range(2):  # other steps of the same shapes between the two backward passes
+        hessian(x + 0.5).sum().backward()
+    second = torch.autograd.grad(value.sum(), list(u.parameters()))
+    for a, b in zip(first, second):
+        assert_close(a, b)
+
+
 @pytest.mark.parametrize("net", ["tanh", "gated"])
 def test_interleaved_steps_of_two_networks_of_one_shape_stay_exact(net):
     """Two graphs alive at once, their chains sharing the buffers: each backward still gives the reference."""

@@ -1,19 +1,29 @@
-"""Work buffers the fused layers reuse from one call to the next, on the CPU.
+"""Memory the fused layers reuse from one call to the next, on the CPU.
 
-A fused chain's matrix products and series (:mod:`.rules.fused`) live only while
-one forward or backward runs.  Fresh memory for them each training step cost
-page faults on every first touch, since the C allocator hands large blocks back
-to the system when they are freed: some 600 faults a step for Burgers on a
-4 x 64 tanh network at batch 2,000, 10-15 % of the step (``docs/performance/
-residuals.md``).  Keeping the buffers removes them.  The CUDA caching
-allocator already reuses memory, so there every request is a fresh tensor.
+A fused chain's matrix products and series (:mod:`.rules.fused`) are written
+into fresh tensors each training step.  Fresh memory costs a page fault on every
+first touch of a page, since the C allocator hands large blocks back to the
+system when they are freed: on the build machine (a virtual machine, where a
+fault is several microseconds) some 500-700 faults a step for Burgers on a 4 x 64
+tanh network at batch 2,000, a tenth of the step (``docs/performance/
+residuals.md``).  Keeping the memory removes them.  The CUDA caching allocator
+already reuses memory, so there every request is a fresh tensor.
 
-A buffer's contents are garbage: a caller writes before it reads, and never
-lets one out of the call that asked (return, save for backward), since the
-next call writes it again.  Buffers are per thread, so that threads running
-diffops at once never share one, and per inference mode, since a tensor made
-under ``torch.inference_mode`` cannot be written outside it.  At most
-:data:`LIMIT` bytes are kept per thread, the least recently used dropped first.
+Two kinds:
+
+* :func:`buffer`: scratch that lives within one forward or backward.  Its
+  contents are garbage; a caller writes before it reads and never lets it out
+  of the call that asked (return, save for backward), since the next call
+  writes it again.
+* :func:`recycled`: a tensor that may be saved for backward or returned.  It
+  is made on kept memory only once no tensor uses that memory any more (the
+  storage's use count, which views, saved tensors and the autograd graph all
+  hold), else on fresh memory, which is kept for later.
+
+Memory is kept per thread, so that threads running diffops at once never share
+it, and per inference mode, since a tensor made under ``torch.inference_mode``
+cannot be written outside it.  At most :data:`LIMIT` bytes are kept per thread,
+the least recently used dropped first.
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ from collections import OrderedDict
 import torch
 
 LIMIT = 256 * 2**20
+RECYCLED_PER_SHAPE = 16  # stacks of one use and shape alive at once: a chain's layers, a net's chains
 
 _local = threading.local()
+_use_count = getattr(torch._C, "_storage_Use_Count", None)  # None: every recycled tensor is fresh
 
 
 def buffer(use: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
@@ -42,6 +54,24 @@ def buffer(use: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def recycled(use: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor of ``shape``, ``like``'s dtype and device, on kept memory that no tensor uses any more."""
+    if like.device.type != "cpu" or _use_count is None:
+        return like.new_empty(shape)
+    kept = _kept()
+    key = ("recycled", use, tuple(shape), like.dtype, torch.is_inference_mode_enabled())
+    storages = kept.pop(key, [])
+    kept[key] = storages
+    for storage in storages:
+        if _use_count(storage._cdata) == 1:  # only this list holds it
+            return like.new_empty(0).set_(storage, 0, shape)
+    tensor = like.new_empty(shape)
+    if len(storages) < RECYCLED_PER_SHAPE:
+        storages.append(tensor.untyped_storage())
+        _trim(kept)
+    return tensor
+
+
 def _kept() -> OrderedDict:
     if not hasattr(_local, "buffers"):
         _local.buffers = OrderedDict()
@@ -50,13 +80,18 @@ def _kept() -> OrderedDict:
 
 def _trim(kept: OrderedDict) -> None:
     """Drop the least recently used buffers until at most :data:`LIMIT` bytes are kept (always the newest)."""
-    total = sum(t.nbytes for t in kept.values())
+    total = sum(_nbytes(entry) for entry in kept.values())
     while total > LIMIT and len(kept) > 1:
         _, dropped = kept.popitem(last=False)
-        total -= dropped.nbytes
+        total -= _nbytes(dropped)
+
+
+def _nbytes(entry: torch.Tensor | list) -> int:
+    """A buffer's bytes, or those of a list of recycled storages."""
+    return entry.nbytes if isinstance(entry, torch.Tensor) else sum(storage.nbytes() for storage in entry)
 
 
 def clear() -> None:
-    """Drop this thread's buffers (their memory is freed once no caller holds them)."""
+    """Drop this thread's kept memory (freed once no tensor uses it)."""
     _kept().clear()
 

@@ -34,7 +34,7 @@ from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
 from ..stacked import COLUMNS, ROWS, Stacked, feature_major, split_slots
-from ..workspace import buffer
+from ..workspace import buffer, recycled
 from .elementwise import scalar
 
 T = torch.Tensor
@@ -225,7 +225,7 @@ class _FusedChain(torch.autograd.Function):
                 a[0] = a[0] + layout.bias(bias) if weight is None else a[0].add_(layout.bias(bias))
             elif weight is None:
                 a[0] = a[0].clone()
-            out = a[0].new_empty(1 + sum(counts), *a[0].shape)
+            out = recycled("out", (1 + sum(counts), *a[0].shape), a[0])
             # z follows from y for tanh and sigmoid: the backward computes it again into a buffer
             # instead of keeping every layer's
             z = out.new_empty(out.shape) if activation.from_value is None else buffer("z", out.shape, out)
