@@ -350,6 +350,22 @@ def test_a_chain_of_fused_layers_runs_as_one_autograd_node():
     assert {id(p) for p in leaves} == {id(p) for p in u.parameters()}
 
 
+@pytest.mark.parametrize("d_out", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_output_layer_is_the_chains_last_link_and_stays_exact(d_out, bias):
+    """A ``Linear`` with no activation after it runs inside the chain's node, whose gradients match the reference."""
+    torch.manual_seed(0)
+    u = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, d_out, bias=bias)).double()
+    out = u(Stacked(torch.randn(3, 5, 2, dtype=torch.float64), (2, 1), degree=1)).resolved()
+    node = out.stack.grad_fn
+    while type(node).__name__ != "_FusedChainBackward":  # past the views that lay the output out in rows
+        node = node.next_functions[0][0]
+    leaves = [fn.variable for fn, _ in node.next_functions if type(fn).__name__ == "AccumulateGrad"]
+    assert {id(p) for p in leaves} == {id(p) for p in u.parameters()}
+    x = torch.randn(5, 2, dtype=torch.float64)
+    assert_matches_reference(u, x, TAYLOR.compute(u, x, Request(frozenset({(), (0,), (0, 0), (1,)}))))
+
+
 class Branched(nn.Module):
     """One fused layer read by two others, a product of the branches, and a layer run without grad."""
 

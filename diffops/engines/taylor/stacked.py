@@ -45,6 +45,8 @@ def from_columns(cols: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def linear_columns(cols: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``weight @ cols``: every coefficient's ``Linear`` with the samples last, ``(S, F_out, N)`` (into ``out``)."""
+    if weight.shape[1] == 1:  # an outer product (a single output's gradient): the BLAS took 3.5x as long
+        return torch.mul(weight, cols, out=out)  # (F_out, 1) times (S, 1, N); 57 against 200 us at 4 x 64 x 2,000
     return torch.bmm(weight.expand(cols.shape[0], *weight.shape), cols, out=out)  # matmul would fold cols: a copy
 
 
@@ -188,6 +190,11 @@ class Stacked(Jet):
         Every rule but the fused layers reads the stack through here.
         """
         if self._resolved is None:
+            if self.lazy and self.pending is not None and self.chain.grad == torch.is_grad_enabled():
+                # a Linear with no activation after it (a network's output layer): the chain's last link
+                self._resolved = Stacked(self.chain.then((None, *self.pending)).output(rows=True).contiguous(),
+                                         self.counts, self.degree)
+                return self._resolved
             if self.lazy:
                 self._stack = self.chain.output(rows=True)
             mapped = self._stack

@@ -194,9 +194,11 @@ def preactivation(stack: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torc
     return mapped, mapped[0] if bias is None else mapped[0] + bias
 
 
-def layer(activation: Activation, counts: tuple[int, ...], degree: int, stack, weight, bias) -> torch.Tensor:
-    """The stacked output of ``f(Linear(x))`` (``weight`` None: of ``f(x)``), as plain differentiable ops."""
+def layer(activation: Activation | None, counts: tuple[int, ...], degree: int, stack, weight, bias) -> torch.Tensor:
+    """The stacked output of ``f(Linear(x))`` (``weight`` None: of ``f(x)``; ``f`` None: the identity), as plain ops."""
     mapped, a0 = preactivation(stack, weight, bias)
+    if activation is None:
+        return torch.cat([a0[None], mapped[1:]])
     a = _split(mapped, counts, degree, a0)
     y, _ = series(activation, a, counts, degree)
     return torch.cat([y[0][None], *y[1:]])
@@ -206,8 +208,10 @@ class _FusedChain(torch.autograd.Function):
     """:func:`layer` after :func:`layer`, one autograd node, with the backward ``dy_k / da_j = z_(k-j)``
     and the three products of each ``Linear``.
 
-    ``activations``: one per layer; ``params``: ``weight, bias`` per layer (either
-    may be None); ``degree``: the input's.  ``layout`` (:data:`~..stacked.ROWS` or
+    ``activations``: one per layer, the last of them None where the chain ends in
+    a ``Linear`` with no activation after it (a network's output layer);
+    ``params``: ``weight, bias`` per layer (either may be None; the identity's
+    weight is not); ``degree``: the input's.  ``layout`` (:data:`~..stacked.ROWS` or
     :data:`~..stacked.COLUMNS`) says how the coefficients are laid out while the
     layers work on them; the output is stored in that layout, which the next
     chain reads without a copy.
@@ -218,6 +222,14 @@ class _FusedChain(torch.autograd.Function):
         work, order = layout.enter(stack), len(counts)
         saved, degrees = [], []
         for activation, weight, bias in zip(activations, params[::2], params[1::2]):
+            degrees.append(degree)
+            if activation is None:  # the product is the output: memory of its own
+                out = layout.linear(work, weight, _reused(layout, work, weight, recycled))
+                if bias is not None:
+                    out[0].add_(layout.bias(bias))
+                saved += [work, None]
+                work = out
+                continue
             mapped = work if weight is None else layout.linear(work, weight, _reused(layout, work, weight))
             a = _split(mapped, counts, degree)
             # a_0 is the layer's own product, or without a weight the saved input: then a copy
@@ -231,7 +243,6 @@ class _FusedChain(torch.autograd.Function):
             z = out.new_empty(out.shape) if activation.from_value is None else buffer("z", out.shape, out)
             series_into(activation, mapped, a, counts, degree, out, z)
             saved += [work, z if activation.from_value is None else out]
-            degrees.append(degree)
             work, degree = out, order
         ctx.activations, ctx.counts, ctx.degrees, ctx.layout = activations, counts, degrees, layout
         ctx.save_for_backward(stack, *params, *saved)
@@ -252,14 +263,17 @@ class _FusedChain(torch.autograd.Function):
         grads: list = [None] * len(params)
         grad_out = layout.enter(grad).contiguous()  # a copy only if grad came in the other layout
         for i in reversed(range(layers)):
-            work, z = saved[2 * i], saved[2 * i + 1]
-            if ctx.activations[i].from_value is not None:  # z from the output y
-                z = _slopes(ctx.activations[i], z, counts, buffer("z", z.shape, z))
+            work, z, activation = saved[2 * i], saved[2 * i + 1], ctx.activations[i]
             weight, bias, degree = params[2 * i], params[2 * i + 1], ctx.degrees[i]
-            shape = (work.shape[0], *z.shape[1:])
-            # without a weight the gradient in the mapped stack is the next one out: a tensor of its own
-            grad_mapped = z.new_empty(shape) if weight is None else buffer("mapped", shape, z)
-            ga0 = _series_backward(grad_out, z, counts, (degree, len(counts), len(counts)), grad_mapped)
+            if activation is None:  # the identity: the gradient in the product is the one coming in
+                grad_mapped, ga0 = grad_out, grad_out[0]
+            else:
+                if activation.from_value is not None:  # z from the output y
+                    z = _slopes(activation, z, counts, buffer("z", z.shape, z))
+                shape = (work.shape[0], *z.shape[1:])
+                # without a weight the gradient in the mapped stack is the next one out: a tensor of its own
+                grad_mapped = z.new_empty(shape) if weight is None else buffer("mapped", shape, z)
+                ga0 = _series_backward(grad_out, z, counts, (degree, len(counts), len(counts)), grad_mapped)
             if weight is not None and ctx.needs_input_grad[5 + 2 * i]:
                 grads[2 * i] = layout.weight_grad(grad_mapped, work)
             if bias is not None and ctx.needs_input_grad[6 + 2 * i]:
@@ -285,8 +299,9 @@ def _slopes(activation: Activation, out: torch.Tensor, counts: tuple, z: torch.T
     return z
 
 
-def _reused(layout, work: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """A buffer for ``layout.linear(work, weight)`` that the layers share (feature-major only).
+def _reused(layout, work: torch.Tensor, weight: torch.Tensor, kept: Callable = buffer) -> torch.Tensor | None:
+    """Kept memory for ``layout.linear(work, weight)`` (feature-major only): the layers' shared ``buffer``, or
+    ``recycled`` memory for a product that outlives the call.
 
     The product dies within the layer that makes it; a buffer written again and
     again stays in cache where fresh memory for each layer did not (the product
@@ -294,7 +309,7 @@ def _reused(layout, work: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | 
     """
     if layout is not COLUMNS:
         return None
-    return buffer("product", (work.shape[0], weight.shape[0], *work.shape[2:]), work)
+    return kept("product", (work.shape[0], weight.shape[0], *work.shape[2:]), work)
 
 
 def _series_backward(
@@ -397,13 +412,17 @@ class Chain:
         """The link that applies ``layer`` to ``x``: on ``x``'s chain if it has one not run, else a new chain."""
         parent = x.chain if x.lazy else None
         if parent is not None and parent.grad == torch.is_grad_enabled():
-            parent.children += 1
-            if parent.children > 1:
-                parent.output()
-            return Chain(parent, layer, parent.source, parent.degree, parent.layout, x.counts)
+            return parent.then(layer)
         stack = x.stack
         layout = COLUMNS if feature_major(stack) or x.degree <= 1 else ROWS
         return Chain(None, layer, stack, x.degree, layout, x.counts)
+
+    def then(self, layer: tuple) -> Chain:
+        """The link that applies ``layer`` (its activation None: a ``Linear`` alone) to this link's output."""
+        self.children += 1
+        if self.children > 1:
+            self.output()
+        return Chain(self, layer, self.source, self.degree, self.layout, self.counts)
 
     def output(self, rows: bool = False) -> torch.Tensor:
         """``(S, *sample, F)``: the stack after this link, running the links before it that have not run.
