@@ -131,3 +131,65 @@ def test_interleaved_steps_of_two_networks_of_one_shape_stay_exact(net):
         assert_close(value, expected)
         for actual, wanted in zip(ref.parameter_gradients(u, value), ref.parameter_gradients(u, expected)):
             assert_close(actual, wanted)
+
+
+def _poison_kept_memory() -> None:
+    """NaN into every kept buffer and every recycled storage no tensor uses: a read before a write shows."""
+    for entry in workspace._kept().values():
+        if isinstance(entry, torch.Tensor):
+            entry.fill_(float("nan"))
+            continue
+        for storage in entry:
+            if workspace._use_count(storage._cdata) == 1:
+                torch.empty(0, dtype=torch.uint8).set_(storage).fill_(255)  # all-ones bytes: NaN in every float
+
+
+@pytest.mark.parametrize("net", ["tanh", "gated"])
+def test_a_call_never_reads_what_an_earlier_one_left_in_kept_memory(net):
+    torch.manual_seed(0)
+    u = {"tanh": lambda: mlp(2, 3, width=8, depth=3), "gated": lambda: Gated(2, 3)}[net]()
+    x = torch.randn(6, 2, dtype=torch.float64)
+    hessian = do.Hessian(u, method="taylor")
+    value = hessian(x)
+    first = torch.autograd.grad(value.sum(), list(u.parameters()))
+    _poison_kept_memory()
+    again = hessian(x)
+    torch.testing.assert_close(again, value, rtol=0, atol=0)
+    _poison_kept_memory()
+    for a, b in zip(torch.autograd.grad(again.sum(), list(u.parameters())), first):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_threads_running_operators_at_once_stay_exact():
+    torch.manual_seed(0)
+    u = mlp(2, 1, width=8, depth=3)
+    hessian = do.Hessian(u, method="taylor")
+    inputs = [torch.randn(6, 2, dtype=torch.float64) for _ in range(4)]
+    expected = [hessian(x) for x in inputs]
+    results: dict = {}
+
+    def run(i: int) -> None:
+        for _ in range(20):
+            results[i] = hessian(inputs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, value in enumerate(expected):
+        torch.testing.assert_close(results[i], value, rtol=0, atol=0)
+
+
+def test_calls_without_grad_and_with_it_alternate():
+    torch.manual_seed(0)
+    u = mlp(2, 1, width=8, depth=3)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    hessian = do.Hessian(u, method="taylor")
+    with torch.no_grad():
+        plain = hessian(x)
+    value = hessian(x)
+    with torch.no_grad():
+        torch.testing.assert_close(hessian(x), plain, rtol=0, atol=0)
+    value.sum().backward()
+    torch.testing.assert_close(value.detach(), plain, rtol=0, atol=0)
