@@ -4,8 +4,8 @@ A fused chain's matrix products and series (:mod:`.rules.fused`) are written
 into fresh tensors each training step.  Fresh memory costs a page fault on every
 first touch of a page, since the C allocator hands large blocks back to the
 system when they are freed: on the build machine (a virtual machine, where a
-fault is several microseconds) some 500-700 faults a step for Burgers on a 4 x 64
-tanh network at batch 2,000, a tenth of the step (``docs/performance/
+fault is several microseconds) 500-900 faults a step for Burgers on a 4 x 64
+tanh network at batch 2,000, about a tenth of the step (``docs/performance/
 residuals.md``).  Keeping the memory removes them.  The CUDA caching allocator
 already reuses memory, so there every request is a fresh tensor.
 
