@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 
@@ -44,32 +45,34 @@ def buffer(use: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """A tensor of ``shape`` with ``like``'s dtype and device, the same one each time ``use`` and ``shape`` recur."""
     if like.device.type != "cpu":
         return like.new_empty(shape)
-    kept = _kept()
-    key = (use, tuple(shape), like.dtype, torch.is_inference_mode_enabled())
-    tensor = kept.pop(key, None)
-    if tensor is None:
-        tensor = like.new_empty(shape)
-    kept[key] = tensor  # the most recently used last
-    _trim(kept)
-    return tensor
+    return _entry("buffer", use, shape, like, lambda: like.new_empty(shape))
 
 
 def recycled(use: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """A contiguous tensor of ``shape``, ``like``'s dtype and device, on kept memory that no tensor uses any more."""
     if like.device.type != "cpu" or _use_count is None:
         return like.new_empty(shape)
-    kept = _kept()
-    key = ("recycled", use, tuple(shape), like.dtype, torch.is_inference_mode_enabled())
-    storages = kept.pop(key, [])
-    kept[key] = storages
+    storages = _entry("recycled", use, shape, like, list)
     for storage in storages:
         if _use_count(storage._cdata) == 1:  # only this list holds it
             return like.new_empty(0).set_(storage, 0, shape)
     tensor = like.new_empty(shape)
     if len(storages) < RECYCLED_PER_SHAPE:
         storages.append(tensor.untyped_storage())
-        _trim(kept)
+        _trim(_kept())
     return tensor
+
+
+def _entry(kind: str, use: str, shape: tuple, like: torch.Tensor, make: Callable):
+    """This thread's entry for the key, made by ``make()`` on first asking; marked the most recently used."""
+    kept = _kept()
+    key = (kind, use, tuple(shape), like.dtype, torch.is_inference_mode_enabled())
+    if key in kept:
+        kept.move_to_end(key)
+        return kept[key]
+    kept[key] = entry = make()
+    _trim(kept)
+    return entry
 
 
 def _kept() -> OrderedDict:
