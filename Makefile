@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff check diffops tests benchmarks lightning_examples
 
 # Two worker processes (pytest-xdist): on the two-core build machine the suite took 9 minutes in one
-# process and 5 in two.
+# process and 5-6 in two.
 test: lint
 	$(BIN)/python -m pytest -q -n 2
 
