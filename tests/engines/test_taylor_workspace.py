@@ -193,3 +193,21 @@ def test_calls_without_grad_and_with_it_alternate():
         torch.testing.assert_close(hessian(x), plain, rtol=0, atol=0)
     value.sum().backward()
     torch.testing.assert_close(value.detach(), plain, rtol=0, atol=0)
+
+
+def test_without_grad_the_slopes_are_scratch_not_a_stack_per_layer():
+    """``f'`` is kept per layer only for a backward; a call without grad writes it into one shared buffer."""
+    torch.manual_seed(0)
+    u = mlp(2, 1, width=8, depth=3)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    hessian = do.Hessian(u, method="taylor")
+
+    def slope_stacks() -> int:
+        return sum(len(entry) for key, entry in workspace._kept().items() if key[:2] == ("recycled", "z"))
+
+    with torch.no_grad():
+        plain = hessian(x)
+    assert slope_stacks() == 0
+    value = hessian(x)
+    assert slope_stacks() == 3  # one per tanh layer, alive together until the backward
+    torch.testing.assert_close(value.detach(), plain, rtol=0, atol=0)

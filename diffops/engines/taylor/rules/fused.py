@@ -204,6 +204,41 @@ def layer(activation: Activation | None, counts: tuple[int, ...], degree: int, s
     return torch.cat([y[0][None], *y[1:]])
 
 
+def _run_layers(activations, counts, degree, layout, stack, params, backward: bool) -> tuple:
+    """:class:`_FusedChain`'s layers on ``stack``: ``(output, saved, degrees)``, the output ``(S, *sample, F)``.
+
+    ``saved``: each layer's input and series of ``f'`` (None for a ``Linear`` alone),
+    what a backward reads; ``degrees``: each layer's input degree.  Without a
+    ``backward`` to come (no grad, or no input that needs one) ``f'`` is scratch.
+    """
+    work, order = layout.enter(stack), len(counts)
+    saved, degrees = [], []
+    for activation, weight, bias in zip(activations, params[::2], params[1::2]):
+        degrees.append(degree)
+        if activation is None:  # the product is the output: memory of its own
+            out = layout.linear(work, weight, _reused(layout, work, weight, recycled))
+            if bias is not None:
+                out[0].add_(layout.bias(bias))
+            saved += [work, None]
+            work = out
+            continue
+        mapped = work if weight is None else layout.linear(work, weight, _reused(layout, work, weight))
+        a = _split(mapped, counts, degree)
+        # a_0 is the layer's own product, or without a weight the saved input: then a copy
+        if bias is not None:
+            a[0] = a[0] + layout.bias(bias) if weight is None else a[0].add_(layout.bias(bias))
+        elif weight is None:
+            a[0] = a[0].clone()
+        out = recycled("out", (1 + sum(counts), *a[0].shape), a[0])
+        # z is kept for the backward even where it follows from y (tanh, sigmoid): computing it
+        # again there made the step 7-15 % slower at 4 x 64 for a stack of memory a layer
+        z = recycled("z", out.shape, out) if backward else buffer("z", out.shape, out)
+        series_into(activation, mapped, a, counts, degree, out, z)
+        saved += [work, z]
+        work, degree = out, order
+    return layout.leave(work, stack), saved, degrees
+
+
 class _FusedChain(torch.autograd.Function):
     """:func:`layer` after :func:`layer`, one autograd node, with the backward ``dy_k / da_j = z_(k-j)``
     and the three products of each ``Linear``.
@@ -219,35 +254,11 @@ class _FusedChain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, activations, counts, degree, layout, stack, *params):
-        work, order = layout.enter(stack), len(counts)
-        saved, degrees = [], []
-        for activation, weight, bias in zip(activations, params[::2], params[1::2]):
-            degrees.append(degree)
-            if activation is None:  # the product is the output: memory of its own
-                out = layout.linear(work, weight, _reused(layout, work, weight, recycled))
-                if bias is not None:
-                    out[0].add_(layout.bias(bias))
-                saved += [work, None]
-                work = out
-                continue
-            mapped = work if weight is None else layout.linear(work, weight, _reused(layout, work, weight))
-            a = _split(mapped, counts, degree)
-            # a_0 is the layer's own product, or without a weight the saved input: then a copy
-            if bias is not None:
-                a[0] = a[0] + layout.bias(bias) if weight is None else a[0].add_(layout.bias(bias))
-            elif weight is None:
-                a[0] = a[0].clone()
-            out = recycled("out", (1 + sum(counts), *a[0].shape), a[0])
-            # z is kept for the backward even where it follows from y (tanh, sigmoid): computing it
-            # again there made the step 7-15 % slower at 4 x 64 for a stack of memory a layer
-            z = recycled("z", out.shape, out)
-            series_into(activation, mapped, a, counts, degree, out, z)
-            saved += [work, z]
-            work, degree = out, order
+        out, saved, degrees = _run_layers(activations, counts, degree, layout, stack, params, any(ctx.needs_input_grad))
         ctx.activations, ctx.counts, ctx.degrees, ctx.layout = activations, counts, degrees, layout
         ctx.save_for_backward(stack, *params, *saved)
         ctx.set_materialize_grads(False)
-        return layout.leave(work, stack)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -433,9 +444,12 @@ class Chain:
             params = [t for each in links for t in each.layer[1:]]
             activations = tuple(each.layer[0] for each in links)
             alone = rows and len(links) == 1 and self.children == 0 and not feature_major(start)
-            with torch.set_grad_enabled(self.grad):
-                layout = ROWS if alone else self.layout
-                self.result = _FusedChain.apply(activations, self.counts, degree, layout, start, *params)
+            layout = ROWS if alone else self.layout
+            with torch.set_grad_enabled(self.grad):  # the grad mode the layers were called in
+                if self.grad:
+                    self.result = _FusedChain.apply(activations, self.counts, degree, layout, start, *params)
+                else:  # nothing to differentiate: the layers alone
+                    self.result = _run_layers(activations, self.counts, degree, layout, start, params, False)[0]
         return self.result
 
 
