@@ -211,3 +211,15 @@ def test_without_grad_the_slopes_are_scratch_not_a_stack_per_layer():
     value = hessian(x)
     assert slope_stacks() == 3  # one per tanh layer, alive together until the backward
     torch.testing.assert_close(value.detach(), plain, rtol=0, atol=0)
+
+
+def test_frozen_parameters_and_inputs_without_grad_keep_no_slopes_and_stay_exact():
+    """Grad on but nothing that needs a gradient (a frozen network): the slopes are scratch, the values exact."""
+    torch.manual_seed(0)
+    u = mlp(2, 1, width=8, depth=3).requires_grad_(False)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    value = do.Hessian(u, method="taylor")(x)
+    assert not value.requires_grad
+    assert not any(key[:2] == ("recycled", "z") for key in workspace._kept())
+    rows = [torch.stack([ref.partial(u, x, (i, j)) for j in range(2)], -1) for i in range(2)]
+    assert_close(value, torch.stack(rows, -2))
