@@ -144,7 +144,7 @@ class Stacked(Jet):
     ``chain``: instead of ``stack``, the fused layers whose output it is, run on first read.
     """
 
-    __slots__ = ("_stack", "chain", "counts", "pending", "_resolved", "_plain")
+    __slots__ = ("_stack", "chain", "counts", "pending", "_in_rows", "_resolved", "_plain")
 
     def __init__(
         self,
@@ -160,8 +160,11 @@ class Stacked(Jet):
         self.degree = degree
         self.pending = pending
         self.form = Jet.SINGLE if counts[0] == 1 else Jet.DIRECTIONS
-        plain = pending is None and stack is not None and not feature_major(stack)
-        self._resolved: Stacked | None = self if plain else None
+        # already resolved (no pending Linear, in rows): a flag, not ``_resolved = self``, since a jet that
+        # refers to itself is a reference cycle, and its stack, kept memory, stays in use until the garbage
+        # collector runs (the modified MLP's layer outputs missed their kept memory 5 times in 6)
+        self._in_rows = pending is None and stack is not None and not feature_major(stack)
+        self._resolved: Stacked | None = None
         self._plain: list[torch.Tensor] | None = None
 
     @property
@@ -189,6 +192,8 @@ class Stacked(Jet):
 
         Every rule but the fused layers reads the stack through here.
         """
+        if self._in_rows:
+            return self
         if self._resolved is None:
             if self.lazy and self.pending is not None and self.chain.grad == torch.is_grad_enabled():
                 # a Linear with no activation after it (a network's output layer): the chain's last link
