@@ -23,6 +23,17 @@ def empty_workspace():
     workspace.clear()
 
 
+def _hessian_reference(u, x: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, 2)``: the float64 nested-autograd Hessian of a network of two inputs."""
+    rows = [torch.stack([ref.partial(u, x, (i, j)) for j in range(2)], -1) for i in range(2)]
+    return torch.stack(rows, -2)
+
+
+def _slope_stacks() -> int:
+    """How many stacks of ``f'`` the fused layers keep for a backward."""
+    return sum(len(entry) for key, entry in workspace._kept().items() if key[:2] == ("recycled", "z"))
+
+
 def test_a_buffer_is_the_same_tensor_each_time_its_use_and_shape_recur():
     like = torch.zeros(2, dtype=torch.float64)
     first = workspace.buffer("product", (3, 4), like)
@@ -127,8 +138,7 @@ def test_interleaved_steps_of_two_networks_of_one_shape_stay_exact(net):
     values = [hessian(x) for hessian in hessians]  # both forwards before either backward
     assert workspace._kept(), "the chains ran without the workspace"
     for u, value in zip(reversed(nets), reversed(values)):
-        rows = [torch.stack([ref.partial(u, x, (i, j)) for j in range(2)], -1) for i in range(2)]
-        expected = torch.stack(rows, -2)
+        expected = _hessian_reference(u, x)
         assert_close(value, expected)
         for actual, wanted in zip(ref.parameter_gradients(u, value), ref.parameter_gradients(u, expected)):
             assert_close(actual, wanted)
@@ -202,15 +212,11 @@ def test_without_grad_the_slopes_are_scratch_not_a_stack_per_layer():
     u = mlp(2, 1, width=8, depth=3)
     x = torch.randn(6, 2, dtype=torch.float64)
     hessian = do.Hessian(u, method="taylor")
-
-    def slope_stacks() -> int:
-        return sum(len(entry) for key, entry in workspace._kept().items() if key[:2] == ("recycled", "z"))
-
     with torch.no_grad():
         plain = hessian(x)
-    assert slope_stacks() == 0
+    assert _slope_stacks() == 0
     value = hessian(x)
-    assert slope_stacks() == 3  # one per tanh layer, alive together until the backward
+    assert _slope_stacks() == 3  # one per tanh layer, alive together until the backward
     torch.testing.assert_close(value.detach(), plain, rtol=0, atol=0)
 
 
@@ -221,9 +227,8 @@ def test_frozen_parameters_and_inputs_without_grad_keep_no_slopes_and_stay_exact
     x = torch.randn(6, 2, dtype=torch.float64)
     value = do.Hessian(u, method="taylor")(x)
     assert not value.requires_grad
-    assert not any(key[:2] == ("recycled", "z") for key in workspace._kept())
-    rows = [torch.stack([ref.partial(u, x, (i, j)) for j in range(2)], -1) for i in range(2)]
-    assert_close(value, torch.stack(rows, -2))
+    assert _slope_stacks() == 0
+    assert_close(value, _hessian_reference(u, x))
 
 
 @pytest.mark.parametrize("net", ["tanh", "gated"])
