@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -211,13 +212,20 @@ def time_rounds(steps: dict[str, Step], repeats: int, device: str, block: int = 
     training loop, and its time in the round is the mean of those steps but the
     first: the first pays for the memory the previous method left (glibc
     returns freed blocks to the system, so the first step after another
-    method's faults its pages in again).
+    method's faults its pages in again).  The order of the methods is shuffled
+    each round (the same seed each run): in a fixed order the method after the
+    one that takes the most memory pays for it in every round, beyond the first
+    step (diffops ``auto``, after ``torch.func``, ran 1.06-1.22x as long as the
+    Taylor engine, the same code, on four residuals of ``residuals.py``).
     """
     for step in steps.values():
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
+    order, shuffle = list(steps), random.Random(0).shuffle
     for _ in range(repeats):
-        for name, step in steps.items():
+        shuffle(order)
+        for name in order:
+            step = steps[name]
             counted = []
             for i in range(block):
                 synchronize(torch.device(device))

@@ -61,3 +61,19 @@ def test_ratios_pair_the_methods_within_each_round():
     rounds = {"a": [2.0, 2.0, 20.0, 20.0, 2.0], "b": [1.0, 1.0, 10.0, 10.0, 10.0]}
     assert paired_ratio(rounds, "a", "b") == 2.0
     assert paired_ratio(rounds, "a", "missing") is None
+
+
+def test_rounds_shuffle_the_order_so_no_method_always_follows_the_same_one():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from bench_taylor import time_rounds
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    calls: list[str] = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    times = time_rounds(steps, repeats=8, device="cpu", block=2)
+    assert {name: len(values) for name, values in times.items()} == dict.fromkeys("abcd", 8)
+    rounds = [calls[4 + 8 * r : 4 + 8 * (r + 1) : 2] for r in range(8)]  # after the warm-up, one entry a block
+    assert all(sorted(order) == list("abcd") for order in rounds)
+    predecessors = {order[order.index("a") - 1] for order in rounds if order[0] != "a"}
+    assert len(predecessors) > 1
