@@ -98,6 +98,46 @@ def peak_bytes(work: Callable[[], object], device: torch.device) -> int:
     return tracker.peak
 
 
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "addbmm"}
+_NO_WORK = {"empty", "empty_strided", "new_empty", "new_empty_strided", "set_", "_unsafe_view", "resize_"}
+
+
+class _WorkCount(TorchDispatchMode):
+    """Counts the kernels that run while active: matrix-product FLOPs, elements the others write, calls.
+
+    Views and bare allocations are not kernels; every other operator is one, and
+    writes its output's elements (an in-place one, the tensor it updates).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = self.elements = self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if func.is_view or name in _NO_WORK:
+            return out
+        self.kernels += 1
+        if name in _MATMULS:
+            first, second = (args[1], args[2]) if name.startswith(("add", "badd")) else args[:2]
+            self.flops += 2 * first.numel() * second.shape[-1]  # (.., M, K) @ (.., K, N)
+        else:
+            self.elements += sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+        return out
+
+
+def work_counts(work: Callable[[], object]) -> dict[str, int]:
+    """The kernels one ``work()`` runs, on any device: ``{"flops", "elements", "kernels"}`` (see :class:`_WorkCount`).
+
+    Unlike a time, these do not vary from run to run: they say how much each
+    method computes, and so where a difference in time can come from.
+    """
+    with _WorkCount() as counter:
+        work()
+    return {"flops": counter.flops, "elements": counter.elements, "kernels": counter.kernels}
+
+
 def cpu_model() -> str:
     """The CPU's model name, as ``lscpu`` prints it (every table names it)."""
     try:

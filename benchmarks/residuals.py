@@ -18,12 +18,15 @@ Networks: ``raissi`` (8 x 20 tanh), ``tanh64`` (4 x 64 tanh), ``modified``
 Usage::
 
     python benchmarks/residuals.py [--threads 1] [--compile] [--residuals burgers kdv]
-        [--nets raissi] [--batches 2000] [--dtypes float32] [--all] [--quick]
+        [--nets raissi] [--batches 2000] [--dtypes float32] [--all] [--quick] [--work]
 
 The default is every residual on ``raissi``, batch 2,000, float32, eager;
 ``--compile`` adds ``torch.compile`` columns (diffops ``auto`` compiled with
 ``fullgraph=True``; nested autograd cannot be compiled: double backward); ``--all``
-runs the whole grid of nets, batches and dtypes, eager and compiled.
+runs the whole grid of nets, batches and dtypes, eager and compiled; ``--work``
+counts instead of timing what one step of nested autograd and of the Taylor engine
+computes: the FLOPs of their matrix products, the elements every other kernel
+writes, the kernels.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _measure import cpu_model, peak_bytes  # noqa: E402
+from _measure import cpu_model, peak_bytes, work_counts  # noqa: E402
 from bench_taylor import paired_ratio, time_rounds  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import jacfwd, jacrev, vmap  # noqa: E402
@@ -270,6 +273,47 @@ def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: 
     }
 
 
+def count_work(case: str, net_name: str, batch: int, dtype: torch.dtype) -> tuple[dict[str, dict[str, int]], str]:
+    """The kernels of one training step of nested autograd and of the Taylor engine, and the engine auto picks.
+
+    Counted, not timed (``_measure.work_counts``): the same on every run and machine.
+    Auto's pick, where the cost model leaves it to a measurement, may vary.
+    """
+    coords, outputs, _, _ = RESIDUALS[case]
+    torch.manual_seed(0)
+    net = NETS[net_name](len(coords), outputs).to(dtype)
+    x = torch.rand(batch, len(coords), dtype=dtype)
+    auto = Residual(net, case)
+    steps = {"nested": training_step(net, nested(net, case), x)}
+    steps["taylor"] = training_step(net, Residual(net, case, "taylor"), x)
+    for step in [*steps.values(), training_step(net, auto, x)]:
+        for _ in range(3):  # auto settles on its engine within its first calls
+            step()
+    return {name: work_counts(step) for name, step in steps.items()}, auto_pick(auto)
+
+
+def print_work(args: argparse.Namespace) -> None:
+    """One row per case: GFLOP of matrix products, millions of elements the other kernels write, kernels."""
+    print(f"{cpu_model()}, torch {torch.__version__}; the work of one training step, counted:")
+    print("GFLOP of the matrix products, M elements written by every other kernel, kernels run")
+    header = "| residual | net | batch | dtype | nested GFLOP | taylor GFLOP | nested M el. | taylor M el. |"
+    header += " nested kernels | taylor kernels | nested / taylor: GFLOP, elements, kernels | auto picks |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    scaled = {"flops": 1e9, "elements": 1e6, "kernels": 1}
+    digits = {"flops": 3, "elements": 1, "kernels": 0}
+    for net_name in args.nets:
+        for batch in args.batches:
+            for dtype_name in args.dtypes:
+                for case in args.residuals:
+                    work, pick = count_work(case, net_name, batch, getattr(torch, dtype_name))
+                    cells = [case, net_name, str(batch), dtype_name]
+                    for key, unit in scaled.items():
+                        cells += [f"{work[name][key] / unit:.{digits[key]}f}" for name in ("nested", "taylor")]
+                    cells.append(", ".join(f"{work['nested'][key] / work['taylor'][key]:.2f}" for key in scaled))
+                    print("| " + " | ".join([*cells, pick]) + " |", flush=True)
+
+
 def ratio_cell(rounds: dict[str, list[float]], numerator: str, denominator: str) -> str:
     """``median [min-max]`` of the paired ratios ``numerator / denominator`` over the rounds."""
     ratios = sorted(a / b for a, b in zip(rounds[numerator], rounds[denominator]))
@@ -287,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny batch, two residuals")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--work", action="store_true", help="count the kernels of nested autograd and Taylor mode")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -294,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         args.nets, args.batches, args.dtypes, args.compile = list(NETS), [2000, 10000], ["float32", "float64"], True
     if args.quick:
         args.residuals, args.batches, args.repeats = ["burgers", "kdv"], [16], 1
+    if args.work:
+        print_work(args)
+        return
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); ms per training step,")
     print("median of interleaved rounds; ratios: median [range] over the rounds of the ratio within a round;")
     print("MiB: peak tensor memory of one eager training step")

@@ -63,3 +63,30 @@ def test_the_quick_table_has_a_row_per_residual(capsys):
     assert cells[10].strip() in ("autograd", "func", "taylor")
     auto_mib, nested_mib = (float(cell) for cell in cells[-2:])
     assert 0 < auto_mib and 0 < nested_mib
+
+
+def test_the_work_table_counts_the_kernels_of_both_methods(capsys):
+    residuals.main(["--quick", "--work"])
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| kdv")]
+    assert len(rows) == 1
+    counts = [float(cell) for cell in rows[0][4:10]]
+    assert all(count > 0 for count in counts)
+    assert rows[0][-1].strip() in ("autograd", "func", "taylor")
+
+
+def test_work_counts_count_the_flops_of_matrix_products_and_the_elements_of_the_rest():
+    from _measure import work_counts
+
+    a, weight = torch.randn(10, 4), torch.randn(3, 4, requires_grad=True)
+    bias = torch.randn(3, requires_grad=True)
+
+    def step() -> None:
+        weight.grad = bias.grad = None
+        torch.tanh(torch.nn.functional.linear(a, weight, bias)).sum().backward()
+
+    counts = work_counts(step)
+    # forward a (10 x 4) @ (4 x 3), backward (3 x 10) @ (10 x 4) for the weight: 240 FLOPs each
+    assert counts["flops"] == 480
+    # at least tanh and its backward (30 each), the loss (1) and the bias's gradient (3)
+    assert counts["elements"] >= 30 + 30 + 1 + 3
+    assert counts == work_counts(step)  # counted, not timed: the same each time
