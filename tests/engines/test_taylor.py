@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import warnings
 
+import numpy
 import pytest
 import torch
 from torch import nn
@@ -312,6 +313,83 @@ def test_an_unsupported_function_is_named():
     x = torch.randn(4, 2, dtype=torch.float64)
     with pytest.raises(EngineUnsupported, match=r"Taylor mode does not support torch\.max"):
         do.Laplacian(UsesMax(), method="taylor")(x)
+
+
+class NumpySin(torch.autograd.Function):
+    """``sin`` computed outside torch, with its derivative in the backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.from_numpy(numpy.sin(x.detach().numpy()))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.cos(x)
+
+
+class TanhFromOutput(torch.autograd.Function):
+    """``tanh`` whose backward reads the saved output: right, and twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class SinWithSurrogate(torch.autograd.Function):
+    """``sin`` forward, a constant-slope surrogate backward (as for straight-through estimators)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.sin(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+class Through(nn.Module):
+    """Linear -> a custom autograd.Function -> Linear: autograd differentiates it by the Function's backward."""
+
+    def __init__(self, function: type[torch.autograd.Function]):
+        super().__init__()
+        self.function = function
+        self.a, self.b = nn.Linear(2, 5), nn.Linear(5, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.function.apply(self.a(x)))
+
+
+@pytest.mark.parametrize("function", [NumpySin, TanhFromOutput, SinWithSurrogate])
+def test_a_custom_autograd_function_is_refused_and_auto_follows_its_backward(function):
+    torch.manual_seed(0)
+    u, x = Through(function), torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(EngineUnsupported, match="gradients turned off inside the network"):
+        do.Derivative(u, wrt=(0, 0), method="taylor")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # auto names the engines that refused
+        actual = do.Derivative(u, wrt=(0, 0))(x)
+    expected = ref.partial(u, x, (0, 0))
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)
+
+
+def test_a_validation_call_without_grad_still_runs_functions_the_jet_can_follow():
+    """Entered without gradients the network's own no-grad parts cannot be told apart: Taylor mode runs them."""
+    torch.manual_seed(0)
+    u, x = Activated(torch.tanh), torch.randn(4, D, dtype=torch.float64)
+    with torch.no_grad():
+        actual = do.Laplacian(u, method="taylor")(x)
+    assert_close(actual, ref.laplacian(u, x).detach())
 
 
 def test_auto_falls_back_from_an_unsupported_function():
