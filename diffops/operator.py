@@ -31,6 +31,7 @@ from . import _timing
 from ._coords import check_coords, check_range, derivative_spec
 from ._empty import EMPTY_BATCH
 from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
+from ._state import Snapshot, buffers_kept, updating_buffers
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
 from .engines.choice import too_close
 
@@ -218,7 +219,7 @@ class DifferentialOperator(nn.Module):
             return 1
         x = rows.x[:1]
         try:
-            with torch.no_grad(), _preserved_rng(x.device):
+            with torch.no_grad(), _preserved_rng(x.device), buffers_kept(self.u):
                 out = rows.function(self.u, slice(0, 1))(x)
         except Exception:  # u's own errors are raised, with their context, by the call that follows
             return 1
@@ -275,6 +276,8 @@ class DifferentialOperator(nn.Module):
         """
         tried = [n for n in engine_names if n not in self._failed_engines] or list(engine_names[-1:])
         failures: list[tuple[str, Exception]] = []
+        buffers = updating_buffers(self.u)
+        before = Snapshot(buffers) if buffers and not torch.compiler.is_compiling() else None
         for position, engine_name in enumerate(tried):
             engine = ENGINES[engine_name]
             try:
@@ -283,7 +286,10 @@ class DifferentialOperator(nn.Module):
                 raise
             except Exception as error:
                 if not failures:  # once per call: the plain evaluation raises u's own error
-                    rows.evaluate_plainly(self.u, self.chunk_size)
+                    with buffers_kept(self.u):
+                        rows.evaluate_plainly(self.u, self.chunk_size)
+                if before is not None:  # the failed engine's forward pass must not count as the call's
+                    before.restore()
                 if not isinstance(error, (EngineUnsupported, RuntimeError, NotImplementedError)):
                     raise
                 failures.append((engine_name, error))

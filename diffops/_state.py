@@ -1,0 +1,50 @@
+"""The buffers a network updates as it runs, kept across the evaluations that must leave no trace.
+
+A module in training mode may update its buffers on every forward pass (a batch
+norm's running statistics and its count of batches).  One operator call must
+update them as one forward pass of ``u`` does: an engine that fails part way, the
+plain evaluation that then checks whether the error is ``u``'s own, and the probe
+for the output size each run ``u`` too, and their updates are undone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def updating_buffers(u: object) -> list[torch.Tensor]:
+    """The buffers of ``u``'s modules in training mode (those a forward pass may update); none for a function."""
+    if not isinstance(u, nn.Module):
+        return []
+    return [buffer for module in u.modules() if module.training for buffer in module.buffers(recurse=False)]
+
+
+class Snapshot:
+    """Copies of ``buffers``, written back by :meth:`restore` in place (the module keeps its tensors)."""
+
+    def __init__(self, buffers: list[torch.Tensor]) -> None:
+        self.buffers = buffers
+        self.copies = [buffer.detach().clone() for buffer in buffers]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for buffer, copy in zip(self.buffers, self.copies):
+                buffer.copy_(copy)
+
+
+@contextlib.contextmanager
+def buffers_kept(u: object) -> Iterator[None]:
+    """Run the body, then put back the buffers it updated in ``u``'s modules in training mode."""
+    buffers = updating_buffers(u)
+    if not buffers or torch.compiler.is_compiling():  # compiled code owns its buffers' updates
+        yield
+        return
+    snapshot = Snapshot(buffers)
+    try:
+        yield
+    finally:
+        snapshot.restore()
