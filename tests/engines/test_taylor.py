@@ -315,6 +315,30 @@ def test_an_unsupported_function_is_named():
         do.Laplacian(UsesMax(), method="taylor")(x)
 
 
+class SoftplusAtItsSwitch(nn.Module):
+    """``softplus(w x, beta=2, threshold=0)`` with ``w x`` exactly 0, below it and above it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[1.0], [0.5]], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.softplus(x @ self.w, beta=2.0, threshold=0.0)
+
+
+@pytest.mark.parametrize("index", [(0,), (0, 0), (0, 0, 0), (0, 1, 1)])
+def test_softplus_at_its_switch_follows_autograds_rules(index):
+    """There torch's first derivative takes the smooth branch and the higher ones the linear branch."""
+    u = SoftplusAtItsSwitch()
+    x = torch.tensor([[0.0, 0.0], [0.6, -1.2], [-0.4, 0.3], [0.8, 0.1]], dtype=torch.float64)
+    actual, expected = do.Derivative(u, wrt=index, method="taylor")(x), ref.partial(u, x, index)
+    assert_close(actual, expected)
+    assert_gradients_close(u, actual, expected)
+    laplacian = do.Laplacian(u, method="taylor")(x)  # the collapsed jet's own rule
+    assert_close(laplacian, ref.laplacian(u, x))
+    assert_gradients_close(u, laplacian, ref.laplacian(u, x))
+
+
 class NumpySin(torch.autograd.Function):
     """``sin`` computed outside torch, with its derivative in the backward."""
 

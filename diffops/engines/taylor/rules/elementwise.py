@@ -412,13 +412,22 @@ def _times_input(g_series: Series) -> Series:
 def softplus(func: Callable, x: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
     """``log(1 + exp(beta x)) / beta``, linear where ``beta x > threshold`` (as torch has it)."""
 
+    # At beta x = threshold autograd's rules disagree, and the engine follows them: the first derivative
+    # takes the smooth branch there (softplus_backward tests >), the higher ones the linear branch (its
+    # double backward tests <).
+
     def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
-        linear = x0 * beta > threshold
         yield F.softplus(x0, beta, threshold)
         for k, f in enumerate(islice(_sigmoid_derivatives(x0, beta), 3)):
-            yield torch.where(linear, float(k == 0), f)
+            # from the switch on: 0, but the first derivative's value at the switch (without a slope)
+            above = torch.where(x0 * beta > threshold, 1.0, f.detach()) if k == 0 else 0.0
+            yield torch.where(x0 * beta < threshold, f, above)
 
-    slope = lambda t: torch.where(t * beta > threshold, 1.0, torch.sigmoid(t * beta))  # noqa: E731
+    def slope(t: Jet) -> Jet:
+        # no higher terms, to the jet or to autograd (whose double backward is 0 from the switch on)
+        first = torch.where(t.primal * beta > threshold, 1.0, torch.sigmoid(t.primal * beta)).detach()
+        return torch.where(t * beta < threshold, torch.sigmoid(t * beta), first)
+
     return elementwise(x, derivatives, _with_derivative(lambda t: F.softplus(t, beta, threshold), slope))
 
 
