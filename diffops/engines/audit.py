@@ -69,14 +69,15 @@ def _argument(args: tuple, kwargs: dict, position: int, name: str, default):
     return kwargs[name] if name in kwargs else args[position] if len(args) > position else default
 
 
-def _refuse(defect: Defect, call: str) -> Callable:
+def _refuse_because(call: str, why: str) -> Callable:
     def handler(engine: str, func: Callable, args: tuple, kwargs: dict):
-        raise EngineUnsupported(
-            f"{engine} cannot differentiate {call} exactly: PyTorch's derivative rule for "
-            f"{defect.aten} is wrong ({defect.wrong})"
-        )
+        raise EngineUnsupported(f"{engine} cannot differentiate {call} exactly: {why}")
 
     return handler
+
+
+def _refuse(defect: Defect, call: str) -> Callable:
+    return _refuse_because(call, f"PyTorch's derivative rule for {defect.aten} is wrong ({defect.wrong})")
 
 
 def _instance_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
@@ -133,8 +134,12 @@ _NORM = Defect(
     "its forward-over-forward rule fails ('a variable needed for gradient computation has been modified')",
 )
 _STD = Defect("aten::std", _NORM.wrong)
-_EIGH = Defect("aten::_linalg_eigh", "its third forward-mode derivative fails the same way")
 _GLU = Defect("aten::glu", "it has no forward-mode rule for its own derivative (aten::glu_jvp)")
+_COPYSIGN = Defect(
+    "aten::copysign",
+    "its forward-mode rule modifies a tensor its backward needs, so the parameters' gradients of a second "
+    "derivative fail ('a variable needed for gradient computation has been modified by an inplace operation')",
+)
 # errors rather than wrong numbers, refused from the order at which they fail so that they name the op
 FORWARD_MODE_FAILURES: dict[Callable, tuple[int, Callable]] = {
     torch.norm: _from_order(2, _NORM, "torch.norm"),
@@ -146,10 +151,41 @@ FORWARD_MODE_FAILURES: dict[Callable, tuple[int, Callable]] = {
     torch.std: _from_order(2, _STD, "torch.std"),
     torch.Tensor.std: _from_order(2, _STD, "Tensor.std"),
     torch.std_mean: _from_order(2, _STD, "torch.std_mean"),
-    torch.linalg.eigvalsh: _from_order(3, _EIGH, "torch.linalg.eigvalsh"),
-    torch.linalg.eigh: _from_order(3, _EIGH, "torch.linalg.eigh"),
     F.glu: _from_order(1, _GLU, "F.glu"),
+    torch.copysign: _from_order(2, _COPYSIGN, "torch.copysign"),
+    torch.Tensor.copysign: _from_order(2, _COPYSIGN, "Tensor.copysign"),
 }
+
+_EIGH = Defect(
+    "aten::_linalg_eigh",
+    "the parameters' gradients of forward-mode derivatives are NaN (from the first derivative through the "
+    "eigenvectors, the second through the eigenvalues alone), and the third derivative fails",
+)
+_PROD = Defect(
+    "aten::prod",
+    "at a factor that is exactly zero the parameters' gradients of forward-mode derivatives of order >= 2 are NaN",
+)
+_CUMPROD = Defect(
+    "aten::cumprod",
+    "at a factor that is exactly zero the parameters' gradients of forward-mode derivatives are NaN",
+)
+_DATA = (
+    "it reads the tensor beneath torch.func's wrappers, so what the network computes from it is differentiated "
+    "wrongly (from the parameters' gradients of first derivatives on); Tensor.detach() makes a constant exactly"
+)
+# wrong numbers from the order given (NaNs, or values torch.func cannot see), refused from it.  prod and cumprod
+# are refused whatever their factors: a test for a zero factor would branch on data, which vmap cannot
+FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
+    torch.linalg.eigvalsh: _from_order(2, _EIGH, "torch.linalg.eigvalsh"),
+    torch.linalg.eigh: _from_order(1, _EIGH, "torch.linalg.eigh"),
+    torch.prod: _from_order(2, _PROD, "torch.prod"),
+    torch.Tensor.prod: _from_order(2, _PROD, "Tensor.prod"),
+    torch.cumprod: _from_order(1, _CUMPROD, "torch.cumprod"),
+    torch.Tensor.cumprod: _from_order(1, _CUMPROD, "Tensor.cumprod"),
+    torch.Tensor.data.__get__: (1, _refuse_because("Tensor.data", _DATA)),  # the property's getter
+}
+
+
 def _batch_norm_composed(engine: str, func: Callable, args: tuple, kwargs: dict):
     if not _argument(args, kwargs, 5, "training", False):
         return func(*args, **kwargs)
@@ -196,7 +232,8 @@ class Audit(TorchFunctionMode):
     @classmethod
     def forward_mode(cls, order: int) -> Audit:
         """The audit of the ``func`` engine for derivatives up to ``order``."""
-        failing = {func: handler for func, (start, handler) in FORWARD_MODE_FAILURES.items() if order >= start}
+        from_order = {**FORWARD_MODE_FAILURES, **FORWARD_MODE_WRONG}
+        failing = {func: handler for func, (start, handler) in from_order.items() if order >= start}
         return cls({**FORWARD_MODE_HANDLERS, **failing}, "torch.func")
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -302,4 +339,3 @@ def refuse_once_differentiable(output: torch.Tensor, order: int) -> None:
             f"nested autograd cannot differentiate {name} more than once: its backward is @once_differentiable, "
             "so the derivatives of its gradient would come out as zeros"
         )
-

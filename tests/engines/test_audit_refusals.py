@@ -1,0 +1,134 @@
+"""Refusals of the audits (``diffops/engines/audit.py``) for ops whose upstream rules give wrong numbers.
+
+Each case: the engine refuses, naming the op, from the order where the rule goes
+wrong (below it, the engine is exact), and ``auto`` then returns the reference's
+value and parameter gradients (float64, nested ``torch.autograd.grad``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import diffops as do
+from diffops import engines
+from diffops.engines import EngineUnsupported
+
+from .. import reference as ref
+
+
+class Net(nn.Module):
+    """``x: (N, 2) -> head(f(stem(x), params)): (N, 1)`` for a function ``f`` of the hidden features."""
+
+    def __init__(self, f: Callable, width: int = 5, features: int | None = None, bias: bool = True):
+        super().__init__()
+        self.stem = nn.Linear(2, width, bias=bias).double()
+        self.head = nn.Linear(features or width, 1).double()
+        self.f = f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.f(self.stem(x)))
+
+
+def symmetric(h: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, 2)`` from ``h: (N, 4)``."""
+    a = h.reshape(-1, 2, 2)
+    return a + a.mT
+
+
+class Product(nn.Module):
+    """``prod(tanh(w x))`` over the coordinates, with the first factor exactly zero at ``x_0 = 0``."""
+
+    def __init__(self, cumulative: bool):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.3, -0.7], dtype=torch.float64))
+        self.cumulative = cumulative
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.tanh(x * self.w)
+        return z.cumprod(-1)[:, -1:] if self.cumulative else z.prod(-1, keepdim=True)
+
+
+PRODUCT_X = torch.tensor([[0.0, 0.5], [0.3, 0.2], [-0.4, 0.0]], dtype=torch.float64)
+
+# name -> (network, x or None for random points, the order refused from, the call named)
+CASES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor | None, int, str]] = {
+    "Tensor.data": (lambda: Net(lambda h: torch.tanh(h) * h.data), None, 1, r"Tensor\.data"),
+    "eigvalsh": (
+        lambda: Net(lambda h: torch.linalg.eigvalsh(symmetric(h)), width=4, features=2),
+        None,
+        2,
+        r"torch\.linalg\.eigvalsh.*aten::_linalg_eigh",
+    ),
+    "eigh": (
+        lambda: Net(lambda h: torch.linalg.eigh(symmetric(h))[1][..., 0] ** 2, width=4, features=2),
+        None,
+        1,
+        r"torch\.linalg\.eigh.*aten::_linalg_eigh",
+    ),
+    "prod": (lambda: Product(cumulative=False), PRODUCT_X, 2, r"Tensor\.prod.*aten::prod"),
+    "cumprod": (lambda: Product(cumulative=True), PRODUCT_X, 1, r"Tensor\.cumprod.*aten::cumprod"),
+    "copysign": (
+        lambda: Net(lambda h: torch.copysign(h * h, torch.sin(h))),
+        None,
+        2,
+        r"torch\.copysign.*aten::copysign",
+    ),
+}
+
+
+def points(x: torch.Tensor | None) -> torch.Tensor:
+    return torch.randn(4, 2, dtype=torch.float64) if x is None else x
+
+
+def assert_exact(u: nn.Module, x: torch.Tensor, order: int, method: str) -> None:
+    """``Derivative(wrt=0, order)`` of ``method``: the reference's value and parameter gradients."""
+    expected = ref.partial(u, x, (0,) * order)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # auto announces the engine it falls back to
+        actual = do.Derivative(u, wrt=0, order=order, method=method)(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11)
+    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_func_refuses_from_the_order_where_the_rule_goes_wrong(case):
+    make, x, order, named = CASES[case]
+    u, x = make(), points(x)
+    for operator in (do.Derivative(u, wrt=0, order=order, method="func"), do.Laplacian(u, method="func")):
+        with pytest.raises(EngineUnsupported, match=named):  # a Laplacian is of order 2 >= order
+            operator(x)
+    if order > 1:  # exact below it
+        assert_exact(u, x, order - 1, "func")
+
+
+@pytest.fixture
+def func_then_autograd(monkeypatch):
+    """``auto`` tries ``func`` and then ``autograd``, as it does wherever Taylor mode refuses an op."""
+    monkeypatch.setattr(engines, "ranked", lambda request, d, outputs: ("func", "autograd"))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_auto_moves_past_the_refusal_to_the_exact_value(case, func_then_autograd):
+    make, x, order, _ = CASES[case]
+    u, x = make(), points(x)
+    assert_exact(u, x, order, "auto")
+    assert_exact(u, x, 2, "auto")
+
+
+def test_the_refused_rules_really_go_wrong():
+    """Without the audit, torch.func gives NaN parameter gradients for the second derivative at a zero factor."""
+    u = Product(cumulative=False)
+    v = torch.zeros_like(PRODUCT_X)
+    v[:, 0] = 1.0
+    first = lambda y: torch.func.jvp(u, (y,), (v,))[1]  # noqa: E731
+    second = torch.func.jvp(first, (PRODUCT_X,), (v,))[1]
+    (gradient,) = torch.autograd.grad(second.square().sum(), u.w)
+    assert gradient.isnan().any()
+    (expected,) = torch.autograd.grad(ref.partial(u, PRODUCT_X, (0, 0)).square().sum(), u.w)
+    assert not expected.isnan().any()
