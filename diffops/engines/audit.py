@@ -16,7 +16,8 @@ every torch call (:class:`Audit`, a ``TorchFunctionMode``, so it works under
 The double-backward rules of the fused normalisations are right, but not their
 third derivatives, which the parameters' gradients of a second derivative
 need: nested autograd runs them through the same compositions for requests of
-order 2 and more (:func:`exact_reverse_mode`).  ``hardsigmoid``'s backward has
+order 2 and more (:func:`exact_reverse_mode`), and refuses ``logcumsumexp``, whose double backward gives
+NaN, from order 2.  ``hardsigmoid``'s backward has
 no derivative, so both engines run it as ``relu6(x + 3) / 6``; ``celu``'s is
 inexact (a float32 ``1/alpha``), so both run it as ``relu(x) + alpha expm1(min(x, 0) / alpha)``.  Both run
 attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
@@ -195,6 +196,16 @@ def _batch_norm_composed(engine: str, func: Callable, args: tuple, kwargs: dict)
 # nested autograd differentiates batch statistics fine through the composition (func cannot: vmap)
 REVERSE_MODE_HANDLERS: dict[Callable, Callable] = {**NORMALISATION_HANDLERS, F.batch_norm: _batch_norm_composed}
 
+_LOGCUMSUMEXP = Defect(
+    "aten::logcumsumexp",
+    "its double backward gives NaN: third derivatives and the parameters' gradients of second derivatives are NaN",
+)
+# wrong numbers of reverse mode from the order given, refused from it
+REVERSE_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
+    torch.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "torch.logcumsumexp"),
+    torch.Tensor.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "Tensor.logcumsumexp"),
+}
+
 # hardsigmoid's backward has no derivative and celu's is inexact: any derivative trained on
 # needs the composition
 MISSING_RULE_HANDLERS: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid, F.celu: _celu, torch.celu: _celu}
@@ -294,9 +305,11 @@ def exact_reverse_mode(order: int) -> Iterator[None]:
 
     A training step differentiates the result once more, so the normalisations'
     third-order defect shows from ``order`` 2 on (in the parameters' gradients),
-    and the missing second derivative of ``hardsigmoid`` from ``order`` 1.
+    and the missing second derivative of ``hardsigmoid`` from ``order`` 1; the
+    calls of :data:`REVERSE_MODE_WRONG` are refused from their order.
     """
-    handlers = {**MISSING_RULE_HANDLERS, **(REVERSE_MODE_HANDLERS if order >= 2 else {})}
+    failing = {func: handler for func, (start, handler) in REVERSE_MODE_WRONG.items() if order >= start}
+    handlers = {**MISSING_RULE_HANDLERS, **(REVERSE_MODE_HANDLERS if order >= 2 else {}), **failing}
     with missing_rules_refused("nested autograd"), math_attention():
         if order == 0:
             yield

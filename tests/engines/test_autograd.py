@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 import diffops as do
+from diffops import engines
 from diffops.engines import EngineUnsupported, Request
 from diffops.engines.audit import request_order
 
@@ -115,3 +118,41 @@ def test_a_once_differentiable_backward_is_refused_not_read_as_zeros():
     # a backward that can be differentiated again is exact under nested autograd
     twice = lambda x: _TwiceDifferentiableCube.apply(x).sum(-1, keepdim=True)  # noqa: E731
     torch.testing.assert_close(do.Laplacian(twice, method="autograd")(x), expected, rtol=1e-12, atol=1e-12)
+
+
+class _CumulativeLogSumExp(nn.Module):
+    """``logcumsumexp`` over 5 hidden features; :meth:`composed` is the same as log-sum-exps of prefixes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Linear(2, 5).double(), nn.Linear(5, 1).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.logcumsumexp(self.stem(x), -1))
+
+    def composed(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)  # logsumexp's rules are right at every order
+        return self.head(torch.stack([h[:, : k + 1].logsumexp(-1) for k in range(h.shape[1])], dim=-1))
+
+
+def assert_value_and_gradients(u: nn.Module, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11)
+    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
+
+
+def test_logcumsumexp_is_refused_from_the_order_its_double_backward_gives_nan(monkeypatch):
+    u, x = _CumulativeLogSumExp(), torch.randn(4, 2, dtype=torch.float64)
+    first = do.Derivative(u, wrt=0, method="autograd")(x)  # exact below order 2
+    assert_value_and_gradients(u, first, ref.partial(u.composed, x, (0,)))
+    second = ref.partial(u, x, (0, 0))  # upstream: the second derivative's parameter gradients are NaN
+    assert any(g.isnan().any() for g in ref.parameter_gradients(u, second))
+    for operator in (do.Laplacian(u, method="autograd"), do.Derivative(u, wrt=0, order=3, method="autograd")):
+        with pytest.raises(EngineUnsupported, match=r"torch\.logcumsumexp.*aten::logcumsumexp"):
+            operator(x)
+    monkeypatch.setattr(engines, "ranked", lambda request, d, outputs: ("autograd", "func"))
+    for order in (2, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # auto announces the fallback
+            actual = do.Derivative(u, wrt=0, order=order)(x)
+        assert_value_and_gradients(u, actual, ref.partial(u.composed, x, (0,) * order))
