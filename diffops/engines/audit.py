@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -36,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.overrides import TorchFunctionMode
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.overrides import TorchFunctionMode, resolve_name
 
 from . import decompositions
 from .base import EngineUnsupported, Request
@@ -227,28 +230,76 @@ FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
 }
 
 
+_entered = threading.local()  # .grad: the grad mode the network was last entered with (see ``entered``)
+
+
+def entered(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` noting, while it runs, whether gradients were enabled as it was entered (restored after: it nests).
+
+    The ``func`` engine's :class:`Audit` compares the grad mode of each op of the
+    network with it (:func:`grad_turned_off`).
+    """
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # a thread-local would break the graph; compiled code is not audited so
+            return fn(x)
+        before = getattr(_entered, "grad", False)
+        _entered.grad = torch.is_grad_enabled()
+        try:
+            return fn(x)
+        finally:
+            _entered.grad = before
+
+    return run
+
+
+def grad_turned_off(func: Callable) -> bool:
+    """Whether ``func`` runs with gradients off inside a network that was entered with them on.
+
+    ``torch.no_grad()`` inside the forward makes what it computes a constant to
+    autograd (the reference), but forward mode ignores it and differentiates
+    through.  Every op of such a section is refused, also one of the parameters
+    alone: ``torch.func`` wraps what every op computes, so which ones depend on
+    the input cannot be told.  (Entered without gradients, as for validation,
+    the section cannot be told from the rest of the network; inside ``vjp``
+    they are on.)
+    """
+    if torch.is_grad_enabled() or func is torch._C._set_grad_enabled:  # (which leaves the section with them off)
+        return False
+    return not torch.compiler.is_compiling() and getattr(_entered, "grad", False)  # see ``entered``
+
+
 class Audit(TorchFunctionMode):
     """Reroutes or refuses the torch calls in ``handlers`` (see the module docstring).
 
     Every other call passes through unchanged.  The network's Python code runs
     once per transform, so this costs one dict lookup per torch call of ``u``.
-    ``engine`` names the engine in the refusals.
+    ``engine`` names the engine in the refusals.  With ``constants_refused``, an
+    op that runs in a ``torch.no_grad()`` section of the network is refused too
+    (:func:`grad_turned_off`; the network runs through :func:`entered`).
     """
 
-    def __init__(self, handlers: dict[Callable, Callable], engine: str) -> None:
+    def __init__(self, handlers: dict[Callable, Callable], engine: str, constants_refused: bool = False) -> None:
         super().__init__()
         self.handlers = handlers
         self.engine = engine
+        self.constants_refused = constants_refused
 
     @classmethod
     def forward_mode(cls, order: int) -> Audit:
         """The audit of the ``func`` engine for derivatives up to ``order``."""
         from_order = {**FORWARD_MODE_FAILURES, **FORWARD_MODE_WRONG}
         failing = {func: handler for func, (start, handler) in from_order.items() if order >= start}
-        return cls({**FORWARD_MODE_HANDLERS, **failing}, "torch.func")
+        return cls({**FORWARD_MODE_HANDLERS, **failing}, "torch.func", constants_refused=order >= 1)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.constants_refused and grad_turned_off(func):
+            raise EngineUnsupported(
+                f"{self.engine} cannot differentiate {resolve_name(func) or func} with gradients turned off inside "
+                "the network (torch.no_grad()): autograd takes what it computes as a constant, forward mode "
+                "differentiates through it"
+            )
         handler = self.handlers.get(func)
         if handler is None:
             return func(*args, **kwargs)
@@ -293,9 +344,44 @@ def request_order(request: Request) -> int:
 
 
 @contextlib.contextmanager
+def batch_norm_training_refused(engine: str) -> Iterator[None]:
+    """Refuse a BatchNorm module in training mode before its forward runs, naming it.
+
+    Its forward first counts the batch in place (``num_batches_tracked.add_``),
+    which ``jvp`` rejects with a bare error before :class:`Audit` sees
+    ``F.batch_norm``, then normalises with batch statistics (:data:`BATCH_NORM`)
+    and updates its running statistics in place.  A global hook, for this
+    thread and this context only; not under ``torch.compile``, which cannot
+    trace its registration.
+    """
+    if torch.compiler.is_compiling():
+        yield
+        return
+    thread = threading.get_ident()
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, _BatchNorm) and module.training and threading.get_ident() == thread:
+            _refuse(BATCH_NORM, f"{type(module).__name__} in training mode")(engine, module, args, {})  # raises
+
+    handle = register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def exact_forward_mode(order: int) -> Iterator[None]:
-    """The context the ``func`` engine runs the network in for derivatives up to ``order``."""
-    with missing_rules_refused("torch.func"), math_attention(), Audit.forward_mode(order):
+    """The context the ``func`` engine runs the network in for derivatives up to ``order``.
+
+    The network must run through :func:`entered` for its ``torch.no_grad()`` sections to be refused.
+    """
+    with (
+        missing_rules_refused("torch.func"),
+        math_attention(),
+        batch_norm_training_refused("torch.func"),
+        Audit.forward_mode(order),
+    ):
         yield
 
 

@@ -9,7 +9,9 @@ unchanged; rows must be independent samples.
 
 The network runs under :func:`.audit.exact_forward_mode`: the torch calls whose
 upstream forward-mode rules are wrong are rerouted through exact compositions
-or refused, so this engine never returns a value it has not got right.
+or refused, and so are ``torch.no_grad()`` sections inside the network (run
+through :func:`.audit.entered`) and BatchNorm in training mode, so this engine
+never returns a value it has not got right.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
-from .audit import exact_forward_mode, request_order
+from .audit import entered, exact_forward_mode, request_order
 from .base import BatchedFn, MultiIndex, Request, basis, compute_along
 from .compiling import materialise_zero_tensors
 
@@ -60,6 +62,23 @@ def jacobian(fn: BatchedFn, x: torch.Tensor, out_shape: torch.Size) -> torch.Ten
     return rows.movedim(0, 1).reshape(n, *out_shape, d)
 
 
+def connected(result: torch.Tensor, value: torch.Tensor, directions: bool = False) -> torch.Tensor:
+    """``result`` as a function of whatever ``value: (N, *out)`` depends on (the parameters), if it is not one.
+
+    ``torch.func`` hands back a tangent it knows to be zero (the Hessian of a
+    piecewise-linear network, any derivative of an output that does not depend
+    on ``x``) as a tensor without a graph, which a training step could not
+    backward through; nested autograd and Taylor mode return such zeros in the
+    graph, with zero gradients.  ``result``: ``(N, *out, ...)``, or ``(R, N, *out)``
+    with ``directions``.
+    """
+    if result.requires_grad or not value.requires_grad:
+        return result
+    if not directions:
+        value = value.reshape(value.shape + (1,) * (result.dim() - value.dim()))
+    return result + 0 * value
+
+
 class FuncEngine:
     """``method="func"``."""
 
@@ -71,7 +90,8 @@ class FuncEngine:
         if torch.compiler.is_compiling():
             materialise_zero_tensors()
         with exact_forward_mode(request_order(request)):
-            return self._compute(fn, x, request)
+            results = self._compute(entered(fn), x, request)
+        return {key: connected(result, results[()]) for key, result in results.items()}
 
     def _compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         results: dict = {}
@@ -100,7 +120,8 @@ class FuncEngine:
         if torch.compiler.is_compiling():
             materialise_zero_tensors()
         with exact_forward_mode(order):
-            return vmap(lambda v: directional_chain(fn, [v] * order)(x)[order])(directions)
+            chains = vmap(lambda v: directional_chain(entered(fn), [v] * order)(x))(directions)
+        return connected(chains[order], chains[0][0], directions=True)  # (S, N, *out); the value's primal
 
     def along(
         self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, summed: bool
@@ -109,6 +130,6 @@ class FuncEngine:
         if torch.compiler.is_compiling():
             materialise_zero_tensors()
         with exact_forward_mode(order):
-            chains = vmap(lambda v: directional_chain(fn, [v] * order)(x))(directions.to(x.dtype))
-        top = chains[order]  # (R, N, *out)
-        return chains[0][0], top.sum(0) if summed else top
+            chains = vmap(lambda v: directional_chain(entered(fn), [v] * order)(x))(directions.to(x.dtype))
+        value, top = chains[0][0], chains[order]  # (N, *out), (R, N, *out)
+        return value, connected(top.sum(0), value) if summed else connected(top, value, directions=True)

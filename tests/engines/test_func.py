@@ -149,3 +149,43 @@ def test_compiled_training_step_equals_eager(operator):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for a, e in zip(gradients(compiled), gradients(eager)):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+
+
+# -- results that torch.func knows to be zero -------------------------------------------------
+
+
+class Constant(nn.Module):
+    """An output that does not depend on the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor([[1.5]], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c.expand(x.shape[0], 1) * torch.ones_like(x[:, :1])
+
+
+PIECEWISE_LINEAR = {
+    "hardtanh": lambda: nn.Sequential(nn.Linear(2, 6), nn.Hardtanh(-0.5, 0.5), nn.Linear(6, 1)).double(),
+    "leaky_relu": lambda: nn.Sequential(nn.Linear(2, 6), nn.LeakyReLU(0.1), nn.Linear(6, 1)).double(),
+    "constant": Constant,
+}
+
+
+@pytest.mark.parametrize("net", sorted(PIECEWISE_LINEAR))
+@pytest.mark.parametrize("operator", ["hessian", "laplacian", "derivative", "along", "estimate"])
+def test_known_zeros_stay_in_the_graph_as_with_nested_autograd(net, operator):
+    """torch.func hands back a zero tangent without a graph; a training step must still backward through it."""
+    u, x = PIECEWISE_LINEAR[net](), torch.randn(4, 2, dtype=torch.float64)
+    make = {
+        "hessian": lambda: do.Hessian(u, method="func"),
+        "laplacian": lambda: do.Laplacian(u, method="func"),
+        "derivative": lambda: do.Derivative(u, wrt=(0, 1), method="func"),
+        "along": lambda: do.Laplacian(u, sigma=torch.eye(2, dtype=torch.float64), method="func"),
+        "estimate": lambda: do.Laplacian(u, estimator="hutchinson", samples=3, method="func"),
+    }
+    result = make[operator]()(x)
+    assert result.requires_grad
+    torch.testing.assert_close(result, torch.zeros_like(result), rtol=0, atol=0)
+    (result**2).mean().backward()
+    assert all(p.grad is None or not p.grad.any() for p in u.parameters())  # as nested autograd's: none or zero
