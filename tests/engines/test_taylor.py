@@ -339,6 +339,29 @@ def test_softplus_at_its_switch_follows_autograds_rules(index):
     assert_gradients_close(u, laplacian, ref.laplacian(u, x))
 
 
+class PowerOfAbs(nn.Module):
+    """``sum_i |w_i x_i|^p``, which a point with ``x_0 = 0`` (a boundary, say) meets at its base's zero."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.w = nn.Parameter(torch.tensor([1.3, -0.7], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.abs(x * self.w) ** self.p).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize(("p", "index"), [(3.5, (0,)), (3.5, (0, 0)), (3.5, (0, 0, 0)), (3.5, (0, 1)), (2.5, (0, 0))])
+def test_a_fractional_power_at_a_zero_base_matches_autograd(p, index):
+    u, x = PowerOfAbs(p), torch.tensor([[0.0, 0.5], [0.3, 0.2], [0.0, 0.0]], dtype=torch.float64)
+    actual, expected = do.Derivative(u, wrt=index, method="taylor")(x), ref.partial(u, x, index)
+    assert torch.isfinite(expected).all()
+    assert_close(actual, expected)
+    # the parameters' gradients are NaN where autograd's are (0 ** -0.5 times 0, from order p - 1/2 on)
+    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+        torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL, equal_nan=True)
+
+
 class NumpySin(torch.autograd.Function):
     """``sin`` computed outside torch, with its derivative in the backward."""
 

@@ -199,8 +199,16 @@ def reciprocal_rule(func: Callable, x: Jet) -> Jet:
 
 
 def power(x: Jet, p: Any) -> Jet:
-    """``x ** p`` for a constant exponent: by squaring for a small natural ``p``, else the recurrence
-    ``k x_0 y_k = sum_(j=1..k) ((p + 1) j - k) x_j y_(k-j)`` (which needs ``x_0 != 0``)."""
+    """``x ** p`` for a constant exponent: by squaring for a small natural ``p``, else Faa di Bruno's formula.
+
+    With ``s(t) = sum_(j>=1) x_j t^j``, ``(x_0 + s)^p = sum_m C(p, m) x_0^(p-m) s^m``, so
+    ``y_k = sum_(m=1..k) C(p, m) x_0^(p-m) [t^k] s^m``.  Unlike the recurrence
+    ``k x_0 y_k = sum_j ((p + 1) j - k) x_j y_(k-j)`` it never divides by ``x_0``: at
+    ``x_0 = 0`` (``|x|^3.5`` at a boundary point) each term is autograd's own
+    ``C(p, m) 0^(p-m)``, 0 below the order ``p`` and infinite above, where the
+    recurrence gave NaN.  A term with ``C(p, m) = 0`` (a natural ``p < m``) is left
+    out, as autograd's zero rule for ``x^0`` has it.
+    """
     if isinstance(p, numbers.Real) and float(p).is_integer() and 1 <= p <= 8:
         p = int(p)
         result, base = None, x
@@ -211,13 +219,38 @@ def power(x: Jet, p: Any) -> Jet:
             if not p:
                 return result
             base = mul(torch.mul, base, base)
-    y0 = torch.pow(x.primal, p)
-    coefficients = [y0]
-    for k in range(1, x.order + 1):
-        head = (p * y0 / x.primal) * x.coefficients[k]
-        lower = convolution(x.coefficients, coefficients, k, lambda j, k=k: (p + 1) * j - k)
-        coefficients.append(x.combine(k, head, lower, scale=1 / (k * x.primal)))
+    x0, order = x.primal, x.order
+    binomials = [1]
+    for m in range(1, order + 1):
+        binomials.append(binomials[-1] * (p - (m - 1)) / m)
+    scaled = [torch.pow(x0, p)] + [
+        None if isinstance(c, numbers.Number) and c == 0 else c * torch.pow(x0, p - m)
+        for m, c in enumerate(binomials[1:], start=1)
+    ]
+    # s_powers[m][k] = [t^k] s^m, per direction (the top order's terms read only lower ones); None: known zero
+    s_powers = {1: {j: x.coefficients[j] for j in range(1, order) if j <= x.degree}}
+    coefficients = [scaled[0]]
+    for k in range(1, order + 1):
+        head = None if scaled[1] is None or k > x.degree else scaled[1] * x.coefficients[k]
+        lower = None
+        for m in range(2, k + 1):
+            term = _power_coefficient(s_powers, m, k)
+            s_powers.setdefault(m, {})[k] = term
+            if term is not None and scaled[m] is not None:
+                lower = scaled[m] * term if lower is None else lower + scaled[m] * term
+        known_zero = head is None and lower is None
+        coefficients.append(x.zero(k, x0.shape) if known_zero else x.combine(k, head, lower))
     return x.like(coefficients)
+
+
+def _power_coefficient(s_powers: dict, m: int, k: int) -> torch.Tensor | None:
+    """``[t^k] s^m = sum_j s_j [t^(k-j)] s^(m-1)`` from the lower powers; None if every term is known zero."""
+    total = None
+    for j, s_j in s_powers[1].items():
+        below = s_powers[m - 1].get(k - j)
+        if below is not None:
+            total = s_j * below if total is None else total + s_j * below
+    return total
 
 
 @rule(torch.pow, T.pow, T.__pow__)
