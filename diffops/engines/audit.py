@@ -42,7 +42,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from . import decompositions
-from .base import EngineUnsupported, Request
+from .base import EngineUnsupported, Request, grad_turned_off
 
 
 @dataclass(frozen=True)
@@ -230,45 +230,6 @@ FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
 }
 
 
-_entered = threading.local()  # .grad: the grad mode the network was last entered with (see ``entered``)
-
-
-def entered(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fn`` noting, while it runs, whether gradients were enabled as it was entered (restored after: it nests).
-
-    The ``func`` engine's :class:`Audit` compares the grad mode of each op of the
-    network with it (:func:`grad_turned_off`).
-    """
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # a thread-local would break the graph; compiled code is not audited so
-            return fn(x)
-        before = getattr(_entered, "grad", False)
-        _entered.grad = torch.is_grad_enabled()
-        try:
-            return fn(x)
-        finally:
-            _entered.grad = before
-
-    return run
-
-
-def grad_turned_off(func: Callable) -> bool:
-    """Whether ``func`` runs with gradients off inside a network that was entered with them on.
-
-    ``torch.no_grad()`` inside the forward makes what it computes a constant to
-    autograd (the reference), but forward mode ignores it and differentiates
-    through.  Every op of such a section is refused, also one of the parameters
-    alone: ``torch.func`` wraps what every op computes, so which ones depend on
-    the input cannot be told.  (Entered without gradients, as for validation,
-    the section cannot be told from the rest of the network; inside ``vjp``
-    they are on.)
-    """
-    if torch.is_grad_enabled() or func is torch._C._set_grad_enabled:  # (which leaves the section with them off)
-        return False
-    return not torch.compiler.is_compiling() and getattr(_entered, "grad", False)  # see ``entered``
-
-
 class Audit(TorchFunctionMode):
     """Reroutes or refuses the torch calls in ``handlers`` (see the module docstring).
 
@@ -276,7 +237,7 @@ class Audit(TorchFunctionMode):
     once per transform, so this costs one dict lookup per torch call of ``u``.
     ``engine`` names the engine in the refusals.  With ``constants_refused``, an
     op that runs in a ``torch.no_grad()`` section of the network is refused too
-    (:func:`grad_turned_off`; the network runs through :func:`entered`).
+    (:func:`.base.grad_turned_off`; the network runs through :func:`.base.entered`).
     """
 
     def __init__(self, handlers: dict[Callable, Callable], engine: str, constants_refused: bool = False) -> None:
@@ -294,7 +255,8 @@ class Audit(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.constants_refused and grad_turned_off(func):
+        # torch.no_grad()'s exit sets the grad mode with gradients still off: not an op of the section
+        if self.constants_refused and func is not torch._C._set_grad_enabled and grad_turned_off():
             raise EngineUnsupported(
                 f"{self.engine} cannot differentiate {resolve_name(func) or func} with gradients turned off inside "
                 "the network (torch.no_grad()): autograd takes what it computes as a constant, forward mode "
@@ -374,7 +336,7 @@ def batch_norm_training_refused(engine: str) -> Iterator[None]:
 def exact_forward_mode(order: int) -> Iterator[None]:
     """The context the ``func`` engine runs the network in for derivatives up to ``order``.
 
-    The network must run through :func:`entered` for its ``torch.no_grad()`` sections to be refused.
+    The network must run through :func:`.base.entered` for its ``torch.no_grad()`` sections to be refused.
     """
     with (
         missing_rules_refused("torch.func"),

@@ -22,6 +22,7 @@ with respect to whatever ``fn`` closes over (the network's parameters) and to
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -155,3 +156,38 @@ def basis(x: torch.Tensor) -> torch.Tensor:
     n, d = x.shape
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     return eye[:, None, :].expand(d, n, d)
+
+
+_entered = threading.local()  # .grad: the grad mode the network was last entered with (see ``entered``)
+
+
+def entered(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` noting, while it runs, whether gradients were enabled as it was entered (restored after: it nests).
+
+    An engine runs the network through it so that :func:`grad_turned_off` can
+    tell a ``torch.no_grad()`` section of the network, or the forward of a custom
+    ``torch.autograd.Function`` (which runs so), from the rest.
+    """
+
+    def run(x: Any) -> Any:
+        if torch.compiler.is_compiling():  # a thread-local would break the graph; compiled code is not checked
+            return fn(x)
+        before = getattr(_entered, "grad", False)
+        _entered.grad = torch.is_grad_enabled()
+        try:
+            return fn(x)
+        finally:
+            _entered.grad = before
+
+    return run
+
+
+def grad_turned_off() -> bool:
+    """Whether the network now runs with gradients off that it was entered with on (see :func:`entered`).
+
+    Autograd, the reference, takes what a ``torch.no_grad()`` section computes
+    as a constant and differentiates a custom ``Function`` by its own backward;
+    forward propagation would differentiate both through.  (Entered without
+    gradients, as for validation, neither can be told from the rest.)
+    """
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and getattr(_entered, "grad", False)

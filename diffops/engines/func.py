@@ -10,7 +10,7 @@ unchanged; rows must be independent samples.
 The network runs under :func:`.audit.exact_forward_mode`: the torch calls whose
 upstream forward-mode rules are wrong are rerouted through exact compositions
 or refused, and so are ``torch.no_grad()`` sections inside the network (run
-through :func:`.audit.entered`) and BatchNorm in training mode, so this engine
+through :func:`.base.entered`) and BatchNorm in training mode, so this engine
 never returns a value it has not got right.
 """
 
@@ -21,8 +21,8 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
-from .audit import entered, exact_forward_mode, request_order
-from .base import BatchedFn, MultiIndex, Request, basis, compute_along
+from .audit import exact_forward_mode, request_order
+from .base import BatchedFn, MultiIndex, Request, basis, compute_along, entered
 from .compiling import materialise_zero_tensors
 
 

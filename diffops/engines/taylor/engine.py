@@ -18,10 +18,10 @@ import math
 
 import torch
 
-from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along
+from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along, entered
 from . import rules  # noqa: F401 - register the jet rules
 from .interpolation import Direction, Interpolation, Truncation, truncate
-from .jet import Jet, entered_with
+from .jet import Jet
 from .rules import fused  # noqa: F401 - after the ordinary rules, which it hands every other case
 from .stacked import Stacked
 
@@ -81,8 +81,7 @@ def propagate_truncated(fn: BatchedFn, x: torch.Tensor, plan: Truncation) -> lis
 def _run(fn: BatchedFn, jet: Jet):
     """``fn(jet)``; a network that treats its input as more than a tensor is unsupported."""
     try:
-        with entered_with(torch.is_grad_enabled()):
-            return fn(jet)
+        return entered(fn)(jet)
     except (TypeError, AttributeError) as error:
         why = f"{type(error).__name__}: {error}"
         raise EngineUnsupported(f"Taylor mode cannot run this network on jets: {why}") from error

@@ -26,16 +26,14 @@ modules of ``diffops.engines.taylor.rules``).  Any other torch function on a jet
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.overrides import resolve_name
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..base import EngineUnsupported
+from ..base import EngineUnsupported, grad_turned_off
 
 RULES: dict[Callable, Callable] = {}
 
@@ -245,35 +243,9 @@ for _name in (
     setattr(Jet, _name, _method(getattr(torch.Tensor, _name)))
 
 
-_entered = threading.local()  # .grad: the grad mode the network was entered in (see ``entered_with``)
-
-
-@contextlib.contextmanager
-def entered_with(grad: bool) -> Iterator[None]:
-    """Run the network on jets, entered with gradients ``grad`` (enabled or not); restored after, so it nests."""
-    before = getattr(_entered, "grad", False)
-    _entered.grad = grad
-    try:
-        yield
-    finally:
-        _entered.grad = before
-
-
-def _grad_turned_off() -> bool:
-    """Whether part of the network runs with gradients off that it was entered with on.
-
-    ``torch.no_grad()`` inside the forward makes what it computes a constant to
-    autograd, and a custom ``torch.autograd.Function`` runs its forward so and
-    differentiates with its own backward; the jet would differentiate the forward
-    instead, so Taylor mode refuses both.  (Entered without gradients, as for
-    validation, the two cannot be told from the rest of the network.)
-    """
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and getattr(_entered, "grad", False)
-
-
 def _dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     """Route a torch function called on jets to its rule."""
-    if _grad_turned_off():
+    if grad_turned_off():  # a no_grad() section or a custom Function's forward: autograd's, not the jet's
         raise unsupported(func, " with gradients turned off inside the network (torch.no_grad() or a custom "
                           "torch.autograd.Function, whose backward autograd uses): run by nested autograd")  # fmt: skip
     if func in REVERSED:

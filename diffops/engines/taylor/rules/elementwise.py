@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
-from ..jet import Jet, entered_with, rule, unsupported
+from ...base import entered
+from ..jet import Jet, rule, unsupported
 from .products import accumulate, convolution, reciprocal, series_product
 
 T = torch.Tensor
@@ -194,8 +195,8 @@ class _SeriesComposition(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, series: Series, form: str, degree: int, *xs):
-        with entered_with(False):  # the series' own ops, which run with gradients off here as in every forward
-            ys, zs = series(Jet(list(xs), form, degree))
+        # entered as every forward runs, with gradients off: the series' own ops are not a section of the network
+        ys, zs = entered(series)(Jet(list(xs), form, degree))
         ctx.series, ctx.form, ctx.degree = series, form, degree
         ctx.save_for_backward(*xs, *zs)
         ctx.set_materialize_grads(False)
