@@ -251,7 +251,7 @@ def test_parameter_gradients_taken_with_create_graph_match_the_reference(net):
 @pytest.mark.parametrize("degrees", [(2, 2), (1, 2), (2, 1), (1, 1), (3, 1)])
 def test_the_product_node_matches_the_product_as_plain_ops(degrees):
     """The Cauchy product node and its backwards against autograd through the plain product, any two degrees."""
-    from diffops.engines.taylor.rules.fused import _Product, cauchy_product
+    from diffops.engines.taylor.rules.sums import _Product, cauchy_product
 
     torch.manual_seed(3)
     counts, (da, db) = (3, 2, 1), degrees

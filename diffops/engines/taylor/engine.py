@@ -22,7 +22,7 @@ from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_al
 from . import rules  # noqa: F401 - register the jet rules
 from .interpolation import Direction, Interpolation, Truncation, truncate
 from .jet import Jet
-from .rules import fused  # noqa: F401 - after the ordinary rules, which it hands every other case
+from .rules import fused, sums  # noqa: F401 - after the ordinary rules, which they hand every other case
 from .stacked import Stacked
 
 

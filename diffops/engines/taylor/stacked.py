@@ -18,8 +18,10 @@ on a stacked jet is kept *pending* (its input, weight and bias) until the next
 operation: an activation with a fused rule takes the three as they are.  The
 fused layers themselves are kept as a *chain* (:class:`~.rules.fused.Chain`)
 until something reads the stack, and then run as one autograd node: a layer
-of its own costs more in Python than its arithmetic at PINN widths.  Any
-other operation sees an ordinary :class:`~.jet.Jet` (``coefficients``, built on
+of its own costs more in Python than its arithmetic at PINN widths.  Sums and
+products of stacked jets are kept *deferred* the same way
+(:class:`~.rules.sums.Polynomial`), so that products sharing a factor run as
+one.  Any other operation sees an ordinary :class:`~.jet.Jet` (``coefficients``, built on
 first use, with zeros in the truncated places) and runs its ordinary rule.
 """
 
@@ -141,10 +143,14 @@ class Stacked(Jet):
 
     ``counts``: ``(R_1, .., R_K)``, non-increasing; ``degree``: the highest order
     stored; ``pending``: ``(weight, bias)`` of a ``Linear`` not yet applied to ``stack``;
-    ``chain``: instead of ``stack``, the fused layers whose output it is, run on first read.
+    ``chain``: instead of ``stack``, the fused layers whose output it is, run on first read;
+    ``deferred``: instead of ``stack``, the sum of products whose value it is, run on first read;
+    ``sums``: weighted sums with other jets computed once for several readers (see :mod:`.rules.sums`).
     """
 
-    __slots__ = ("_stack", "chain", "counts", "pending", "_in_rows", "_resolved", "_plain")
+    __slots__ = (
+        "_stack", "chain", "deferred", "sums", "counts", "pending", "_in_rows", "_resolved", "_plain", "__weakref__"
+    )
 
     def __init__(
         self,
@@ -153,9 +159,12 @@ class Stacked(Jet):
         degree: int,
         pending: tuple | None = None,
         chain: Any = None,
+        deferred: Any = None,
     ):
         self._stack = stack
         self.chain = chain
+        self.deferred = deferred
+        self.sums: dict | None = None
         self.counts = counts
         self.degree = degree
         self.pending = pending
@@ -171,13 +180,18 @@ class Stacked(Jet):
     def stack(self) -> torch.Tensor:
         """``(S, *sample)``: the coefficients (before the pending ``Linear``); reading it runs the chain."""
         if self._stack is None:
-            self._stack = self.chain.output()
+            self._stack = self.chain.output() if self.chain is not None else self.deferred.evaluate()
         return self._stack
 
     @property
     def lazy(self) -> bool:
         """Whether the stack is still a chain of fused layers that has not run."""
-        return self._stack is None
+        return self._stack is None and self.chain is not None
+
+    @property
+    def unread(self) -> Any:
+        """The chain or deferred sum that will write the stack, or None once it is written."""
+        return None if self._stack is not None else self.chain if self.chain is not None else self.deferred
 
     # -- layout ---------------------------------------------------------------------
 
@@ -202,7 +216,7 @@ class Stacked(Jet):
                 return self._resolved
             if self.lazy:
                 self._stack = self.chain.output(rows=True)
-            mapped = self._stack
+            mapped = self.stack
             if self.pending is not None:
                 weight, bias = self.pending
                 mapped = map_linear(mapped, weight) if feature_major(mapped) else F.linear(mapped, weight)
@@ -237,18 +251,21 @@ class Stacked(Jet):
 
     @property
     def shape(self) -> torch.Size:
-        shape = self.chain.shape if self.lazy else self.stack.shape
+        unread = self.unread
+        shape = unread.shape if unread is not None else self._stack.shape
         if self.pending is not None:
             return torch.Size((*shape[1:-1], self.pending[0].shape[0]))
         return shape[1:]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.chain.source.dtype if self.lazy else self.stack.dtype
+        unread = self.unread
+        return unread.dtype if unread is not None else self._stack.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.chain.source.device if self.lazy else self.stack.device
+        unread = self.unread
+        return unread.device if unread is not None else self._stack.device
 
     def dim(self) -> int:
         return len(self.shape)

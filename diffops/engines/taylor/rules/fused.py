@@ -409,6 +409,14 @@ class Chain:
         self.result: torch.Tensor | None = None
         self.children = 0
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.source.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device
+
     @staticmethod
     def after(x: Stacked, layer: tuple) -> Chain:
         """The link that applies ``layer`` to ``x``: on ``x``'s chain if it has one not run, else a new chain."""
@@ -466,134 +474,11 @@ def _override(funcs: tuple, replacement: Callable) -> None:
         RULES[func] = rule
 
 
-# -- sums and products, for networks that mix branches (the modified MLP's (1 - z) u + z v) ---------------
-
-
-def _constant(value, x: Stacked) -> bool:
-    """A number, or a plain tensor that broadcasts to ``x``'s sample shape."""
-    if isinstance(value, (int, float)):
-        return True
-    return isinstance(value, torch.Tensor) and torch.broadcast_shapes(value.shape, x.shape) == x.shape
-
-
-def _compatible(a: Stacked, b: Stacked) -> bool:
-    return a.counts == b.counts and a.shape == b.shape
-
-
-def _padded(x: Stacked, degree: int) -> torch.Tensor:
-    """``x``'s stack with zero slots up to ``degree``."""
+def padded(x: Stacked, degree: int) -> torch.Tensor:
+    """``x``'s stack in rows with zero slots up to ``degree`` (for sums and concatenations)."""
     stack = x.resolved().stack
     missing = sum(x.counts[x.degree : degree])
     return stack if not missing else torch.cat([stack, stack.new_zeros(missing, *stack.shape[1:])])
-
-
-def _with_primal(x: Stacked, primal: torch.Tensor) -> Stacked:
-    stack = x.resolved().stack
-    return Stacked(torch.cat([primal[None], stack[1:]]), x.counts, x.degree)
-
-
-def _combination(a, alpha: float, b, beta: float) -> Stacked | None:
-    """``alpha * a + beta * b``: stacked jets of one layout, or one of them a constant (it moves ``c_0`` only)."""
-    if isinstance(a, Stacked) and isinstance(b, Stacked):
-        if not _compatible(a, b):
-            return None
-        degree = max(a.degree, b.degree)
-        sa, sb = _padded(a, degree), _padded(b, degree)
-        total = sa + sb if alpha == 1 and beta == 1 else torch.add(alpha * sa, sb, alpha=beta)
-        return Stacked(total, a.counts, degree)
-    (x, scale), (c, weight) = ((a, alpha), (b, beta)) if isinstance(a, Stacked) else ((b, beta), (a, alpha))
-    if not _constant(c, x):
-        return None
-    x = x.resolved()
-    if isinstance(c, (int, float)):  # one kernel: the number added to c_0 only, through a shift of one slot
-        shift = x.stack.new_zeros(x.stack.shape[0], *[1] * (x.stack.dim() - 1))
-        shift[0] = weight * c
-        return Stacked(torch.add(shift, x.stack, alpha=scale), x.counts, x.degree)
-    stack = x.stack if scale == 1 else scale * x.stack
-    return _with_primal(Stacked(stack, x.counts, x.degree), stack[0] + weight * c)
-
-
-def _add(a, b, *, alpha=1) -> Stacked | None:
-    return _combination(a, 1, b, alpha)
-
-
-def _sub(a, b, *, alpha=1) -> Stacked | None:
-    return _combination(a, 1, b, -alpha)
-
-
-def _mul(a, b) -> Stacked | None:
-    """``a * b``: the truncated Cauchy product of two stacked jets, or every coefficient times a constant."""
-    if not (isinstance(a, Stacked) and isinstance(b, Stacked)):
-        x, c = (a, b) if isinstance(a, Stacked) else (b, a)
-        if not _constant(c, x):
-            return None
-        x = x.resolved()
-        return Stacked(x.stack * c, x.counts, x.degree)
-    if not _compatible(a, b):
-        return None
-    a, b = a.resolved(), b.resolved()
-    degree = min(a.order, a.degree + b.degree)
-    if _plain() or a.stack.dtype != b.stack.dtype:  # the node writes into one stack: one dtype
-        stack = cauchy_product(a.stack, b.stack, a.counts, a.degree, b.degree)
-    else:
-        stack = _Product.apply(a.counts, a.degree, b.degree, a.stack, b.stack)
-    return Stacked(stack, a.counts, degree)
-
-
-def _product_terms(k: int, pa: Pieces, pb: Pieces, da: int, db: int, n: int) -> list:
-    """The terms ``a_j b_(k-j)`` of ``(ab)_k`` on ``n`` directions (``a_j`` above ``da``, ``b_j`` above ``db``: 0)."""
-    return [(1, _rows(pa, j, n), _rows(pb, k - j, n)) for j in range(max(0, k - db), min(k, da) + 1)]
-
-
-def cauchy_product(a: torch.Tensor, b: torch.Tensor, counts: tuple, da: int, db: int) -> torch.Tensor:
-    """The stack of ``a * b`` from the stacks of ``a`` (degree ``da``) and ``b`` (``db``), as plain ops."""
-    pa, pb = _split(a, counts, da), _split(b, counts, db)
-    pieces = [pa[0] * pb[0]]
-    for k in range(1, min(len(counts), da + db) + 1):
-        pieces.append(_sum_of_products(_product_terms(k, pa, pb, da, db, counts[k - 1]), None))
-    return torch.cat([pieces[0][None], *pieces[1:]])
-
-
-class _Product(torch.autograd.Function):
-    """:func:`cauchy_product` written into one stack, with the backward ``d(ab)_k / da_j = b_(k-j)``.
-
-    A product as plain ops left autograd a ``cat`` to split, a ``split`` per
-    factor to concatenate again, and a zero tensor filled for every row cut: the
-    modified MLP's training steps ran 1.16-1.25x faster with this node instead.
-    """
-
-    @staticmethod
-    def forward(ctx, counts, da, db, a, b):
-        degree = min(len(counts), da + db)
-        out = a.new_empty(1 + sum(counts[:degree]), *a.shape[1:])
-        pa, pb, pieces = _split(a, counts, da), _split(b, counts, db), _split(out, counts, degree)
-        for k in range(degree + 1):
-            _sum_of_products(_product_terms(k, pa, pb, da, db, counts[k - 1] if k else 1), pieces[k])
-        ctx.counts, ctx.degrees = counts, (da, db)
-        ctx.save_for_backward(a, b)
-        ctx.set_materialize_grads(False)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        (da, db), counts = ctx.degrees, ctx.counts
-        if grad is None:
-            return None, None, None, None, None
-        if torch.is_grad_enabled():  # a differentiable backward: the product again under autograd
-            product = lambda a, b: cauchy_product(a, b, counts, da, db)  # noqa: E731
-            return None, None, None, *_partials(product, (a, b), ctx.needs_input_grad[3:], grad)
-        degree = min(len(counts), da + db)
-        ga = _factor_grad(grad, b, counts, (da, degree, db)) if ctx.needs_input_grad[3] else None
-        gb = _factor_grad(grad, a, counts, (db, degree, da)) if ctx.needs_input_grad[4] else None
-        return None, None, None, ga, gb
-
-
-def _factor_grad(grad: torch.Tensor, other: torch.Tensor, counts: tuple, degrees: tuple) -> torch.Tensor:
-    """The gradient in one factor of a product, ``d(ab)_k / da_j = b_(k-j)``: :func:`_series_backward` with ``b``."""
-    out = grad.new_empty(1 + sum(counts[: degrees[0]]), *grad.shape[1:])
-    _series_backward(grad, other, counts, degrees, out)
-    return out
 
 
 def _linear(x: Stacked, weight=None, bias=None) -> Stacked | None:
@@ -636,7 +521,7 @@ def _cat_last(tensors, dim: int = 0) -> Stacked | None:
     if not _last(first, dim) or any(t.counts != first.counts or t.dim() != first.dim() for t in tensors):
         return None
     degree = max(t.degree for t in tensors)
-    return Stacked(torch.cat([_padded(t, degree) for t in tensors], dim=-1), first.counts, degree)
+    return Stacked(torch.cat([padded(t, degree) for t in tensors], dim=-1), first.counts, degree)
 
 
 def _override_cat(funcs: tuple) -> None:
@@ -655,9 +540,6 @@ def _override_cat(funcs: tuple) -> None:
 _override((T.split, torch.split), _split_last)
 _override_cat((torch.cat, torch.concat, torch.concatenate))
 _override((F.linear,), _linear)
-_override((torch.add, T.add, T.__add__), _add)
-_override((torch.sub, T.sub, T.__sub__, torch.subtract), _sub)
-_override((torch.mul, T.mul, T.__mul__, torch.multiply), _mul)
 _override((torch.tanh, T.tanh, F.tanh), _activation("tanh"))
 _override((torch.sigmoid, T.sigmoid, F.sigmoid), _activation("sigmoid"))
 _override((torch.sin, T.sin), _activation("sin"))

@@ -1,0 +1,124 @@
+"""Sums and products of stacked jets kept as polynomials and factored (``engines/taylor/rules/sums.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from diffops.engines import ENGINES, Request
+from diffops.engines.taylor.rules import sums
+from diffops.engines.taylor.stacked import Stacked
+
+from .. import reference as ref
+from .test_taylor_fast_paths import REQUESTS, Gated, assert_close, assert_matches_reference
+
+TAYLOR = ENGINES["taylor"]
+
+
+class Expression(nn.Module):
+    """Three stacked jets ``z, u, v`` of the input (and the input ``x``), combined by ``expression``, then read
+    by a ``Linear``: ``expression(z, u, v, x)`` gives one tensor or several, each read by its own layer."""
+
+    def __init__(self, d: int, expression: Callable, d_out: int = 2, width: int = 5) -> None:
+        super().__init__()
+        self.z, self.u, self.v = nn.Linear(d, width), nn.Linear(d, width), nn.Linear(d, width)
+        self.reads = nn.ModuleList([nn.Linear(width, d_out) for _ in range(3)])
+        self.expression, self.d = expression, d
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, u, v = torch.tanh(self.z(x)), torch.sin(self.u(x)), torch.sigmoid(self.v(x))
+        out = self.expression(z, u, v, x.narrow(-1, 0, 1).expand(*x.shape[:-1], z.shape[-1]))
+        outputs = out if isinstance(out, tuple) else (out,)
+        return sum(read(h) for read, h in zip(self.reads, outputs))
+
+
+def _read_twice(z, u, v, x):
+    product = z * u  # taken over by the sum below, and read by a layer of its own as well
+    return product + v, product
+
+
+def _read_by_two_sums(z, u, v, x):
+    gate = (1 - z) * u
+    return gate + z * v, gate - 2 * v
+
+
+EXPRESSIONS = {
+    "gate": lambda z, u, v, x: (1 - z) * u + z * v,
+    "one factor in three products": lambda z, u, v, x: z * u + z * v - 3 * z * x,
+    "no shared factor": lambda z, u, v, x: z * u + v * x,
+    "square": lambda z, u, v, x: z * z - 2 * z + 1,
+    "product of sums": lambda z, u, v, x: (z + 1) * (u - 2 * v),
+    "three factors": lambda z, u, v, x: (z * u) * v + u,
+    "product of two products": lambda z, u, v, x: (z * u) * (v * x),
+    "numbers on either side": lambda z, u, v, x: 3 - 0.5 * (z * u) + 2 * v * 4 - 1.5,
+    "alpha": lambda z, u, v, x: torch.sub(z * u, v, alpha=2) + torch.add(u, z * v, alpha=0.5),
+    "the input, of degree one": lambda z, u, v, x: x * z + x * x - x,
+    "a difference to zero": lambda z, u, v, x: z * u - u * z + v,
+    "a product read twice": _read_twice,
+    "a gate read by two sums": _read_by_two_sums,
+    "then an activation": lambda z, u, v, x: torch.tanh(z * u + v) * v,
+}
+
+
+@pytest.mark.parametrize("request_name", ["burgers", "kdv", "mixed to order four"])
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+def test_values_and_parameter_gradients_match_the_reference(expression, request_name):
+    torch.manual_seed(0)
+    u = Expression(3, EXPRESSIONS[expression])
+    x = torch.randn(5, 3, dtype=torch.float64)
+    assert_matches_reference(u, x, TAYLOR.compute(u, x, Request(frozenset(REQUESTS[request_name]))))
+
+
+def test_sums_and_products_wait_until_read():
+    z, u, v = (Stacked(torch.randn(4, 3, 5, dtype=torch.float64), (2, 1), degree=2) for _ in range(3))
+    h = (1 - z) * u + z * v
+    assert h.deferred is not None and h.unread is h.deferred
+    assert h.shape == (3, 5) and h.dtype == torch.float64 and h.degree == 2
+    assert h.deferred.terms.keys() == {(id(u),), tuple(sorted((id(z), id(u)))), tuple(sorted((id(z), id(v))))}
+    complement = torch.cat([(1 - z.stack[0])[None], -z.stack[1:]])  # 1 - z: the 1 on c_0 only
+    expected = sums.cauchy_product(complement, u.stack, (2, 1), 2, 2) + sums.cauchy_product(
+        z.stack, v.stack, (2, 1), 2, 2
+    )
+    assert_close(h.stack, expected)
+    assert h.unread is None
+
+
+def test_the_gates_of_the_modified_mlp_run_one_product_each_and_share_v_minus_u(monkeypatch):
+    products, sums_of_atoms = [], []
+    product, sum_of_atoms = sums._Product.apply, sums._sum_of_atoms
+    monkeypatch.setattr(sums._Product, "apply", lambda *args: products.append(1) or product(*args))
+    monkeypatch.setattr(sums, "_sum_of_atoms", lambda p, w: sums_of_atoms.append(len(w)) or sum_of_atoms(p, w))
+    torch.manual_seed(0)
+    u = Gated(2, 1)  # two gates
+    x = torch.randn(6, 2, dtype=torch.float64)
+    results = TAYLOR.compute(u, x, Request(frozenset(REQUESTS["burgers"])))
+    assert len(products) == 2  # written as two products a gate
+    assert sums_of_atoms.count(2) == 1  # v - u, for both gates
+    assert_matches_reference(u, x, results)
+
+
+def test_under_torch_func_and_without_grad_the_polynomials_run_as_plain_ops():
+    torch.manual_seed(0)
+    u = Expression(2, EXPRESSIONS["gate"])
+    x = torch.randn(4, 2, dtype=torch.float64)
+    params = dict(u.named_parameters())
+    partials = frozenset({(0, 0), (1,)})
+
+    def loss(p: dict) -> torch.Tensor:
+        fn = lambda z: torch.func.functional_call(u, p, (z,))  # noqa: E731
+        values = TAYLOR.compute(fn, x, Request(partials))
+        return (values[(0, 0)] * values[(1,)]).sum()
+
+    grads = torch.func.grad(loss)(params)
+    expected = (ref.partial(u, x, (0, 0)) * ref.partial(u, x, (1,))).sum()
+    reference = torch.autograd.grad(expected, list(params.values()), allow_unused=True, materialize_grads=True)
+    for name, g in zip(params, reference):
+        assert_close(grads[name], g)
+    with torch.no_grad():
+        results = TAYLOR.compute(u, x, Request(partials))
+    for index in partials:
+        assert_close(results[index], ref.partial(u, x, index))
