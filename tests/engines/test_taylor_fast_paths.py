@@ -248,13 +248,14 @@ def test_parameter_gradients_taken_with_create_graph_match_the_reference(net):
         assert_close(a, e)
 
 
+@pytest.mark.parametrize("counts", [(3, 2, 1), (6, 6, 2)])
 @pytest.mark.parametrize("degrees", [(2, 2), (1, 2), (2, 1), (1, 1), (3, 1)])
-def test_the_product_node_matches_the_product_as_plain_ops(degrees):
+def test_the_product_node_matches_the_product_as_plain_ops(degrees, counts):
     """The Cauchy product node and its backwards against autograd through the plain product, any two degrees."""
     from diffops.engines.taylor.rules.sums import _Product, cauchy_product
 
     torch.manual_seed(3)
-    counts, (da, db) = (3, 2, 1), degrees
+    da, db = degrees
     a = torch.randn(1 + sum(counts[:da]), 4, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(1 + sum(counts[:db]), 4, 5, dtype=torch.float64, requires_grad=True)
     expected, actual = cauchy_product(a, b, counts, da, db), _Product.apply(counts, da, db, a, b)
