@@ -9,14 +9,14 @@ products that share a factor taken together, ``u + z (v - u)``: one Cauchy
 product instead of two, and no ``1 - z``.
 
 A Cauchy product runs as :class:`_Product`: one autograd node that writes the
-truncated product into one stack, with a hand-written backward.  Under
-``torch.compile`` each sum and product runs as it is written, for the compiler
-to fuse.
+truncated product into one stack, with a hand-written backward; under
+``torch.compile`` and torch.func transforms, as plain ops.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -36,21 +36,22 @@ from .fused import (
     padded,
 )
 
-Monomial = tuple  # the ids of a product's atoms, sorted; () is the constant term
+Monomial = tuple  # the positions of a product's atoms in the polynomial's list, sorted; () is the constant term
 
 
 class Polynomial:
     """``sum_m c_m prod(m)`` over monomials ``m`` of up to two stacked jets (its atoms), not run yet.
 
-    ``terms``: ``{monomial: c_m}``; ``atoms``: ``{id: jet}``, jets whose stacks
-    are their own to read.  ``shape``, ``dtype``, ``device``: those of the stack
+    ``terms``: ``{monomial: c_m}``; ``atoms``: the jets the monomials name by
+    position, each with a stack of its own to read (positions, not ids, since
+    ``torch.compile`` cannot order ids).  ``shape``, ``dtype``, ``device``: those of the stack
     it writes, ``(S, *sample)``; ``grad``: the grad mode it was written in, and
     runs in; ``taken``: whether a later polynomial took its terms over.
     """
 
     __slots__ = ("terms", "atoms", "counts", "degree", "shape", "dtype", "device", "grad", "taken")
 
-    def __init__(self, terms: dict[Monomial, float], atoms: dict[int, Stacked], like: Stacked) -> None:
+    def __init__(self, terms: dict[Monomial, float], atoms: list[Stacked], like: Stacked) -> None:
         self.terms, self.atoms, self.counts = terms, atoms, like.counts
         self.degree = max(self.degree_of(m) for m in terms)
         self.shape = torch.Size((1 + sum(self.counts[: self.degree]), *like.shape))
@@ -76,7 +77,7 @@ class Polynomial:
 
 
 def _atom(x: Stacked) -> Polynomial:
-    return Polynomial({(id(x),): 1.0}, {id(x): x}, x)
+    return Polynomial({(0,): 1.0}, [x], x)
 
 
 def _operand(x: Stacked, rank: int) -> Polynomial:
@@ -92,11 +93,28 @@ def _operand(x: Stacked, rank: int) -> Polynomial:
     return _atom(x)
 
 
+def _merged(p: Polynomial, q: Polynomial) -> tuple[list[Stacked], Callable[[Monomial], Monomial]]:
+    """The atoms of both, ``p``'s first, and the map of ``q``'s monomials onto that list."""
+    atoms, where = list(p.atoms), []
+    for atom in q.atoms:
+        position = len(atoms)
+        for i, known in enumerate(atoms):
+            if known is atom:
+                position = i
+                break
+        if position == len(atoms):
+            atoms.append(atom)
+        where.append(position)
+    return atoms, lambda m: tuple(sorted(where[i] for i in m))
+
+
 def _linear_sum(p: Polynomial, alpha: float, q: Polynomial, beta: float, like: Stacked) -> Polynomial:
+    atoms, rename = _merged(p, q)
     terms = {m: alpha * c for m, c in p.terms.items()}
     for m, c in q.terms.items():
-        terms[m] = terms.get(m, 0.0) + beta * c
-    return Polynomial(terms, {**p.atoms, **q.atoms}, like)
+        key = rename(m)
+        terms[key] = terms.get(key, 0.0) + beta * c
+    return Polynomial(terms, atoms, like)
 
 
 def _scaled(p: Polynomial, c: float, like: Stacked) -> Polynomial:
@@ -104,12 +122,13 @@ def _scaled(p: Polynomial, c: float, like: Stacked) -> Polynomial:
 
 
 def _product(p: Polynomial, q: Polynomial, like: Stacked) -> Polynomial:
+    atoms, rename = _merged(p, q)
     terms: dict[Monomial, float] = {}
     for m, c in p.terms.items():
         for n, d in q.terms.items():
-            key = tuple(sorted(m + n))
+            key = tuple(sorted(m + rename(n)))
             terms[key] = terms.get(key, 0.0) + c * d
-    return Polynomial(terms, {**p.atoms, **q.atoms}, like)
+    return Polynomial(terms, atoms, like)
 
 
 def _deferred(p: Polynomial) -> Stacked:
@@ -121,15 +140,15 @@ def _number(value) -> bool:
 
 
 def _deferrable(a, b) -> Stacked | None:
-    """A stacked jet of ``a, b`` when both are stacked jets of one layout or one is a number; not when compiling."""
+    """A stacked jet of ``a, b`` when both are stacked jets of one layout or one is a number."""
     jets = [x for x in (a, b) if isinstance(x, Stacked)]
-    if torch.compiler.is_compiling() or not all(isinstance(x, Stacked) or _number(x) for x in (a, b)):
+    if not all(isinstance(x, Stacked) or _number(x) for x in (a, b)):
         return None
     return jets[0] if len(jets) == 1 or _compatible(*jets) else None
 
 
 def _constant_polynomial(value: float, like: Stacked) -> Polynomial:
-    return Polynomial({(): float(value)}, {}, like)
+    return Polynomial({(): float(value)}, [], like)
 
 
 def _add(a, b, *, alpha=1) -> Stacked | None:
@@ -213,8 +232,10 @@ def _weighted_sum(p: Polynomial, weights: dict[int, float]) -> Part:
     the modified MLP's ``v - u`` is the same in every layer.
     """
     first, *others = (p.atoms[i] for i in weights)
-    key = (tuple(weights.items()), torch.is_grad_enabled())
-    kept = (first.sums or {}).get(key) if others else None
+    if not others or torch.compiler.is_compiling():  # compiled, the graph is the place to share it
+        return _sum_of_atoms(p, weights)
+    key = (tuple((id(p.atoms[i]), c) for i, c in weights.items()), torch.is_grad_enabled())
+    kept = (first.sums or {}).get(key)
     if kept is not None and all(ref() is atom for ref, atom in zip(kept[0], others)):  # ids may be reused
         return kept[1]
     total = _sum_of_atoms(p, weights)
@@ -268,7 +289,7 @@ def _cauchy(counts: tuple, a: Part, b: Part) -> Part:
     return Part(_Product.apply(counts, a.degree, b.degree, a.stack, b.stack), degree, True)
 
 
-# -- at once: under torch.compile, with tensor constants, and the product node itself ------------------------
+# -- at once: with tensor constants, and the product node itself ------------------------
 
 
 def _constant(value, x: Stacked) -> bool:
