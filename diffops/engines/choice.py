@@ -21,32 +21,33 @@ supported by AOT autograd, and ``fullgraph=True`` refuses ``autograd.grad``), an
 the Taylor engine traces to one graph, so there the Taylor engine comes first,
 then torch.func, whatever the costs.
 
-Measured with ``benchmarks/auto_rule.py --threads 1 --cases residuals [--net modified]``
-(training steps of the residuals of ``benchmarks/residuals.py``, float32, one
-CPU thread of an AMD EPYC shared with one other job), ms as taylor / autograd / func:
+Measured with ``benchmarks/auto_rule.py --threads 1 --cases residuals`` (8 x 20)
+and ``benchmarks/residuals.py --threads 1 --nets modified`` (the modified MLP,
+after its gates were factored; :mod:`.taylor.rules.sums`): training steps,
+float32, one CPU thread of an AMD EPYC, ms as taylor / autograd / func:
 
 ================  =========================  ============================
 residual          8 x 20 tanh, batch 2,000   4 x 128 modified MLP, 2,000
 ================  =========================  ============================
-burgers           14.6 / 22.0 / 53.5         100.7 / 118.9 / 204
-heat              14.0 / 27.1 / 73.4         161.3 / 185.9 / 444
-wave              17.5 / 30.1 / 91.6         203.3 / 267.6 / 541
-allen_cahn        11.1 / 16.3 / 38.1         128.4 / 123.6 / 239
-poisson2d         13.0 / 23.8 / 61.9         173.2 / 218.8 / 361
-poisson3d         15.6 / 26.9 / 78.4         203.1 / 232.1 / 539
-navier_stokes     17.3 / 62.4 / 75.4         183.8 / 534.1 / 418
-kdv               13.0 / 32.7 / 93.5         155.6 / 308.1 / 626
-beam              15.1 / 95.1 / 329.1        235.2 / 955.6 / 2428
+burgers           14.6 / 22.0 / 53.5         90.7 / 125.7 / 266
+heat              14.0 / 27.1 / 73.4         115.1 / 154.6 / 348
+wave              17.5 / 30.1 / 91.6         177.3 / 232.7 / 537
+allen_cahn        11.1 / 16.3 / 38.1         69.3 / 139.2 / 212
+poisson2d         13.0 / 23.8 / 61.9         90.8 / 147.8 / 265
+poisson3d         15.6 / 26.9 / 78.4         119.4 / 212.8 / 400
+navier_stokes     17.3 / 62.4 / 75.4         151.6 / 451.6 / 381
+kdv               13.0 / 32.7 / 93.5         92.9 / 249.2 / 472
+beam              15.1 / 95.1 / 329.1        117.7 / 675.2 / 1739
 ================  =========================  ============================
 
 The same code timed twice differs by up to 20 % on that machine.  On the 8 x 20
 network (the usual PINN) Taylor was the fastest engine on every residual
 (1.5-6.3x ahead of nested autograd), and the rule picks it on all of them.  On
-the 4 x 128 modified MLP Taylor was the fastest on eight and level with nested
-autograd on Allen-Cahn (before products of jets ran as one node, nested autograd
-was 1.1-1.6x faster on five second-order residuals): at width 128 a training step
-is mostly matrix products, of which Taylor mode at order two does as many as
-nested autograd.  The model does not see the network, but it rates those within
+the 4 x 128 modified MLP Taylor is the fastest on all nine, 1.3-2x ahead on the
+second-order ones (before products of jets ran as one node, nested autograd was
+1.1-1.6x faster on five of them; before the gates were factored, level on
+Allen-Cahn): at width 128 a training step is mostly matrix products, of which
+Taylor mode at order two does as many as nested autograd.  The model does not see the network, but it rates those within
 1.5x (:data:`CLOSE`), so auto times them (``diffops._timing``) and runs the
 faster; third and fourth orders and Navier-Stokes, 1.35x apart or more the other
 way, go to Taylor at every width without timing.  The operator cases of
@@ -121,8 +122,8 @@ def costs(request: Request, d: int, outputs: int = 1) -> dict[str, float]:
 # close to call from the request alone (the network's width and structure decide), so auto
 # times them (see ``diffops._timing``).  The residuals it had to time: Burgers, heat, wave,
 # Allen-Cahn and Poisson on the 4 x 128 modified MLP (modelled 1.0-1.2x apart; measured up to
-# 1.8x the other way before products of jets ran as one node, 0.96-1.3x since); those it ranked
-# right were 1.35x apart or more (KdV, beam, Navier-Stokes).
+# 1.8x the other way before products of jets ran as one node, 0.96-1.3x after, 1.3-2x since the
+# gates were factored); those it ranked right were 1.35x apart or more (KdV, beam, Navier-Stokes).
 CLOSE = 1.5
 
 
