@@ -9,6 +9,11 @@
 * :mod:`.normalization`: layer, RMS, group and instance norm, batch norm in eval mode;
 * :mod:`.attention`: scaled dot-product and multi-head attention;
 * :mod:`.dropout`: dropout layers, the identity when off.
+
+The engine then imports the rules for stacked jets, which take over some of
+these and hand every other case back: :mod:`.fused` (``Linear`` + activation
+layers run as chains) and :mod:`.sums` (sums and products kept as a polynomial,
+products that share a factor run as one).
 """
 
 from . import attention, dropout, elementwise, linear, normalization, piecewise, products, reductions  # noqa: F401
