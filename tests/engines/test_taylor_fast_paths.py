@@ -292,8 +292,11 @@ def test_several_inputs_stay_exact():
 
 
 def test_inside_torch_func_the_series_runs_as_plain_ops():
-    u = mlp(2, width=5, depth=2)
-    x = torch.randn(4, 2, dtype=torch.float64)
+    assert_parameter_gradients_under_torch_func_match(mlp(2, width=5, depth=2), torch.randn(4, 2, dtype=torch.float64))
+
+
+def assert_parameter_gradients_under_torch_func_match(u: nn.Module, x: torch.Tensor) -> None:
+    """``torch.func.grad`` of a loss of Taylor mode's partials, in ``u``'s parameters, against the reference."""
     params = dict(u.named_parameters())
     partials = frozenset({(0, 0), (1,)})
 

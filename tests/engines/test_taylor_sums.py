@@ -13,7 +13,13 @@ from diffops.engines.taylor.rules import sums
 from diffops.engines.taylor.stacked import Stacked
 
 from .. import reference as ref
-from .test_taylor_fast_paths import REQUESTS, Gated, assert_close, assert_matches_reference
+from .test_taylor_fast_paths import (
+    REQUESTS,
+    Gated,
+    assert_close,
+    assert_matches_reference,
+    assert_parameter_gradients_under_torch_func_match,
+)
 
 TAYLOR = ENGINES["taylor"]
 
@@ -107,19 +113,8 @@ def test_under_torch_func_and_without_grad_the_polynomials_run_as_plain_ops():
     torch.manual_seed(0)
     u = Expression(2, EXPRESSIONS["gate"])
     x = torch.randn(4, 2, dtype=torch.float64)
-    params = dict(u.named_parameters())
+    assert_parameter_gradients_under_torch_func_match(u, x)
     partials = frozenset({(0, 0), (1,)})
-
-    def loss(p: dict) -> torch.Tensor:
-        fn = lambda z: torch.func.functional_call(u, p, (z,))  # noqa: E731
-        values = TAYLOR.compute(fn, x, Request(partials))
-        return (values[(0, 0)] * values[(1,)]).sum()
-
-    grads = torch.func.grad(loss)(params)
-    expected = (ref.partial(u, x, (0, 0)) * ref.partial(u, x, (1,))).sum()
-    reference = torch.autograd.grad(expected, list(params.values()), allow_unused=True, materialize_grads=True)
-    for name, g in zip(params, reference):
-        assert_close(grads[name], g)
     with torch.no_grad():
         results = TAYLOR.compute(u, x, Request(partials))
     for index in partials:
