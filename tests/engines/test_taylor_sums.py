@@ -119,3 +119,11 @@ def test_under_torch_func_and_without_grad_the_polynomials_run_as_plain_ops():
         results = TAYLOR.compute(u, x, Request(partials))
     for index in partials:
         assert_close(results[index], ref.partial(u, x, index))
+
+
+def test_jets_of_two_dtypes_run_at_once_and_promote_as_tensors_do():
+    z = Stacked(torch.randn(4, 3, 5, dtype=torch.float64), (2, 1), degree=2)
+    u = Stacked(torch.randn(4, 3, 5), (2, 1), degree=2)
+    product = z * u
+    assert product.deferred is None and product.dtype == torch.float64
+    assert_close(product.stack, sums.cauchy_product(z.stack, u.stack.double(), (2, 1), 2, 2))

@@ -140,11 +140,12 @@ def _number(value) -> bool:
 
 
 def _deferrable(a, b) -> Stacked | None:
-    """A stacked jet of ``a, b`` when both are stacked jets of one layout or one is a number."""
+    """A stacked jet of ``a, b`` when both are stacked jets of one layout and dtype or one is a number."""
     jets = [x for x in (a, b) if isinstance(x, Stacked)]
     if not all(isinstance(x, Stacked) or _number(x) for x in (a, b)):
         return None
-    return jets[0] if len(jets) == 1 or _compatible(*jets) else None
+    same = len(jets) == 1 or (_compatible(*jets) and jets[0].dtype == jets[1].dtype)  # a polynomial has one dtype
+    return jets[0] if same else None
 
 
 def _constant_polynomial(value: float, like: Stacked) -> Polynomial:
