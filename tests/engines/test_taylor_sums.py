@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from diffops.engines import ENGINES, Request
@@ -127,3 +130,30 @@ def test_jets_of_two_dtypes_run_at_once_and_promote_as_tensors_do():
     product = z * u
     assert product.deferred is None and product.dtype == torch.float64
     assert_close(product.stack, sums.cauchy_product(z.stack, u.stack.double(), (2, 1), 2, 2))
+
+
+OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+LEAVES = st.sampled_from(["z", "u", "v", "x"]) | st.integers(-3, 3).map(lambda k: k / 2)
+TREES = st.recursive(LEAVES, lambda inner: st.tuples(st.sampled_from(sorted(OPERATIONS)), inner, inner), max_leaves=7)
+
+
+def _evaluate(tree, jets: dict):
+    if isinstance(tree, tuple):
+        name, left, right = tree
+        return OPERATIONS[name](_evaluate(left, jets), _evaluate(right, jets))
+    return jets[tree] if isinstance(tree, str) else tree
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=TREES, request_name=st.sampled_from(["burgers", "kdv"]), seed=st.integers(0, 2**16))
+def test_random_sums_and_products_match_the_reference(tree, request_name, seed):
+    """Any expression of sums, differences and products of jets and numbers, deferred and factored, is exact."""
+
+    def expression(z, u, v, x):
+        value = _evaluate(tree, {"z": z, "u": u, "v": v, "x": x})
+        return value + z if isinstance(value, float) else value  # a number alone: no jet to read
+
+    torch.manual_seed(seed)
+    u = Expression(3, expression)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    assert_matches_reference(u, x, TAYLOR.compute(u, x, Request(frozenset(REQUESTS[request_name]))))
