@@ -11,7 +11,8 @@ every torch call (:class:`Audit`, a ``TorchFunctionMode``, so it works under
 * runs ``layer_norm`` and ``instance_norm`` through the compositions of
   :mod:`.decompositions`, whose rules are right;
 * refuses the others with :class:`EngineUnsupported` naming the op, so that
-  ``method="auto"`` moves on to an exact engine.
+  ``method="auto"`` moves on to an exact engine; and custom
+  ``autograd.Function`` calls, whose ``jvp`` forward mode would differentiate.
 
 The double-backward rules of the fused normalisations are right, but not their
 third derivatives, which the parameters' gradients of a second derivative
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch._functorch.autograd_function import custom_function_call
 from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -173,6 +175,22 @@ _CUMPROD = Defect(
     "aten::cumprod",
     "at a factor that is exactly zero the parameters' gradients of forward-mode derivatives are NaN",
 )
+def _custom_function(engine: str, func: Callable, args: tuple, kwargs: dict):
+    """A custom ``autograd.Function``: forward mode runs its ``jvp``, whose own derivatives were wrong.
+
+    With ``setup_context`` and a ``jvp`` written from the saved tensors, the func
+    engine's Laplacian of ``x^3`` through such a Function came out 0: the outer
+    transforms read the saved tensors as constants.  Nested autograd
+    differentiates the Function's backward instead.
+    """
+    name = getattr(args[0], "__name__", "a custom autograd.Function")
+    raise EngineUnsupported(
+        f"{engine} cannot differentiate the custom autograd.Function {name} exactly: forward mode runs its jvp "
+        "rule, whose own derivatives (higher orders, the parameters' gradients) read the tensors it saved as "
+        "constants"
+    )
+
+
 _DATA = (
     "it reads the tensor beneath torch.func's wrappers, so what the network computes from it is differentiated "
     "wrongly (from the parameters' gradients of first derivatives on); Tensor.detach() makes a constant exactly"
@@ -187,6 +205,7 @@ FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.cumprod: _from_order(1, _CUMPROD, "torch.cumprod"),
     torch.Tensor.cumprod: _from_order(1, _CUMPROD, "Tensor.cumprod"),
     torch.Tensor.data.__get__: (1, _refuse_because("Tensor.data", _DATA)),  # the property's getter
+    custom_function_call: (1, _custom_function),  # what a custom Function's apply runs under torch.func
 }
 
 

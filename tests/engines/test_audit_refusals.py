@@ -184,3 +184,49 @@ def test_func_refuses_batch_norm_in_training_before_it_updates_its_statistics(op
 def test_auto_moves_past_batch_norm_in_training(func_then_autograd):
     u, x = batch_norm_training(), torch.randn(6, 2, dtype=torch.float64)
     assert_exact(u, x, 1, "auto")  # (the reference's fused batch norm is exact to reverse order 2)
+
+
+class _Cube(torch.autograd.Function):
+    """``x^3`` with ``setup_context`` and a ``jvp`` from the saved input, as torch.func's docs write one."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        (x,) = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * tangent
+
+
+def cubed() -> nn.Module:
+    return Net(lambda h: _Cube.apply(torch.tanh(h)))
+
+
+def test_func_refuses_a_custom_function_whose_jvp_it_would_differentiate_as_constants():
+    """Its Laplacian came out 0 before, and auto returned that."""
+    u, x = cubed(), torch.randn(4, 2, dtype=torch.float64)
+    for operator in (do.Derivative(u, wrt=0, method="func"), do.Laplacian(u, method="func")):
+        with pytest.raises(EngineUnsupported, match=r"custom autograd\.Function _Cube"):
+            operator(x)
+
+
+def test_auto_differentiates_a_custom_function_through_its_backward():
+    u, x = cubed(), torch.randn(4, 2, dtype=torch.float64)
+    for order in (1, 2, 3):
+        assert_exact(u, x, order, "auto")
+    laplacian = do.Laplacian(u)(x)
+    torch.testing.assert_close(laplacian, ref.partial(u, x, (0, 0)) + ref.partial(u, x, (1, 1)))
