@@ -5,7 +5,7 @@ parameters' gradients, rtol 1e-9) or the engine refuses with ``EngineUnsupported
 naming the op it cannot differentiate; a mismatch fails.  ``method="auto"``
 must always match where one engine can.  Sample points avoid the kinks of
 piecewise ops (there autograd's subgradient convention is the reference);
-the ``pow-at-zero`` block sits on the base's zero on purpose.
+the ``-at-zero`` blocks sit on the base's zero and on CELU's kink on purpose.
 
 The reference is :mod:`tests.reference` run with attention on the math kernel
 and the fused normalisations (``layer_norm``, ``instance_norm``) and
@@ -114,6 +114,11 @@ def _pow_at_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([b**2, b**3, b**2.0, b**4, torch.tanh(x[:, 1:])], dim=-1)
 
 
+def _celu_at_zero(x: torch.Tensor) -> torch.Tensor:
+    """CELU on its kink: F.celu's branches there (derivatives 1, 0, 0), which every engine must take."""
+    return torch.cat([F.celu(x[:, :1], 0.7), torch.tanh(x[:, 1:])], dim=-1)
+
+
 def _attention(h: torch.Tensor) -> torch.Tensor:
     q = h.reshape(h.shape[0], 2, 3)
     return F.scaled_dot_product_attention(q, q.sin(), q.cos()).flatten(1)
@@ -197,6 +202,7 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     "pow1.5": (lambda: Block(lambda h: (h * h + 0.5) ** 1.5), ("pow",)),
     "pow-tensor": (lambda: Block(lambda h: (h * h + 0.5) ** torch.tanh(h)), ("pow",)),
     "pow-at-zero": (lambda: Block(_pow_at_zero, stem=False), ("pow",)),
+    "CELU-at-zero": (lambda: Block(_celu_at_zero, stem=False), ("celu",)),
     "sqrt": (lambda: Block(lambda h: torch.sqrt(h * h + 0.5)), ("sqrt",)),
     "abs": (lambda: Block(torch.abs), ("abs",)),
     "clamp": (lambda: Block(lambda h: torch.clamp(h, -0.4, 0.4)), ("clamp",)),
@@ -281,7 +287,7 @@ def _build(block: str) -> tuple[nn.Module, torch.Tensor]:
     if isinstance(u, Cast):
         u.dtype = {"float32-output": torch.float32, "bfloat16-output": torch.bfloat16}[block]
     x = 0.8 * torch.randn(ROWS, D, dtype=torch.float64)
-    if block == "pow-at-zero":
+    if block.endswith("-at-zero"):
         x[:, 0] = 0.0
     return u, x
 

@@ -20,7 +20,7 @@ need: nested autograd runs them through the same compositions for requests of
 order 2 and more (:func:`exact_reverse_mode`), and refuses ``logcumsumexp``, whose double backward gives
 NaN, from order 2.  ``hardsigmoid``'s backward has
 no derivative, so both engines run it as ``relu6(x + 3) / 6``; ``celu``'s is
-inexact (a float32 ``1/alpha``), so both run it as ``relu(x) + alpha expm1(min(x, 0) / alpha)``.  Both run
+inexact (a float32 ``1/alpha``), so both run it as ``alpha elu(x / alpha)``.  Both run
 attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
 kernels have no double backward.  Upstream errors that say an op has no rule
 become refusals naming the op (:func:`missing_rules_refused`).
@@ -107,9 +107,10 @@ def _hardsigmoid(engine: str, func: Callable, args: tuple, kwargs: dict):
 
 
 def _celu(engine: str, func: Callable, args: tuple, kwargs: dict):
-    # aten::celu's derivative scales by 1/alpha in float32 (relative error ~1e-8 in float64 for alpha = 0.7)
+    # aten::celu's derivative scales by 1/alpha in float32 (relative error ~1e-8 in float64 for alpha = 0.7);
+    # elu's is exact, and takes celu's branches at 0 (derivatives 1, 0, 0 there, as F.celu and Taylor mode)
     x, alpha = args[0], _argument(args, kwargs, 1, "alpha", 1.0)
-    return F.relu(x) + alpha * torch.expm1(torch.clamp(x, max=0.0) / alpha)
+    return alpha * F.elu(x / alpha)
 
 
 def _layer_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
