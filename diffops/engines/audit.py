@@ -176,6 +176,8 @@ _CUMPROD = Defect(
     "aten::cumprod",
     "at a factor that is exactly zero the parameters' gradients of forward-mode derivatives are NaN",
 )
+
+
 def _custom_function(engine: str, func: Callable, args: tuple, kwargs: dict):
     """A custom ``autograd.Function``: forward mode runs its ``jvp``, whose own derivatives were wrong.
 

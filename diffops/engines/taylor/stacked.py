@@ -64,6 +64,12 @@ def split_slots(stack: torch.Tensor, counts: tuple[int, ...], degree: int) -> li
     return [first[0], *rest[: degree]]
 
 
+def pad_stack(stack: torch.Tensor, counts: tuple[int, ...], degree: int, to: int) -> torch.Tensor:
+    """A stack of ``degree`` with zero slots appended up to degree ``to`` (itself if there are none to add)."""
+    missing = sum(counts[degree:to])
+    return stack if not missing else torch.cat([stack, stack.new_zeros(missing, *stack.shape[1:])])
+
+
 def feature_major(stack: torch.Tensor) -> bool:
     """Whether ``stack`` is stored as :func:`from_columns` leaves it: samples last in memory."""
     return stack.dim() >= 3 and stack.stride(-2) == 1 and stack.stride(-1) != 1
@@ -250,22 +256,25 @@ class Stacked(Jet):
         return self.resolved().stack[0]
 
     @property
-    def shape(self) -> torch.Size:
+    def _described(self) -> Any:
+        """What has the stack's shape, dtype and device: the stack, or the chain or sum that will write it."""
         unread = self.unread
-        shape = unread.shape if unread is not None else self._stack.shape
+        return self._stack if unread is None else unread
+
+    @property
+    def shape(self) -> torch.Size:
+        shape = self._described.shape
         if self.pending is not None:
             return torch.Size((*shape[1:-1], self.pending[0].shape[0]))
         return shape[1:]
 
     @property
     def dtype(self) -> torch.dtype:
-        unread = self.unread
-        return unread.dtype if unread is not None else self._stack.dtype
+        return self._described.dtype
 
     @property
     def device(self) -> torch.device:
-        unread = self.unread
-        return unread.device if unread is not None else self._stack.device
+        return self._described.device
 
     def dim(self) -> int:
         return len(self.shape)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
-from ..stacked import COLUMNS, ROWS, Stacked, feature_major, split_slots
+from ..stacked import COLUMNS, ROWS, Stacked, feature_major, pad_stack, split_slots
 from ..workspace import buffer, recycled
 from .elementwise import scalar
 
@@ -476,9 +476,7 @@ def _override(funcs: tuple, replacement: Callable) -> None:
 
 def padded(x: Stacked, degree: int) -> torch.Tensor:
     """``x``'s stack in rows with zero slots up to ``degree`` (for sums and concatenations)."""
-    stack = x.resolved().stack
-    missing = sum(x.counts[x.degree : degree])
-    return stack if not missing else torch.cat([stack, stack.new_zeros(missing, *stack.shape[1:])])
+    return pad_stack(x.resolved().stack, x.counts, x.degree, degree)
 
 
 def _linear(x: Stacked, weight=None, bias=None) -> Stacked | None:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..stacked import Stacked
+from ..stacked import Stacked, pad_stack
 from .fused import (
     Pieces,
     T,
@@ -209,14 +209,15 @@ def _run(p: Polynomial) -> torch.Tensor:
     linear = {m[0]: c for m, c in p.terms.items() if len(m) == 1}
     if linear:
         total = _plus(p, total, _weighted_sum(p, linear))
-    constant = p.terms.get((), 0.0)
-    if total is None:
-        return torch.full(p.shape, constant, dtype=p.dtype, device=p.device)
-    if constant:  # the number on c_0 only, through a shift of one slot: one kernel
-        shift = total.stack.new_zeros(total.stack.shape[0], *[1] * (total.stack.dim() - 1))
-        shift[0] = constant
-        return shift + total.stack
-    return total.stack
+    constant = p.terms.get((), 0.0)  # (total is not None: every polynomial has a term with a jet)
+    return _shifted(total.stack, constant) if constant else total.stack
+
+
+def _shifted(stack: torch.Tensor, constant: float, scale: float = 1.0) -> torch.Tensor:
+    """``scale * stack`` with ``constant`` added to ``c_0`` only, through a shift of one slot: one kernel."""
+    shift = stack.new_zeros(stack.shape[0], *[1] * (stack.dim() - 1))
+    shift[0] = constant
+    return torch.add(shift, stack, alpha=scale)
 
 
 def _most_shared(products: dict[Monomial, float]) -> int:
@@ -273,13 +274,8 @@ def _plus(p: Polynomial, total: Part | None, part: Part) -> Part:
         target.add_(part.stack)
         return total
     degree = max(total.degree, part.degree)
-    return Part(_pad(p.counts, total, degree) + _pad(p.counts, part, degree), degree, True)
-
-
-def _pad(counts: tuple, part: Part, degree: int) -> torch.Tensor:
-    missing = sum(counts[part.degree : degree])
-    stack = part.stack
-    return stack if not missing else torch.cat([stack, stack.new_zeros(missing, *stack.shape[1:])])
+    padded_total = pad_stack(total.stack, p.counts, total.degree, degree)
+    return Part(padded_total + pad_stack(part.stack, p.counts, part.degree, degree), degree, True)
 
 
 def _cauchy(counts: tuple, a: Part, b: Part) -> Part:
@@ -322,10 +318,8 @@ def _combination_now(a, alpha: float, b, beta: float) -> Stacked | None:
     if not _constant(c, x):
         return None
     x = x.resolved()
-    if isinstance(c, (int, float)):  # one kernel: the number added to c_0 only, through a shift of one slot
-        shift = x.stack.new_zeros(x.stack.shape[0], *[1] * (x.stack.dim() - 1))
-        shift[0] = weight * c
-        return Stacked(torch.add(shift, x.stack, alpha=scale), x.counts, x.degree)
+    if isinstance(c, (int, float)):
+        return Stacked(_shifted(x.stack, weight * c, scale), x.counts, x.degree)
     stack = x.stack if scale == 1 else scale * x.stack
     return _with_primal(Stacked(stack, x.counts, x.degree), stack[0] + weight * c)
 
@@ -341,12 +335,8 @@ def _mul_now(a, b) -> Stacked | None:
     if not _compatible(a, b):
         return None
     a, b = a.resolved(), b.resolved()
-    degree = min(a.order, a.degree + b.degree)
-    if _plain() or a.stack.dtype != b.stack.dtype:  # the node writes into one stack: one dtype
-        stack = cauchy_product(a.stack, b.stack, a.counts, a.degree, b.degree)
-    else:
-        stack = _Product.apply(a.counts, a.degree, b.degree, a.stack, b.stack)
-    return Stacked(stack, a.counts, degree)
+    product = _cauchy(a.counts, Part(a.stack, a.degree, False), Part(b.stack, b.degree, False))
+    return Stacked(product.stack, a.counts, product.degree)
 
 
 def _product_terms(k: int, pa: Pieces, pb: Pieces, da: int, db: int, n: int) -> list:
