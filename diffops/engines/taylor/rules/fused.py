@@ -396,7 +396,10 @@ class Chain:
     both continue from its output instead of computing it twice.
     """
 
-    __slots__ = ("parent", "layer", "source", "degree", "layout", "counts", "shape", "grad", "result", "children")
+    __slots__ = (
+        "parent", "layer", "source", "degree", "layout", "counts", "shape", "dtype", "device", "grad", "result",
+        "children",
+    )
 
     def __init__(self, parent: Chain | None, layer: tuple, source: torch.Tensor, degree: int, layout, counts: tuple):
         self.parent, self.layer, self.source, self.degree = parent, layer, source, degree
@@ -405,17 +408,10 @@ class Chain:
         before = parent.shape if parent is not None else source.shape
         features = before[-1] if weight is None else weight.shape[0]
         self.shape = torch.Size((1 + sum(counts), *before[1:-1], features))  # the output's (S, *sample, F)
+        self.dtype, self.device = source.dtype, source.device  # the output's, as a stacked jet reads them
         self.grad = torch.is_grad_enabled()
         self.result: torch.Tensor | None = None
         self.children = 0
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.source.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.source.device
 
     @staticmethod
     def after(x: Stacked, layer: tuple) -> Chain:
