@@ -26,6 +26,7 @@ backward in plain ops, which the compiler fuses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,7 @@ from ..jet import RULES, Jet
 from ..stacked import COLUMNS, ROWS, Stacked, feature_major, pad_stack, split_slots
 from ..workspace import buffer, recycled
 from .elementwise import scalar
+from .schedules import Builder, Schedule, Term
 
 T = torch.Tensor
 Pieces = list  # [c_0: (*sample), c_1: (R_1, *sample), ..]; an entry may be None where it is known zero
@@ -50,9 +52,7 @@ def _rows(pieces: Pieces, k: int, n: int) -> torch.Tensor:
 def _sum_of_products(terms: list, out: torch.Tensor | None) -> torch.Tensor:
     """``sum_i w_i a_i b_i`` over ``terms = [(w, a, b), ..]``, the first product written into ``out``."""
     weight, a, b = terms[0]
-    total = torch.mul(a, b, out=out) if out is not None else a * b
-    if weight != 1:
-        total = total.mul_(weight) if _mutable() else total * weight
+    total = torch.mul(a, b, out=out) if weight == 1 else torch.addcmul(scalar(0, a), a, b, value=weight, out=out)
     return _accumulate(total, terms[1:])
 
 
@@ -69,34 +69,44 @@ def _mutable() -> bool:
     return peek_interpreter_stack() is None
 
 
-def _integral_terms(k: int, a: Pieces, z: Pieces, n: int, below: int, sign: float = 1) -> list:
+# The series as terms on named coefficients ``(stack, k, n)``: the first n directions of c_k of the
+# pieces "a" (the input), "y" (f(a)) or "z" (f'(a)).  The plain series (:func:`_evaluate`) and the
+# eager one (a :class:`~.schedules.Schedule`) both read them, so each formula is written once.
+Total = tuple  # (base, terms): base + sum of the terms; base a coefficient, or None for 0
+
+
+def _integral_terms(k: int, n: int, below: int, sign: float = 1, z: str = "z") -> list[Term]:
     """The terms ``(sign j / k, a_j, z_(k-j))`` of ``y_k`` for ``j = below .. 1``, on ``n`` directions."""
-    return [(sign * j / k, _rows(a, j, n), _rows(z, k - j, n)) for j in range(below, 0, -1)]
+    return [(sign * j / k, ("a", j, n), (z, k - j, n)) for j in range(below, 0, -1)]
 
 
-def _integral(k: int, a: Pieces, z: Pieces, n: int, degree: int, out: torch.Tensor | None, sign: float = 1):
-    """``y_k = (sign/k) sum_j j a_j z_(k-j)`` on ``n`` directions; the ``a_j`` above ``degree`` are zero."""
-    return _sum_of_products(_integral_terms(k, a, z, n, min(k, degree), sign), out)
-
-
-def _quadratic_slope(k: int, y: Pieces, linear: int, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def _quadratic_slope(k: int, n: int, linear: int) -> Total:
     """``z_k = linear y_k - 2 y_0 y_k - sum_(i=1..k-1) y_i y_(k-i)``: tanh (``linear`` 0), sigmoid (1)."""
-    base = y[k] if linear else scalar(0, y[k])
-    total = torch.addcmul(base, y[0], y[k], value=-2, out=out)
-    terms = [(-2, _rows(y, i, n), _rows(y, k - i, n)) for i in range(1, (k + 1) // 2)]
+    terms = [(-2, ("y", 0, n), ("y", k, n))] + [(-2, ("y", i, n), ("y", k - i, n)) for i in range(1, (k + 1) // 2)]
     if k % 2 == 0 and k > 1:
-        middle = _rows(y, k // 2, n)
-        terms.append((-1, middle, middle))
-    return _accumulate(total, terms)
+        terms.append((-1, ("y", k // 2, n), ("y", k // 2, n)))
+    return (("y", k, n) if linear else None), terms
+
+
+def _evaluate(total: Total, pieces: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A :data:`Total` on ``pieces`` (``{"a": [c_0, ..], ..}``) as plain ops, into ``out`` if given."""
+    base, terms = total
+    read = lambda c: _rows(pieces[c[0]], c[1], c[2])  # noqa: E731
+    products = [(weight, read(a), read(b)) for weight, a, b in terms]
+    if base is None:
+        return _sum_of_products(products, out)
+    weight, a, b = products[0]
+    return _accumulate(torch.addcmul(read(base), a, b, value=weight, out=out), products[1:])
 
 
 class Activation:
-    """The series of one activation: ``start(a_0, out, z_out) -> (y_0, z_0, state)``, ``slope(k, .., out) -> z_k``.
+    """The series of one activation: ``start(a_0, out, z_out) -> (y_0, z_0)``, ``slope(k, n, degree) -> z_k``.
 
-    With ``out`` (``y_0`` written into it, ``z_0`` into ``z_out``: the eager
-    chain) ``a_0`` is the layer's own tensor, which ``start`` may overwrite.
-    ``from_value``: ``(y_0, z_out) -> (z_0, state)`` where the slope series
-    follows from ``y`` alone (tanh, sigmoid), so that the compiled layer's
+    ``slope``: the :data:`Total` of ``z_k`` on ``n`` directions, the input of
+    ``degree``.  With ``out`` (``y_0`` written into it, ``z_0`` into ``z_out``:
+    the eager chain) ``a_0`` is the layer's own tensor, which ``start`` may
+    overwrite.  ``from_value``: ``(y_0, z_out) -> (z_0, linear)`` where the slope
+    series follows from ``y`` alone (tanh, sigmoid), so that the compiled layer's
     backward can keep ``y`` instead of ``z``.
     """
 
@@ -110,7 +120,7 @@ def _tanh_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor 
     else:  # tanh = 2 sigmoid(2a) - 1: the CPU kernel of tanh took 3x sigmoid's time (116 vs 36 us at 2000 x 20)
         half = a0.mul_(2).sigmoid_()  # a0 is the layer's own (see Activation)
         y0 = torch.addcmul(scalar(-1, half), half, scalar(2, half), out=out)  # within 2e-7 of tanh in float32
-    return y0, *_tanh_from_value(y0, z_out)
+    return y0, _tanh_from_value(y0, z_out)[0]
 
 
 def _tanh_from_value(y0: torch.Tensor, out: torch.Tensor | None = None) -> tuple:
@@ -120,7 +130,7 @@ def _tanh_from_value(y0: torch.Tensor, out: torch.Tensor | None = None) -> tuple
 
 def _sigmoid_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor | None = None) -> tuple:
     y0 = torch.sigmoid(a0, out=out)
-    return y0, *_sigmoid_from_value(y0, z_out)
+    return y0, _sigmoid_from_value(y0, z_out)[0]
 
 
 def _sigmoid_from_value(y0: torch.Tensor, out: torch.Tensor | None = None) -> tuple:
@@ -129,20 +139,17 @@ def _sigmoid_from_value(y0: torch.Tensor, out: torch.Tensor | None = None) -> tu
 
 
 def _sin_start(a0: torch.Tensor, out: torch.Tensor | None, z_out: torch.Tensor | None = None) -> tuple:
-    return torch.sin(a0, out=out), torch.cos(a0, out=z_out), None
+    return torch.sin(a0, out=out), torch.cos(a0, out=z_out)
 
 
-def _sin_slope(k: int, a: Pieces, y: Pieces, state, n: int, degree: int, out=None) -> torch.Tensor:
-    return _integral(k, a, y, n, degree, out, sign=-1)
-
-
-def _quadratic(k: int, a: Pieces, y: Pieces, linear: int, n: int, degree: int, out=None) -> torch.Tensor:
-    return _quadratic_slope(k, y, linear, n, out)
+def _sin_slope(k: int, n: int, degree: int) -> Total:
+    """``cos_k = -(1/k) sum_j j a_j sin_(k-j)``."""
+    return None, _integral_terms(k, n, min(k, degree), sign=-1, z="y")
 
 
 ACTIVATIONS = {
-    "tanh": Activation(_tanh_start, _quadratic, _tanh_from_value),
-    "sigmoid": Activation(_sigmoid_start, _quadratic, _sigmoid_from_value),
+    "tanh": Activation(_tanh_start, lambda k, n, degree: _quadratic_slope(k, n, 0), _tanh_from_value),
+    "sigmoid": Activation(_sigmoid_start, lambda k, n, degree: _quadratic_slope(k, n, 1), _sigmoid_from_value),
     "sin": Activation(_sin_start, _sin_slope),
 }
 
@@ -152,32 +159,39 @@ def series(activation: Activation, a: Pieces, counts: tuple[int, ...], degree: i
 
     ``a``: the pieces of the input to ``degree``.  Plain ops, which torch.func and the compiler differentiate.
     """
-    y0, z0, state = activation.start(a[0], None)
-    y, z = [y0], [z0]
+    y0, z0 = activation.start(a[0], None)
+    pieces = {"a": a, "y": [y0], "z": [z0]}
     for k, n in enumerate(counts, start=1):
-        y.append(_integral(k, a, z, n, degree, None))
-        z.append(activation.slope(k, a, y, state, n, degree))
-    return y, z
+        pieces["y"].append(_evaluate((None, _integral_terms(k, n, min(k, degree))), pieces))
+        pieces["z"].append(_evaluate(activation.slope(k, n, degree), pieces))
+    return pieces["y"], pieces["z"]
 
 
-def series_into(activation: Activation, mapped: torch.Tensor, a: Pieces, counts: tuple, degree: int, out, z_out):
+def series_into(activation: Activation, mapped: torch.Tensor, a0: torch.Tensor, counts: tuple, degree: int, out, z_out):
     """:func:`series` written into the stacks ``out`` (``y``) and ``z_out`` (``z``), laid out as ``mapped``'s slots.
+
+    ``a0``: ``c_0`` of the input, which the activation's start may overwrite (no later term reads it).
+    """
+    activation.start(a0, out[0], z_out[0])
+    _layer_schedule(activation, counts, degree).run((mapped, out, z_out), scalar(0, out))
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_schedule(activation: Activation, counts: tuple[int, ...], degree: int) -> Schedule:
+    """:func:`series_into` after the start, for ``a`` of ``degree``.
 
     The term ``a_k z_0`` of every ``y_k`` (k <= degree) is one product over those
     slots, where one a coefficient took a product each, and the others add in place.
     """
-    order = len(counts)
-    y, z = _split(out, counts, order), _split(z_out, counts, order)
-    _, _, state = activation.start(a[0], y[0], z[0])
+    build = Builder(("a", "y", "z"), counts)
     stored = sum(counts[:degree])  # the slots of a_1 .. a_degree
-    torch.mul(mapped.narrow(0, 1, stored), z[0], out=out.narrow(0, 1, stored))
+    build.mul(build.slots("y", 1, stored), build.slots("a", 1, stored), build.coefficient(("z", 0, 0)))
     for k, n in enumerate(counts, start=1):
-        terms = _integral_terms(k, a, z, n, min(k - 1, degree))
-        if k <= degree:
-            _accumulate(y[k], terms)
-        else:  # no a_k: the terms alone (a stacked jet has degree >= 1, so there is one)
-            _sum_of_products(terms, y[k])
-        activation.slope(k, a, y, state, n, degree, z[k])
+        terms = _integral_terms(k, n, min(k - 1, degree))
+        if terms:  # above the degree there is no a_k z_0, but a term (a stacked jet has degree >= 1)
+            build.total(("y", k, n), "out" if k <= degree else None, terms)
+        build.total(("z", k, n), *activation.slope(k, n, degree))
+    return build.build()
 
 
 def _split(stack: torch.Tensor, counts: tuple[int, ...], degree: int, first: torch.Tensor | None = None) -> list:
@@ -223,17 +237,16 @@ def _run_layers(activations, counts, degree, layout, stack, params, backward: bo
             work = out
             continue
         mapped = work if weight is None else layout.linear(work, weight, _reused(layout, work, weight))
-        a = _split(mapped, counts, degree)
-        # a_0 is the layer's own product, or without a weight the saved input: then a copy
+        a0 = mapped[0]  # the layer's own product, or without a weight the saved input: then a copy
         if bias is not None:
-            a[0] = a[0] + layout.bias(bias) if weight is None else a[0].add_(layout.bias(bias))
+            a0 = a0 + layout.bias(bias) if weight is None else a0.add_(layout.bias(bias))
         elif weight is None:
-            a[0] = a[0].clone()
-        out = recycled("out", (1 + sum(counts), *a[0].shape), a[0])
+            a0 = a0.clone()
+        out = recycled("out", (1 + sum(counts), *a0.shape), a0)
         # z is kept for the backward even where it follows from y (tanh, sigmoid): computing it
         # again there made the step 7-15 % slower at 4 x 64 for a stack of memory a layer
         z = recycled("z", out.shape, out) if backward else buffer("z", out.shape, out)
-        series_into(activation, mapped, a, counts, degree, out, z)
+        series_into(activation, mapped, a0, counts, degree, out, z)
         saved += [work, z]
         work, degree = out, order
     return layout.leave(work, stack), saved, degrees
@@ -297,8 +310,8 @@ class _FusedChain(torch.autograd.Function):
 def slopes_from_value(from_value: Callable, y: Pieces, counts: tuple, out: Pieces | None = None) -> list:
     """``[z_0, .., z_K]``, the series of ``f'(a)`` from the pieces ``y`` of ``f(a)`` (tanh, sigmoid), into ``out``."""
     z0, linear = from_value(y[0], None if out is None else out[0])
-    rows = enumerate(counts, start=1)
-    return [z0] + [_quadratic_slope(k, y, linear, n, None if out is None else out[k]) for k, n in rows]
+    slopes = [_quadratic_slope(k, n, linear) for k, n in enumerate(counts, start=1)]
+    return [z0] + [_evaluate(slope, {"y": y}, None if out is None else out[k]) for k, slope in enumerate(slopes, 1)]
 
 
 def _reused(layout, work: torch.Tensor, weight: torch.Tensor, kept: Callable = buffer) -> torch.Tensor | None:
@@ -327,20 +340,36 @@ def _series_backward(
     slots to its degree.  The term ``g_j z_0`` of every ``ga_j`` is one product
     over their slots.
     """
+    directions = buffer("directions", (counts[0], *grad_out.shape[1:]), z)
+    _backward_schedule(counts, degrees).run((grad_out, z, grad_mapped, directions))
+    return grad_mapped[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _backward_schedule(counts: tuple[int, ...], degrees: tuple[int, int, int]) -> Schedule:
+    """:func:`_series_backward`'s kernels on the stacks ``g``, ``z``, ``ga`` and ``d`` (``R_1`` directions)."""
     degree, top, known = degrees
-    g, zs, ga = _split(grad_out, counts, top), _split(z, counts, known), _split(grad_mapped, counts, degree)
+    build = Builder(("g", "z", "ga", "d"), counts)
     stored = sum(counts[:degree])
-    torch.mul(grad_out.narrow(0, 1, stored), zs[0], out=grad_mapped.narrow(0, 1, stored))
+    if stored:
+        build.mul(build.slots("ga", 1, stored), build.slots("g", 1, stored), build.coefficient(("z", 0, 0)))
     for j in range(1, degree + 1):
         for k in range(j + 1, min(top, j + known) + 1):
             n = counts[k - 1]
-            _rows(ga, j, n).addcmul_(g[k], _rows(zs, k - j, n))
+            build.total(("ga", j, n), "out", [(1, ("g", k, n), ("z", k - j, n))])
     # ga_0 = g_0 z_0 + sum over the directions of sum_k g_k z_k; summing the first order's rows only
     # measured faster than one product over every slot and its sum
-    per_direction = torch.mul(g[1], zs[1], out=buffer("directions", g[1].shape, z))
+    # (one direction: the products straight into ga_0)
+    slot = lambda stack, k: build.coefficient((stack, k, counts[k - 1]))  # noqa: E731 - c_k whole
+    ga0 = build.coefficient(("ga", 0, 0))
+    rows = lambda k: ga0 if counts[0] == 1 else build.slots("d", 0, counts[k - 1])  # noqa: E731
+    build.mul(rows(1), slot("g", 1), slot("z", 1))
     for k in range(2, min(top, known) + 1):
-        per_direction.narrow(0, 0, counts[k - 1]).addcmul_(g[k], zs[k])
-    return torch.sum(per_direction, 0, out=ga[0]).addcmul_(g[0], zs[0])
+        build.add_product(rows(k), slot("g", k), slot("z", k))
+    if counts[0] > 1:
+        build.sum_directions(ga0, rows(1))
+    build.total(("ga", 0, 0), "out", [(1, ("g", 0, 0), ("z", 0, 0))])
+    return build.build()
 
 
 def _replayed(ctx, grad, stack, params) -> tuple:
