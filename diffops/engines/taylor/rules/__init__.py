@@ -12,8 +12,9 @@
 
 The engine then imports the rules for stacked jets, which take over some of
 these and hand every other case back: :mod:`.fused` (``Linear`` + activation
-layers run as chains) and :mod:`.sums` (sums and products kept as a polynomial,
-products that share a factor run as one).
+layers run as chains, their kernels replayed from :mod:`.schedules`) and
+:mod:`.sums` (sums and products kept as a polynomial, products that share a
+factor run as one).
 """
 
 from . import attention, dropout, elementwise, linear, normalization, piecewise, products, reductions  # noqa: F401

@@ -19,7 +19,8 @@ and ``z_k`` from the ``y``: ``tanh' = 1 - y^2`` and ``sigmoid' = y - y^2`` give
 
 The rules registered here take over ``F.linear`` and the activations when
 their argument is a stacked jet and hand every other case to the rule they
-replace.  Under torch.func transforms the same series runs as plain
+replace.  Eagerly the series and its backward run as :mod:`.schedules`, made
+once per request.  Under torch.func transforms the same series runs as plain
 differentiable ops; under ``torch.compile`` as :mod:`.traced`'s layer, with this
 backward in plain ops, which the compiler fuses.
 """
