@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from diffops.engines import ENGINES, Request
-from diffops.engines.taylor.rules import sums
-from diffops.engines.taylor.stacked import Stacked
+from diffops.engines.taylor.rules import fused, sums
+from diffops.engines.taylor.stacked import COLUMNS, Stacked, feature_major
 
 from .. import reference as ref
 from .test_taylor_fast_paths import (
@@ -110,6 +110,39 @@ def test_the_gates_of_the_modified_mlp_run_one_product_each_and_share_v_minus_u(
     assert len(products) == 2  # written as two products a gate
     assert sums_of_atoms.count(2) == 1  # v - u, for both gates
     assert_matches_reference(u, x, results)
+
+
+def test_the_gates_run_on_stacks_as_the_chains_leave_them_feature_major(monkeypatch):
+    """No copy into rows between the chains and the gates, either way: the products read, write and take
+    gradients feature-major, and the chain after a gate multiplies its weight from the left."""
+    layouts: dict[str, list] = {"product": [], "factor gradient": [], "chain": []}
+    product, factor_grad, chain = sums._Product.apply, sums._factor_grad, fused._FusedChain.apply
+
+    def recorded_product(counts, da, db, a, b):
+        out = product(counts, da, db, a, b)
+        layouts["product"].append((feature_major(a), feature_major(b), feature_major(out)))
+        return out
+
+    def recorded_factor_grad(grad, other, counts, degrees):
+        out = factor_grad(grad, other, counts, degrees)
+        layouts["factor gradient"].append((feature_major(grad), feature_major(other), feature_major(out)))
+        return out
+
+    def recorded_chain(activations, counts, degree, layout, stack, *params):
+        layouts["chain"].append(layout)
+        return chain(activations, counts, degree, layout, stack, *params)
+
+    monkeypatch.setattr(sums._Product, "apply", recorded_product)
+    monkeypatch.setattr(sums, "_factor_grad", recorded_factor_grad)
+    monkeypatch.setattr(fused._FusedChain, "apply", recorded_chain)
+    torch.manual_seed(0)
+    u = Gated(2, 1)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    results = TAYLOR.compute(u, x, Request(frozenset(REQUESTS["burgers"])))
+    assert_matches_reference(u, x, results)
+    assert layouts["product"] == [(True, True, True)] * 2
+    assert layouts["factor gradient"] == [(True, True, True)] * 4
+    assert set(layouts["chain"]) == {COLUMNS}
 
 
 def test_under_torch_func_and_without_grad_the_polynomials_run_as_plain_ops():

@@ -27,6 +27,7 @@ first use, with zeros in the truncated places) and runs its ordinary rule.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -68,6 +69,19 @@ def pad_stack(stack: torch.Tensor, counts: tuple[int, ...], degree: int, to: int
     """A stack of ``degree`` with zero slots appended up to degree ``to`` (itself if there are none to add)."""
     missing = sum(counts[degree:to])
     return stack if not missing else torch.cat([stack, stack.new_zeros(missing, *stack.shape[1:])])
+
+
+def empty_stack_like(stack: torch.Tensor, slots: int) -> torch.Tensor:
+    """An uninitialised stack of ``slots`` slots with ``stack``'s sample shape, laid out as ``stack`` is."""
+    if not feature_major(stack):
+        return stack.new_empty(slots, *stack.shape[1:])
+    sample, features = stack.shape[1:-1], stack.shape[-1]
+    strides = [1] * len(sample)  # the samples row-major, last in memory, after the features
+    for i in reversed(range(len(sample) - 1)):
+        strides[i] = strides[i + 1] * sample[i + 1]
+    n = math.prod(sample)
+    # a tensor of its own, not a view of one: a custom Function may return it and have it added to in place
+    return stack.new_empty_strided((slots, *sample, features), (features * n, *strides, n))
 
 
 def feature_major(stack: torch.Tensor) -> bool:
@@ -206,6 +220,14 @@ class Stacked(Jet):
         out = split_slots(self.resolved().stack, self.counts, self.degree)
         zero = torch.zeros((), dtype=self.dtype, device=self.device)
         return out + [zero.expand(r, *out[0].shape) for r in self.counts[self.degree :]]
+
+    def laid_out(self) -> torch.Tensor:
+        """The stack with any pending ``Linear`` applied, feature-major where a chain left it so.
+
+        For the rules that take either layout (sums and products of stacked jets): a
+        chain's output read in rows, and the gradient coming back, were each a copy.
+        """
+        return self.stack if self.pending is None else self.resolved().stack
 
     def resolved(self) -> Stacked:
         """This jet with its pending ``Linear`` applied (the bias on ``c_0`` only), its stack in rows.

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
-from ..stacked import COLUMNS, ROWS, Stacked, feature_major, pad_stack, split_slots
+from ..stacked import COLUMNS, ROWS, Stacked, columns, feature_major, pad_stack, split_slots
 from ..workspace import buffer, recycled
 from .elementwise import scalar
 from .schedules import Builder, Schedule, Term
@@ -341,9 +341,12 @@ def _series_backward(
     slots to its degree.  The term ``g_j z_0`` of every ``ga_j`` is one product
     over their slots.
     """
-    directions = buffer("directions", (counts[0], *grad_out.shape[1:]), z)
-    _backward_schedule(counts, degrees).run((grad_out, z, grad_mapped, directions))
-    return grad_mapped[0]
+    stacks, ga0 = (grad_out, z, grad_mapped), grad_mapped[0]
+    if all(map(feature_major, stacks)):  # (a product's) as their memory lies: a sum over a permuted view was 3x slower
+        stacks = tuple(map(columns, stacks))
+    directions = buffer("directions", (counts[0], *stacks[0].shape[1:]), z)
+    _backward_schedule(counts, degrees).run((*stacks, directions))
+    return ga0
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..stacked import Stacked, pad_stack
+from ..stacked import Stacked, empty_stack_like, pad_stack
 from .fused import (
     Pieces,
     T,
@@ -205,7 +205,7 @@ def _run(p: Polynomial) -> torch.Tensor:
             partners[partner] = partners.get(partner, 0.0) + products.pop(m)
         factor = _weighted_sum(p, partners)
         atom = p.atoms[pivot]
-        total = _plus(p, total, _cauchy(p.counts, Part(atom.resolved().stack, atom.degree, False), factor))
+        total = _plus(p, total, _cauchy(p.counts, Part(atom.laid_out(), atom.degree, False), factor))
     linear = {m[0]: c for m, c in p.terms.items() if len(m) == 1}
     if linear:
         total = _plus(p, total, _weighted_sum(p, linear))
@@ -254,7 +254,7 @@ def _sum_of_atoms(p: Polynomial, weights: dict[int, float]) -> Part:
     total = None
     for i, c in weights.items():
         atom = p.atoms[i]
-        stack = padded(atom, degree)
+        stack = pad_stack(atom.laid_out(), atom.counts, atom.degree, degree)
         if total is None:
             total = Part(stack, degree, False) if c == 1 else Part(stack * c, degree, True)
         elif total.fresh and _mutable():
@@ -364,7 +364,7 @@ class _Product(torch.autograd.Function):
     @staticmethod
     def forward(ctx, counts, da, db, a, b):
         degree = min(len(counts), da + db)
-        out = a.new_empty(1 + sum(counts[:degree]), *a.shape[1:])
+        out = empty_stack_like(a, 1 + sum(counts[:degree]))
         pa, pb, pieces = _split(a, counts, da), _split(b, counts, db), _split(out, counts, degree)
         for k in range(degree + 1):
             _sum_of_products(_product_terms(k, pa, pb, da, db, counts[k - 1] if k else 1), pieces[k])
@@ -390,7 +390,7 @@ class _Product(torch.autograd.Function):
 
 def _factor_grad(grad: torch.Tensor, other: torch.Tensor, counts: tuple, degrees: tuple) -> torch.Tensor:
     """The gradient in one factor of a product, ``d(ab)_k / da_j = b_(k-j)``: :func:`_series_backward` with ``b``."""
-    out = grad.new_empty(1 + sum(counts[: degrees[0]]), *grad.shape[1:])
+    out = empty_stack_like(grad, 1 + sum(counts[: degrees[0]]))
     _series_backward(grad, other, counts, degrees, out)
     return out
 
