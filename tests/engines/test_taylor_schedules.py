@@ -10,7 +10,8 @@ from diffops.engines.taylor.rules.schedules import Builder
 from diffops.engines.taylor.rules.traced import series_grad
 from diffops.engines.taylor.stacked import split_slots
 
-REQUESTS = [(1,), (3,), (1, 1), (2, 1), (3, 3), (3, 2, 1), (1, 1, 1, 1), (2, 2, 1, 1)]  # counts R_1 >= R_2 >= ..
+# counts R_1 >= R_2 >= ..; more than eight directions in all: ga_0 through a buffer and a sum
+REQUESTS = [(1,), (3,), (1, 1), (2, 1), (3, 3), (3, 2, 1), (1, 1, 1, 1), (2, 2, 1, 1), (5, 5), (1,) * 10, (4, 3, 2)]
 
 
 def _stack(counts: tuple, degree: int, features: int = 5, samples: int = 6) -> torch.Tensor:
