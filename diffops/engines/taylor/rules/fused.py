@@ -311,8 +311,8 @@ class _FusedChain(torch.autograd.Function):
 def slopes_from_value(from_value: Callable, y: Pieces, counts: tuple, out: Pieces | None = None) -> list:
     """``[z_0, .., z_K]``, the series of ``f'(a)`` from the pieces ``y`` of ``f(a)`` (tanh, sigmoid), into ``out``."""
     z0, linear = from_value(y[0], None if out is None else out[0])
-    slopes = [_quadratic_slope(k, n, linear) for k, n in enumerate(counts, start=1)]
-    return [z0] + [_evaluate(slope, {"y": y}, None if out is None else out[k]) for k, slope in enumerate(slopes, 1)]
+    slopes, pieces = [_quadratic_slope(k, n, linear) for k, n in enumerate(counts, start=1)], {"y": y}
+    return [z0] + [_evaluate(slope, pieces, None if out is None else out[k]) for k, slope in enumerate(slopes, 1)]
 
 
 def _reused(layout, work: torch.Tensor, weight: torch.Tensor, kept: Callable = buffer) -> torch.Tensor | None:
@@ -344,8 +344,10 @@ def _series_backward(
     stacks, ga0 = (grad_out, z, grad_mapped), grad_mapped[0]
     if all(map(feature_major, stacks)):  # (a product's) as their memory lies: a sum over a permuted view was 3x slower
         stacks = tuple(map(columns, stacks))
-    directions = buffer("directions", (counts[0], *stacks[0].shape[1:]), z)
-    _backward_schedule(counts, degrees).run((*stacks, directions))
+    schedule = _backward_schedule(counts, degrees)
+    # the per-direction buffer only where ga_0 is summed through it (more than eight directions)
+    directions = buffer("directions", (counts[0], *stacks[0].shape[1:]), z) if schedule.reads("d") else None
+    schedule.run((*stacks, directions))
     return ga0
 
 

@@ -36,10 +36,15 @@ class Schedule:
     (``base`` -1: the 0-d ``zero``).
     """
 
-    __slots__ = ("names", "views", "ops")
+    __slots__ = ("names", "views", "ops", "touched")
 
     def __init__(self, names: tuple[str, ...], views: tuple, ops: tuple) -> None:
         self.names, self.views, self.ops = names, views, ops
+        self.touched = frozenset(names[s] for s, _, _ in views)
+
+    def reads(self, stack: str) -> bool:
+        """Whether any kernel touches ``stack`` (one it does not may be passed as None)."""
+        return stack in self.touched
 
     def run(self, stacks: tuple[torch.Tensor, ...], zero: torch.Tensor | None = None) -> None:
         """The kernels on ``stacks`` (one per name), in place; ``zero``: a 0-d tensor of their dtype where needed."""
