@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .engines.base import Combination
 
 MultiIndexSpec = Any  # int | str | tuple of int/str
 
@@ -40,10 +44,36 @@ def multi_index(name: str, spec: MultiIndexSpec, coords: tuple[str, ...] | None)
     return tuple(sorted(coordinate(name, item, coords) for item in items))
 
 
+def linear_combination(name: str, spec: Mapping[Any, Any], coords: tuple[str, ...] | None) -> Combination:
+    """``{multi-index: weight}`` -> a :class:`Combination`, e.g. ``{"t": 1.0, ("x", "x"): -0.01}``.
+
+    Weights are real Python numbers (constants: a learnable coefficient multiplies
+    a partial outside); multi-indices naming the same partial add their weights.
+    """
+    if isinstance(spec, Combination):  # validated before
+        return spec
+    if not spec:
+        raise ValueError(f"{name}: a linear combination needs at least one term, e.g. {{'t': 1.0, ('x', 'x'): -0.1}}")
+    weights: dict[tuple[int, ...], float] = {}
+    for key, weight in spec.items():
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+            raise TypeError(
+                f"{name}: the weight of {key!r} in a linear combination must be a finite real number, got {weight!r} "
+                "(for a learnable coefficient, ask for the partial and multiply it)"
+            )
+        index = multi_index(name, key, coords)
+        weights[index] = weights.get(index, 0.0) + float(weight)
+    return Combination.of(weights)
+
+
 def derivative_spec(
     name: str, spec: Mapping[str, Any] | None, named: Mapping[str, Any], coords: tuple[str, ...] | None
-) -> dict[str, tuple[int, ...]]:
-    """``{name: multi-index}`` from a dict and keywords, e.g. ``u_xt=("x", "t")`` -> ``{"u_xt": (0, 1)}``."""
+) -> dict[str, tuple[int, ...] | Combination]:
+    """``{name: multi-index or combination}`` from a dict and keywords.
+
+    ``u_xt=("x", "t")`` -> ``{"u_xt": (0, 1)}``; a mapping of multi-indices to
+    weights, ``r={"t": 1.0, ("x", "x"): -0.01}``, names their linear combination.
+    """
     if spec is not None and not isinstance(spec, Mapping):
         raise TypeError(f"{name}: the derivatives must be given as a dict name -> multi-index, got {spec!r}")
     wanted = dict(spec or {})
@@ -53,7 +83,11 @@ def derivative_spec(
     wanted.update(named)
     if not wanted:
         raise ValueError(f"{name}: name at least one derivative, e.g. u_x=(0,)")
-    return {key: multi_index(name, value, coords) for key, value in wanted.items()}
+    return {
+        key: linear_combination(name, value, coords) if isinstance(value, (Mapping, Combination))
+        else multi_index(name, value, coords)
+        for key, value in wanted.items()
+    }  # fmt: skip
 
 
 def check_range(name: str, index: tuple[int, ...], d: int, coords: tuple[str, ...] | None) -> None:
@@ -69,6 +103,17 @@ _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 def coordinate_name(index: int, coords: tuple[str, ...] | None) -> str:
     return coords[index] if coords is not None and index < len(coords) else f"x{index}".translate(_SUBSCRIPTS)
+
+
+def combination_symbol(combination: Combination, coords: tuple[str, ...] | None) -> str:
+    """``((1,), 1.0), ((0, 0), -0.5)`` -> ``∂u/∂t - 0.5·∂²u/∂x²``."""
+    parts = []
+    for index, weight in combination.terms:
+        symbol = partial_symbol(index, coords)
+        magnitude = "" if abs(weight) == 1 else f"{abs(weight):g}·"
+        sign = ("-" if weight < 0 else "") if not parts else (" - " if weight < 0 else " + ")
+        parts.append(f"{sign}{magnitude}{symbol}")
+    return "".join(parts) or "0"
 
 
 def partial_symbol(index: tuple[int, ...], coords: tuple[str, ...] | None, target: str = "u") -> str:

@@ -40,6 +40,8 @@ class EmptyBatchEngine:
             if key not in _FULL_DIMS:
                 raise NotImplementedError(f"the shape of {key!r} for an empty batch is not defined")
             results[key] = _empty_like(value, (d,) * _FULL_DIMS[key])
+        for combination in request.combinations:
+            results[combination] = _empty_like(value, ())
         for item in request.along:  # (0, *out) summed over the directions, else (R, 0, *out)
             leading = () if item.summed else (item.directions.shape[0],)
             results[item.key] = _empty_like(value, (), leading=leading)

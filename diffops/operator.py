@@ -33,6 +33,7 @@ from ._empty import EMPTY_BATCH
 from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
 from ._state import Snapshot, buffers_kept, updating_buffers
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
+from .engines.base import Combination
 from .engines.choice import too_close
 
 # an output size that outweighs any request: auto ranks the engines for it and for one output,
@@ -119,7 +120,10 @@ class DifferentialOperator(nn.Module):
         """Several partials of ``u`` from one shared computation.
 
         ``named`` (or ``spec``) maps a name to a multi-index: ``()`` for the value,
-        ``(0,)`` or ``"x"`` for a first partial, ``("x", "x", "t")`` for a mixed one.
+        ``(0,)`` or ``"x"`` for a first partial, ``("x", "x", "t")`` for a mixed one;
+        or to a linear combination with constant weights, ``{"t": 1.0, ("x", "x"): -0.01}``
+        (``u_t - 0.01 u_xx``), which the Taylor engine computes in fewer passes than
+        its terms apart (``engines/taylor/folding.py``).
         Returns ``{name: tensor shaped like u(*inputs)}``.
         """
         if self.u is None:
@@ -137,14 +141,16 @@ class DifferentialOperator(nn.Module):
         key = None
         if not torch.compiler.is_compiling():
             try:
-                key = (tuple(spec.items()) if isinstance(spec, Mapping) else spec, tuple(named.items()), self.coords)
+                key = (_frozen(spec), _frozen(named), self.coords)
                 hash(key)
             except TypeError:  # unhashable multi-indices (lists): validate every time
                 key = None
         found = self._specs.get(key) if key is not None else None
         if found is None:
             indices = derivative_spec(type(self).__name__, spec, named, self.coords)
-            found = (indices, Request(frozenset(indices.values())))
+            partials = frozenset(index for index in indices.values() if isinstance(index, tuple))
+            combinations = frozenset(index for index in indices.values() if isinstance(index, Combination))
+            found = (indices, Request(partials, combinations=combinations))
             if key is not None:
                 self._specs[key] = found
         return found
@@ -185,7 +191,7 @@ class DifferentialOperator(nn.Module):
         if engines is None:
             name = type(self).__name__
             check_range(name, (), d, self.coords)
-            for index in request.partials:
+            for index in request.indices():
                 check_range(name, index, d, self.coords)
             size = self._output_size(rows, request, d) * scale if self.method == "auto" else 1
             engines = candidates(self.method, request, d, size)
@@ -416,6 +422,13 @@ class BuiltinOperator(DifferentialOperator):
 
     def _evaluate(self, inputs: tuple, shared: dict) -> torch.Tensor:
         return self._assemble(shared[self._share_key()])
+
+
+def _frozen(spec: Any) -> Any:
+    """A derivative spec as a hashable key: mappings (the spec, a combination's weights) as item tuples."""
+    if isinstance(spec, Mapping):
+        return tuple((key, _frozen(value)) for key, value in spec.items())
+    return spec
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ._coords import coordinate, derivative_spec, multi_index, partial_symbol
+from ._coords import combination_symbol, coordinate, derivative_spec, multi_index, partial_symbol
 from ._fields import Field, batch_shape_of, columns
 from .engines import Request
 from .engines.base import Along
@@ -321,7 +321,10 @@ class Derivatives(DifferentialOperator):
         return self.derivatives(*inputs, spec=self.spec)
 
     def _symbol(self) -> str:
-        parts = [f"{key}: {partial_symbol(index, self.coords)}" for key, index in self.spec.items()]
+        symbol = lambda index: (  # noqa: E731
+            partial_symbol(index, self.coords) if isinstance(index, tuple) else combination_symbol(index, self.coords)
+        )
+        parts = [f"{key}: {symbol(index)}" for key, index in self.spec.items()]
         return "{" + ", ".join(parts) + "}"
 
 

@@ -248,6 +248,20 @@ def _mixed(index: tuple[int, ...]) -> tuple:
     return do.Derivative, {"wrt": index}, lambda u, x: ref.partial(u, x, index)
 
 
+class Combined(do.DifferentialOperator):
+    """A linear combination with every kind of term: the value, first partials (folded into the
+    top coefficient of ``e_0`` by the Taylor engine), a second partial read apart, a third-order top."""
+
+    WEIGHTS = {(): 0.5, (0,): 2.0, (1,): -1.0, (0, 1): 0.3, (0, 0, 0): 0.02}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.derivatives(x, r=self.WEIGHTS)["r"]
+
+
+def _combined(u: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return sum(w * ref.partial(u, x, index) for index, w in Combined.WEIGHTS.items())
+
+
 # request -> (operator, its keyword arguments, the reference)
 REQUESTS = {
     **{f"d{k}": _pure(k) for k in (1, 2, 3, 4)},
@@ -256,6 +270,7 @@ REQUESTS = {
     "laplacian": (do.Laplacian, {}, ref.laplacian),
     "hessian": (do.Hessian, {}, ref.hessian),
     "jacobian": (do.Jacobian, {}, ref.jacobian),
+    "combination": (Combined, {}, _combined),
 }
 
 

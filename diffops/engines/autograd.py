@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .audit import exact_reverse_mode, refuse_once_differentiable, request_order
-from .base import BatchedFn, Request, compute_along
+from .base import BatchedFn, Request, compute_along, compute_combined
 
 
 def _grad(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +54,8 @@ class AutogradEngine:
     name = "autograd"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        if request.combinations:  # summed from their partials
+            return compute_combined(self, fn, x, request)
         if request.along:  # each direction set through self.along, the rest back here
             return compute_along(self, fn, x, request)
         order = request_order(request)

@@ -12,6 +12,7 @@ key                       shape                meaning
 ``"jacobian"``            ``(N, *out, d)``     all first partials
 ``"hessian"``             ``(N, *out, d, d)``  all second partials
 ``"laplacian"``           ``(N, *out)``        sum_i d^2/dx_i^2
+a :class:`Combination`    ``(N, *out)``        sum_a w_a d^a u, constant weights
 ========================  ===================  =====================================
 
 Multi-indices are sorted tuples of coordinate indices (partials commute), so
@@ -68,31 +69,70 @@ class Along:
 
 
 @dataclass(frozen=True)
+class Combination:
+    """``sum_a w_a d^a u``: a linear differential operator with constant coefficients, one result.
+
+    ``terms``: ``((multi_index, weight), ...)``, distinct sorted multi-indices,
+    lowest order first, nonzero float weights; ``()`` is the value.  (Build it
+    with :meth:`of`.)  The Taylor engine computes it in fewer coefficients than
+    its partials take apart (:mod:`.taylor.folding`); the others sum the
+    partials (:func:`compute_combined`).
+    """
+
+    terms: tuple[tuple[MultiIndex, float], ...]
+
+    @staticmethod
+    def of(weights: dict[MultiIndex, float]) -> Combination:
+        """From ``{sorted multi-index: weight}``; zero weights are dropped."""
+        terms = sorted((len(index), index, float(w)) for index, w in weights.items() if w != 0)
+        return Combination(tuple((index, w) for _, index, w in terms))
+
+    @property
+    def order(self) -> int:
+        return max([0, *(len(index) for index, _ in self.terms)])
+
+    def evaluate(self, results: dict) -> torch.Tensor:
+        """The combination of the partials in ``results`` (each ``(N, *out)``; ``()`` always there)."""
+        total = None
+        for index, weight in self.terms:
+            term = results[index] if weight == 1 else weight * results[index]
+            total = term if total is None else total + term
+        return 0 * results[()] if total is None else total
+
+
+@dataclass(frozen=True)
 class Request:
-    """What to compute: a set of multi-indices, whole-tensor operators, derivatives along directions."""
+    """What to compute: multi-indices, whole-tensor operators, derivatives along directions, combinations."""
 
     partials: frozenset[MultiIndex] = field(default_factory=frozenset)
     full: frozenset[str] = field(default_factory=frozenset)
     along: tuple[Along, ...] = ()
+    combinations: frozenset[Combination] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         unknown = set(self.full) - set(FULL_OPERATORS)
         if unknown:
             raise ValueError(f"unknown full operators {sorted(unknown)}")
-        for index in self.partials:
+        for index in self.indices():
             if tuple(sorted(index)) != index:
                 raise ValueError(f"multi-index {index} must be sorted")
+
+    def indices(self) -> set[MultiIndex]:
+        """Every multi-index named: the partials and the combinations' terms."""
+        return set(self.partials).union(*({index for index, _ in c.terms} for c in self.combinations))
 
     def __or__(self, other: Request) -> Request:
         keys = {along.key for along in self.along}
         along = self.along + tuple(item for item in other.along if item.key not in keys)  # a leaf used twice
-        return Request(self.partials | other.partials, self.full | other.full, along)
+        combinations = self.combinations | other.combinations
+        return Request(self.partials | other.partials, self.full | other.full, along, combinations)
 
     def bind(self, inputs: tuple, x: torch.Tensor) -> Request:
         """The directions of every :class:`Along` evaluated at the operator's ``inputs`` (``x``: ``(N, d)``)."""
         if not self.along:
             return self
-        return Request(self.partials, self.full, tuple(along.bind(inputs, x) for along in self.along))
+        bound = tuple(along.bind(inputs, x) for along in self.along)
+        return Request(self.partials, self.full, bound, self.combinations)
 
     def signature(self) -> tuple:
         """What the choice of engine depends on: hashable, equal for equal requests of two calls.
@@ -103,13 +143,13 @@ class Request:
             (item.order, item.summed, None if item.directions is None else item.directions.shape[0])
             for item in self.along
         )
-        return self.partials, self.full, along
+        return self.partials, self.full, along, self.combinations
 
     def rows(self, rows: slice) -> Request:
         """The request for the rows ``rows`` of a chunked call (bound directions sliced alike)."""
         if not self.along:
             return self
-        return Request(self.partials, self.full, tuple(along.rows(rows) for along in self.along))
+        return Request(self.partials, self.full, tuple(along.rows(rows) for along in self.along), self.combinations)
 
 
 class Engine(Protocol):
@@ -145,10 +185,19 @@ def compute_along(engine: Engine, fn: BatchedFn, x: torch.Tensor, request: Reque
     results: dict = {}
     for item in request.along:
         results[()], results[item.key] = engine.along(fn, x, item.directions, item.order, item.summed)
-    rest = Request(request.partials, request.full)
-    if rest.partials - {()} or rest.full:
+    rest = Request(request.partials, request.full, combinations=request.combinations)
+    if rest.partials - {()} or rest.full or rest.combinations:
         results.update(engine.compute(fn, x, rest))
     return results
+
+
+def compute_combined(engine: Engine, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+    """``engine.compute`` for a request with :class:`Combination` items: each summed from its partials."""
+    partials = Request(frozenset(request.indices()), request.full, request.along)
+    results = engine.compute(fn, x, partials)
+    combined = {key: results[key] for key in ((), *request.partials, *request.full, *(a.key for a in request.along))}
+    combined.update((c, c.evaluate(results)) for c in request.combinations)
+    return combined
 
 
 def basis(x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ Costs are in units of about one first-order backward pass through the network.
 * Taylor: ``2.3 + 1.2 * sum_k R_k (1 + (k - 1) / 4)``, where ``R_k`` directions
   reach order k (``interpolation.truncate``: each direction is carried only to
   the order it is needed to, and a fused layer costs about a backward pass per
-  coefficient, a little more at higher orders).  Independent of the output
+  coefficient, a little more at higher orders; a linear combination's first
+  partials need no direction of their own, ``folding.fold``).  Independent of the output
   size.  The collapsed Laplacian beat every other engine at every d measured
   (d = 1 to 64, scalar and vector outputs), so it costs nothing here.
 * Nested autograd: ``2.3 + M * sum(3^len(p))`` over the distinct gradients it
@@ -62,21 +63,21 @@ import torch
 
 from .base import Request
 from .taylor import requested_partials
-from .taylor.interpolation import truncate
+from .taylor.folding import fold
 
 
 def taylor_cost(request: Request, d: int) -> float:
     partials = requested_partials(request, d)
     if "laplacian" in request.full and "hessian" not in request.full:
         partials = {index for index in partials if len(index) > 1}  # first partials ride on the collapsed pass
-        if not partials:
+        if not partials and not request.combinations:
             return 0.0
-    counts = truncate(frozenset(partials), d).counts
+    counts = fold(frozenset(partials), request.combinations, d).truncation.counts  # combinations folded
     return 2.3 + 1.2 * sum(r * (1 + (k - 1) / 4) for k, r in enumerate(counts, start=1))
 
 
 def autograd_cost(request: Request, d: int, outputs: int) -> float:
-    prefixes = {index[:k] for index in request.partials for k in range(len(index))}
+    prefixes = {index[:k] for index in request.indices() for k in range(len(index))}
     if "jacobian" in request.full:
         prefixes.add(())
     if request.full & {"hessian", "laplacian"}:

@@ -22,7 +22,7 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from .audit import exact_forward_mode, request_order
-from .base import BatchedFn, MultiIndex, Request, basis, compute_along, entered
+from .base import BatchedFn, MultiIndex, Request, basis, compute_along, compute_combined, entered
 from .compiling import materialise_zero_tensors
 
 
@@ -85,6 +85,8 @@ class FuncEngine:
     name = "func"
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
+        if request.combinations:  # summed from their partials
+            return compute_combined(self, fn, x, request)
         if request.along:  # each direction set through self.along, the rest back here
             return compute_along(self, fn, x, request)
         if torch.compiler.is_compiling():

@@ -150,16 +150,19 @@ def test_the_fused_rules_handle_the_whole_network():
 
 
 def test_a_chain_runs_feature_major_from_the_coordinates_and_rows_where_others_feed_it():
-    """A fused layer on the coordinates (degree 1) or on a feature-major stack stores its output
-    feature-major; fed by rows of higher degree (the output of another rule), or alone and read by
-    another rule, it returns rows."""
+    """A fused layer on the coordinates (degree 1, or with folded top coefficients) or on a
+    feature-major stack stores its output feature-major; fed by wide rows of higher degree (the
+    output of another rule), or alone and read by another rule, it returns rows."""
     layer = nn.Sequential(nn.Linear(2, 4), nn.Tanh()).double()
     coordinates = Stacked(torch.randn(3, 5, 2, dtype=torch.float64), (2, 1), degree=1)
     out = layer(coordinates)
     assert feature_major(out.stack)
     assert feature_major(nn.Sequential(nn.Linear(4, 4), nn.Tanh()).double()(out).stack)
-    rows = Stacked(torch.randn(4, 5, 2, dtype=torch.float64), (2, 1), degree=2)
-    assert not feature_major(layer(rows).stack)
+    folded = Stacked(torch.randn(4, 5, 2, dtype=torch.float64), (2, 1), degree=2)
+    assert feature_major(layer(folded).stack)
+    wide = nn.Sequential(nn.Linear(8, 4), nn.Tanh()).double()
+    rows = Stacked(torch.randn(4, 5, 8, dtype=torch.float64), (2, 1), degree=2)
+    assert not feature_major(wide(rows).stack)
     assert out.resolved().stack.is_contiguous()  # what every other rule reads
     read_by_another_rule = layer(coordinates)
     read_by_another_rule.resolved()  # a single layer that no fused layer reads runs in rows: nothing to transpose

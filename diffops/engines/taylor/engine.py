@@ -20,7 +20,8 @@ import torch
 
 from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along, entered
 from . import rules  # noqa: F401 - register the jet rules
-from .interpolation import Direction, Interpolation, Truncation, truncate
+from .folding import FoldedPlan, fold, input_stack
+from .interpolation import Direction, Interpolation
 from .jet import Jet
 from .rules import fused, sums  # noqa: F401 - after the ordinary rules, which they hand every other case
 from .stacked import Stacked
@@ -54,17 +55,18 @@ def propagate(
     return coefficients
 
 
-def propagate_truncated(fn: BatchedFn, x: torch.Tensor, plan: Truncation) -> list[torch.Tensor]:
-    """``[c_0: (N, *f), c_1: (R_1, N, *f), .., c_K: (R_K, N, *f)]`` along ``plan``'s directions, each to its order.
+def propagate_truncated(fn: BatchedFn, x: torch.Tensor, folded: FoldedPlan) -> list[torch.Tensor]:
+    """``[c_0: (N, *f), c_1: (R_1, N, *f), .., c_K: (R_K, N, *f)]`` along the plan's directions, each to its order.
 
     The network runs on a :class:`~.stacked.Stacked` jet; where it leaves the
     fused rules the ordinary ones take over, and the ``c_k`` come back padded
     to ``R_1`` directions (the rows read are the first ``R_k`` either way).
+    The input is ``x + t v`` along each direction, plus the plan's ``t^K b`` terms.
     """
-    n, d = x.shape
+    plan = folded.truncation
     v, _ = readout(plan.interpolation, x)  # (R, d)
-    stack = torch.cat([x[None], v[:, None, :].expand(len(v), n, d)])  # (1 + R, N, d)
-    out = _run(fn, Stacked(stack, plan.counts, degree=1))
+    stack = input_stack(folded, x, v)  # (S, N, d)
+    out = _run(fn, Stacked(stack, plan.counts, degree=folded.degree))
     if isinstance(out, Stacked):
         coefficients = out.pieces()
     elif isinstance(out, Jet):
@@ -183,15 +185,20 @@ class TaylorEngine:
             results["laplacian"], read = laplacian(fn, x, first)
             results.update(read)
             partials -= first
-        if partials:
-            plan = truncate(frozenset(partials), d)
-            coefficients = propagate_truncated(fn, x, plan)
-            results.update(read_partials(coefficients, plan.interpolation))
+        if partials or request.combinations:
+            plan = fold(frozenset(partials), request.combinations, d)
+            if plan.truncation.counts:
+                coefficients = propagate_truncated(fn, x, plan)
+                results.update(read_partials(coefficients, plan.truncation.interpolation))
+            else:  # combinations of the value alone
+                coefficients = propagate(fn, x, along((), x), 0)
             results[()] = coefficients[0]
+            results.update((f.combination, f.read(coefficients, results)) for f in plan.folds)
+            results.update((c, c.evaluate(results)) for c in plan.summed)
         elif not results:
             results[()] = propagate(fn, x, along((), x), 0)[0]
         self._assemble(results, request, d)
-        return {key: results[key] for key in ((), *request.partials, *request.full)}
+        return {key: results[key] for key in ((), *request.partials, *request.full, *request.combinations)}
 
     @staticmethod
     def _assemble(results: dict, request: Request, d: int) -> None:

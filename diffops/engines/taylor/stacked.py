@@ -89,6 +89,17 @@ def feature_major(stack: torch.Tensor) -> bool:
     return stack.dim() >= 3 and stack.stride(-2) == 1 and stack.stride(-1) != 1
 
 
+def enters_columns(stack: torch.Tensor, degree: int) -> bool:
+    """Whether a chain of fused layers starting on ``stack`` runs feature-major (:data:`COLUMNS`).
+
+    Yes where the stack is laid out so already, and on the network's input (degree
+    one, or a few features: the coordinates with folded top coefficients,
+    :mod:`.folding`), whose first product reads it transposed at no cost.  A wide
+    stack in rows that other rules left stays in rows: entering columns would copy it.
+    """
+    return feature_major(stack) or degree <= 1 or stack.shape[-1] < 8
+
+
 class Rows:
     """The layout of the ordinary rules: a coefficient ``(*sample, F)``, features last in memory."""
 

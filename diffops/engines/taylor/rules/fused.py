@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
-from ..stacked import COLUMNS, ROWS, Stacked, columns, feature_major, pad_stack, split_slots
+from ..stacked import COLUMNS, ROWS, Stacked, columns, enters_columns, feature_major, pad_stack, split_slots
 from ..workspace import buffer, recycled
 from .elementwise import scalar
 from .schedules import Builder, Schedule, Term
@@ -424,7 +424,7 @@ from .traced import traced, traced_layer  # noqa: E402 - it builds on the series
 def activate(activation: Activation, x: Stacked) -> Stacked:
     """``f(x)`` of a stacked jet, fused with its pending ``Linear`` if it has one."""
     weight, bias = x.pending if x.pending is not None else (None, None)
-    if traced() and (feature_major(x.stack) or x.degree <= 1):  # a chain, or its start; rows of other rules: plain
+    if traced() and enters_columns(x.stack, x.degree):  # a chain, or its start; rows of other rules: plain
         return traced_layer(activation, x, weight, bias)
     if _plain():
         return Stacked(layer(activation, x.counts, x.degree, x.stack, weight, bias), x.counts, x.order)
@@ -464,7 +464,7 @@ class Chain:
         if parent is not None and parent.grad == torch.is_grad_enabled():
             return parent.then(layer)
         stack = x.stack
-        layout = COLUMNS if feature_major(stack) or x.degree <= 1 else ROWS
+        layout = COLUMNS if enters_columns(stack, x.degree) else ROWS
         return Chain(None, layer, stack, x.degree, layout, x.counts)
 
     def then(self, layer: tuple) -> Chain:

@@ -65,7 +65,8 @@ def relu6(func: Callable, x: Jet, inplace: bool = False) -> Jet:
 def hardsigmoid(func: Callable, x: Jet, inplace: bool = False) -> Jet:
     _inplace(func, inplace)
     x0 = x.primal
-    return masked(x, F.hardsigmoid(x0), (x0 > -3) & (x0 < 3), slope=1 / 6)
+    # not F.hardsigmoid(x0): its backward scales by a float32 1/6, so the value's parameter gradients were off
+    return masked(x, F.relu6(x0 + 3) / 6, (x0 > -3) & (x0 < 3), slope=1 / 6)
 
 
 @rule(F.hardswish)

@@ -1,0 +1,165 @@
+"""Linear combinations of partials with their first-order terms folded into a top coefficient.
+
+Along the curve ``x(t) = x + t v + t^K b`` the order-K Taylor coefficient of
+``u(x(t))`` is
+
+    c_K = D^K u[v, .., v] / K! + grad u . b,
+
+since ``b`` enters at order K and above only, and linearly at K.  So the
+linear part of a PINN residual needs no direction for its first partials:
+Burgers' ``u_t - nu u_xx`` is ``-2 nu c_2`` along ``v = e_x`` with
+``b = e_t / (-2 nu)``, three coefficients a layer (``c_0``, ``c_1`` and ``c_2``
+along ``e_x``) where ``u_t`` and ``u_xx`` apart take four.  In general a
+:class:`~diffops.engines.base.Combination` of order K >= 2 is read as
+
+    sum_r beta_r c_K(v_r) + (its terms of orders 0 and 2 .. K-1, read as partials),
+
+where ``v_r`` are the directions of :mod:`.interpolation` for its order-K terms
+and ``beta_r`` their recipes' weights times the combination's; the first-order
+terms ``sum_i w_i d_i u`` ride on one direction ``v_s`` with ``beta_s != 0``, as
+``b = w / beta_s``.  That direction's coefficients of order K and above must
+be read by nothing else (another partial, another combination), so a
+combination that finds none is summed from its partials instead.  The result
+is the same derivative, exactly: only the order of the additions changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+
+from ..base import Combination, MultiIndex
+from .interpolation import Direction, Interpolation, Truncation, combination, memoised, truncate
+
+
+@dataclass(frozen=True)
+class Fold:
+    """``combination = sum_i weights[i] * c_order[rows[i]] + sum_(index, w) in rest  w * d^index u``."""
+
+    combination: Combination
+    order: int
+    rows: tuple[int, ...]
+    weights: tuple[float, ...]
+    rest: tuple[tuple[MultiIndex, float], ...]
+
+    def read(self, coefficients: list[torch.Tensor], partials: dict) -> torch.Tensor:
+        """``(N, *f)`` from the jets' ``coefficients`` and the partials already read (``()`` among them)."""
+        top = coefficients[self.order]
+        total = None
+        for row, weight in zip(self.rows, self.weights):
+            term = weight * top[row]
+            total = term if total is None else total + term
+        for index, weight in self.rest:
+            total = total + weight * partials[index]
+        return total
+
+
+@dataclass(frozen=True)
+class FoldedPlan:
+    """One forward pass for partials and combinations.
+
+    ``truncation``: the directions, each to its order, and the recipes of the
+    partials read off them; ``tops``: ``(K, row, b)``, the input's order-K
+    coefficient ``b: (d,)`` of a direction (zero elsewhere); ``folds``: how each
+    folded combination is read; ``summed``: the combinations summed from partials.
+    """
+
+    truncation: Truncation
+    tops: tuple[tuple[int, int, tuple[float, ...]], ...]
+    folds: tuple[Fold, ...]
+    summed: tuple[Combination, ...]
+    tensors: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def degree(self) -> int:
+        """The highest order of the input's coefficients (1: ``x + t v``)."""
+        return max([1, *(order for order, _, _ in self.tops)])
+
+
+def _reads(indices: Iterable[MultiIndex], d: int) -> dict[Direction, int]:
+    """``{direction: highest order read}`` over the recipes of ``indices`` of order >= 2."""
+    reads: dict[Direction, int] = {}
+    for index in indices:
+        if len(index) >= 2:
+            for v in combination(index, d):
+                reads[v] = max(reads.get(v, 0), len(index))
+    return reads
+
+
+def _top_weights(c: Combination, d: int) -> dict[Direction, Fraction]:
+    """``beta``: the order-K terms of ``c`` as ``{direction: weight}`` over the order-K coefficients."""
+    beta: dict[Direction, Fraction] = {}
+    for index, weight in c.terms:
+        if len(index) == c.order:
+            for v, w in combination(index, d).items():
+                beta[v] = beta.get(v, Fraction(0)) + Fraction(weight) * w
+    return {v: w for v, w in beta.items() if w != 0}
+
+
+def _carrier(c: Combination, others: list, taken: set, d: int) -> Direction | None:
+    """A direction of ``c``'s order-K terms that no other reader reads at order K or above, if any."""
+    if c.order < 2 or not any(len(index) == 1 for index, _ in c.terms):
+        return None
+    reads = _reads(others, d)
+    for v in sorted(_top_weights(c, d)):
+        if reads.get(v, 0) < c.order and v not in taken:
+            return v
+    return None
+
+
+@memoised
+def fold(partials: frozenset[MultiIndex], combinations: frozenset[Combination], d: int) -> FoldedPlan:
+    """The plan for ``partials`` (order >= 1) and ``combinations`` on ``d`` coordinates, worked out once."""
+    ordered = sorted(combinations, key=lambda c: c.terms)
+    carriers: dict[Combination, Direction] = {}
+    for c in ordered:
+        others = [*partials, *(index for o in ordered if o is not c for index, _ in o.terms)]
+        v = _carrier(c, others, set(carriers.values()), d)
+        if v is not None:
+            carriers[c] = v
+    read = set(partials)  # the partials read off the coefficients
+    for c in ordered:
+        if c in carriers:  # its first partials ride on its carrier, its order-K terms are read together
+            read |= {index for index, _ in c.terms if len(index) != 1 and len(index) < c.order}
+        else:
+            read |= {index for index, _ in c.terms}
+    read.discard(())
+    needed = read | {index for c in carriers for index, _ in c.terms if len(index) == c.order}
+    plan = truncate(frozenset(needed), d)
+    position = {v: row for row, v in enumerate(plan.interpolation.directions)}
+    tops, folds = [], []
+    for c, carrier in carriers.items():
+        beta = _top_weights(c, d)
+        first = [0.0] * d
+        for index, weight in c.terms:
+            if len(index) == 1:
+                first[index[0]] = float(Fraction(weight) / beta[carrier])
+        tops.append((c.order, position[carrier], tuple(first)))
+        rest = tuple((index, weight) for index, weight in c.terms if len(index) != 1 and len(index) < c.order)
+        rows = tuple(position[v] for v in beta)
+        folds.append(Fold(c, c.order, rows, tuple(float(w) for w in beta.values()), rest))
+    recipes = {index: recipe for index, recipe in plan.interpolation.recipes.items() if index in read}
+    truncation = Truncation(Interpolation(plan.interpolation.directions, recipes), plan.counts)
+    summed = tuple(c for c in ordered if c not in carriers)
+    return FoldedPlan(truncation, tuple(tops), tuple(folds), summed)
+
+
+def input_stack(plan: FoldedPlan, x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """``(S, N, d)``: ``x``, the directions ``(R_1, d)`` and the input's higher coefficients, zero but the tops."""
+    n, d = x.shape
+    slots = [x[None], directions[:, None, :].expand(len(directions), n, d)]
+    if plan.tops:
+        key = (x.dtype, x.device)
+        higher = None if torch.compiler.is_compiling() else plan.tensors.get(key)
+        if higher is None:
+            counts = plan.truncation.counts
+            higher = torch.zeros(sum(counts[1 : plan.degree]), 1, d, dtype=x.dtype, device=x.device)
+            for order, row, b in plan.tops:
+                higher[sum(counts[1 : order - 1]) + row, 0] = torch.tensor(b, dtype=x.dtype, device=x.device)
+            if not torch.compiler.is_compiling():
+                plan.tensors[key] = higher
+        slots.append(higher.expand(higher.shape[0], n, d))
+    return torch.cat(slots)

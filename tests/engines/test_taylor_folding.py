@@ -1,0 +1,174 @@
+"""Linear combinations of partials (``engines/taylor/folding.py``) against the float64 reference.
+
+A combination's first-order terms ride on the top coefficient of one of its
+directions; every engine must give the combination of the reference partials,
+values and parameter gradients, whichever way it computes it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import diffops as do
+from diffops.engines import ENGINES, METHODS, Request
+from diffops.engines.base import Combination
+from diffops.engines.taylor.folding import fold
+
+from .. import reference as ref
+from ..nets import Ansatz, Residual, mlp
+from .test_taylor_fast_paths import Gated, Scaled
+
+RTOL, ATOL = 1e-10, 1e-12
+TAYLOR = ENGINES["taylor"]
+
+# (name, {multi-index: weight}) on three coordinates (x, y, t) = (0, 1, 2)
+BURGERS = {(2,): 1.0, (0, 0): -0.0032}
+BURGERS_2D = {(1,): 1.0, (0, 0): -0.0032}  # on (x, t)
+HEAT = {(2,): 1.0, (0, 0): -0.1, (1, 1): -0.1}
+KDV = {(2,): 1.0, (0, 0, 0): 0.0025}
+EVERYTHING = {(): 0.5, (0,): 2.0, (2,): -1.0, (0, 1): 0.3, (0, 0): 0.7, (0, 0, 0): 0.02, (1, 1, 1): -0.04}
+WAVE = {(2, 2): 1.0, (0, 0): -4.0, (1, 1): -4.0}  # no first-order term: summed
+FIRST_ORDER = {(0,): 1.0, (2,): -3.0}  # order one: summed
+MIXED_TOP = {(2,): 1.0, (0, 1): -0.5}  # the carrier is one of the mixed partial's directions
+COMBINATIONS = {
+    "burgers": BURGERS, "heat": HEAT, "kdv": KDV, "everything": EVERYTHING,
+    "wave": WAVE, "first-order": FIRST_ORDER, "mixed-top": MIXED_TOP,
+}  # fmt: skip
+
+
+def reference(u: nn.Module, x: torch.Tensor, weights: dict) -> torch.Tensor:
+    return sum(w * ref.partial(u, x, index) for index, w in weights.items())
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> None:
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def assert_matches(u: nn.Module, x: torch.Tensor, results: dict, expected: dict) -> None:
+    """Each result against its reference, and the parameter gradients of one loss over all of them."""
+    for key, value in expected.items():
+        assert_close(results[key], value)
+    keys = sorted(expected, key=str)
+    total = sum(results[key] * (1 + i) for i, key in enumerate(keys))
+    wanted = sum(expected[key] * (1 + i) for i, key in enumerate(keys))
+    for a, e in zip(ref.parameter_gradients(u, total), ref.parameter_gradients(u, wanted)):
+        assert_close(a, e)
+
+
+NETS = {
+    "tanh": lambda: mlp(3, 1, depth=3),
+    "sin-2-outputs": lambda: mlp(3, 2, activation="sin"),
+    "silu": lambda: mlp(3, 1, activation="silu"),
+    "gated": lambda: Gated(3),
+    "scaled": lambda: Scaled(3),
+    "residual": lambda: Residual(3, 1),
+    "ansatz": lambda: Ansatz(3, 1),
+}
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+def test_a_combination_equals_the_sum_of_its_reference_partials(net, name):
+    u, x = NETS[net](), torch.rand(5, 3, dtype=torch.float64)
+    combination = Combination.of(COMBINATIONS[name])
+    results = TAYLOR.compute(u, x, Request(frozenset({(0,)}), combinations=frozenset({combination})))
+    assert_matches(u, x, results, {combination: reference(u, x, COMBINATIONS[name]), (0,): ref.partial(u, x, (0,))})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_the_combination_with_partials_beside_it(method):
+    """Burgers' ``u_t - nu u_xx`` beside ``u`` and ``u_x``; ``u_xx`` asked as well takes the carrier away
+    from ``e_x``, and two combinations on one direction are summed: all three plans, every method."""
+    u, x = mlp(3, 1, depth=3), torch.rand(6, 3, dtype=torch.float64)
+    op = do.Derivatives(
+        u, coords=("x", "y", "t"), method=method,
+        u=(), u_x="x", u_xx=("x", "x"), burgers={"t": 1.0, ("x", "x"): -0.0032},
+        heat={"t": 1.0, ("x", "x"): -0.1, ("y", "y"): -0.1}, kdv={"t": 1.0, ("x", "x", "x"): 0.0025},
+    )  # fmt: skip
+    out = op(x)
+    expected = {
+        "u": u(x), "u_x": ref.partial(u, x, (0,)), "u_xx": ref.partial(u, x, (0, 0)),
+        "burgers": reference(u, x, BURGERS), "heat": reference(u, x, HEAT), "kdv": reference(u, x, KDV),
+    }  # fmt: skip
+    assert_matches(u, x, out, expected)
+
+
+def test_the_plans_fold_first_partials_into_a_direction_no_other_partial_reads():
+    plan = fold(frozenset({(0,)}), frozenset({Combination.of(BURGERS_2D)}), 2)  # u_x, u_t - nu u_xx on (x, t)
+    assert plan.truncation.counts == (1, 1)  # c_0, c_1 and c_2 along e_x: three slots, where four were
+    ((order, row, b),) = plan.tops
+    assert order == 2 and plan.truncation.interpolation.directions[row] == (1, 0)
+    assert b == pytest.approx((0.0, 1 / (2 * -0.0032)))  # c_2 = u_xx / 2 + b . grad u, times -2 nu
+    heat = Combination.of(HEAT)
+    assert fold(frozenset(), frozenset({heat}), 3).truncation.counts == (2, 2)  # e_t needs no direction
+    taken = fold(frozenset({(0, 0)}), frozenset({heat}), 3)  # u_xx read apart: the carrier is e_y
+    assert taken.truncation.interpolation.directions[taken.tops[0][1]] == (0, 1, 0)
+    kdv = fold(frozenset({(0,)}), frozenset({Combination.of(KDV)}), 3)
+    assert kdv.truncation.counts == (1, 1, 1) and kdv.degree == 3
+    for weights in (WAVE, FIRST_ORDER):
+        plan = fold(frozenset(), frozenset({Combination.of(weights)}), 3)
+        assert not plan.folds and len(plan.summed) == 1
+    both = fold(frozenset(), frozenset({Combination.of(BURGERS), Combination.of({(1,): 1.0, (0, 0): 2.0})}), 3)
+    assert not both.folds and len(both.summed) == 2  # each would spoil the other's c_2 along e_x
+
+
+@pytest.mark.parametrize("method", ["taylor", "auto"])
+def test_float32_chunks_and_names_match_the_float64_reference(method):
+    u = mlp(2, 1, depth=3)
+    x = torch.rand(9, 2, dtype=torch.float64)
+    weights = {(1,): 1.0, (0, 0): -1e-4, (): -5.0}  # Allen-Cahn's linear part: a small weight on the top
+    expected = reference(u, x, weights)
+    r = {"t": 1.0, ("x", "x"): -1e-4, (): -5}
+    op = do.Derivatives(u.float(), coords=("x", "t"), method=method, chunk_size=4, r=r)
+    out = op(x.float())["r"]
+    assert out.dtype == torch.float32
+    assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_custom_operator_trains_on_a_folded_residual_as_on_its_partials():
+    """One optimiser step on Burgers' residual written with a combination and with its partials apart."""
+
+    class Folded(do.DifferentialOperator):
+        def forward(self, x):
+            d = self.derivatives(x, u=(), u_x="x", r={"t": 1.0, ("x", "x"): -0.0032})
+            return d["r"] + d["u"] * d["u_x"]
+
+    class Apart(do.DifferentialOperator):
+        def forward(self, x):
+            d = self.derivatives(x, u=(), u_x="x", u_t="t", u_xx=("x", "x"))
+            return d["u_t"] + d["u"] * d["u_x"] - 0.0032 * d["u_xx"]
+
+    torch.manual_seed(1)
+    nets = [mlp(2, 1, depth=3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.rand(16, 2, dtype=torch.float64)
+    for net, kind in zip(nets, (Folded, Apart)):
+        optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
+        kind(net, coords=("x", "t"), method="taylor")(x).pow(2).mean().backward()
+        optimiser.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert_close(a, b)
+
+
+def test_compiled_folded_residual_matches_eager():
+    u, x = mlp(2, 1, depth=3), torch.rand(8, 2, dtype=torch.float64)
+    op = do.Derivatives(u, coords=("x", "t"), method="taylor", u=(), r={"t": 1.0, ("x", "x"): -0.0032})
+    compiled = torch.compile(lambda x: op(x)["r"], backend="aot_eager", fullgraph=True)
+    assert_close(compiled(x), reference(u, x, BURGERS_2D))
+    assert_close(op(x)["r"], reference(u, x, BURGERS_2D))
+
+
+
+def test_an_all_zero_combination_is_zero_and_stays_in_the_graph():
+    u, x = mlp(2, 1), torch.rand(4, 2, dtype=torch.float64)
+    for method in METHODS:
+        out = do.Derivatives(u, method=method, r={(0,): 0.0})(x)["r"]
+        assert out.shape == (4, 1) and not out.any() and out.requires_grad
+
+
+def test_the_symbol_reads_as_the_equation():
+    op = do.Derivatives(mlp(2, 1), coords=("x", "t"), r={("x", "x"): -0.5, "t": 1, (): 2})
+    assert str(op) == "{r: 2·u + ∂u/∂t - 0.5·∂²u/∂x²}"
