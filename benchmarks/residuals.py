@@ -1,7 +1,8 @@
 """The PDE residuals PINN users train, one training step each: diffops against hand-written nested autograd.
 
 Each residual is written three times: as a custom ``DifferentialOperator`` built from
-``self.derivatives`` (run with ``method="auto"`` and with every engine), as the
+``self.derivatives``, its linear part one combination (run with ``method="auto"``,
+with every engine, and with the combination's terms asked apart), as the
 nested ``torch.autograd.grad`` calls a user writes by hand, and with ``torch.func``
 by hand (``vmap`` of ``jacrev`` and ``jacfwd``).  A training step is the residual,
 an MSE loss and the backward pass to the parameters.
@@ -91,16 +92,21 @@ NETS: dict[str, Callable[[int, int], nn.Module]] = {
 
 
 # -- residuals: (coordinates, outputs, the derivatives by name, the residual from them) -------------------
+#
+# A derivative is named by its letters ("xx": u_xx, "": u) or, for the linear part of a residual,
+# by a combination {letters: weight}: diffops computes that as one result (``r={"t": 1.0, ("x", "x"): -nu}``),
+# the Taylor engine with the first partials folded into a top coefficient.  ``--apart`` asks for each
+# term on its own instead and sums them, as residuals were written before combinations existed.
 
 NU = 0.01 / math.pi
 
 
 def burgers(d: Derivs) -> torch.Tensor:
-    return d["u_t"] + d["u"] * d["u_x"] - NU * d["u_xx"]
+    return d["linear"] + d["u"] * d["u_x"]  # u_t + u u_x - nu u_xx
 
 
 def heat(d: Derivs) -> torch.Tensor:
-    return d["u_t"] - 0.1 * (d["u_xx"] + d["u_yy"])
+    return d["linear"]  # u_t - 0.1 (u_xx + u_yy)
 
 
 def wave(d: Derivs) -> torch.Tensor:
@@ -108,7 +114,7 @@ def wave(d: Derivs) -> torch.Tensor:
 
 
 def allen_cahn(d: Derivs) -> torch.Tensor:
-    return d["u_t"] - 1e-4 * d["u_xx"] + 5 * d["u"] ** 3 - 5 * d["u"]
+    return d["linear"] + 5 * d["u"] ** 3  # u_t - 1e-4 u_xx + 5 u^3 - 5 u
 
 
 def poisson(d: Derivs) -> torch.Tensor:
@@ -118,17 +124,13 @@ def poisson(d: Derivs) -> torch.Tensor:
 def navier_stokes(d: Derivs) -> torch.Tensor:
     """Momentum in x and y and continuity, for the outputs (u, v, p) of ``(N, 3)``."""
     c = {name: value.unbind(-1) for name, value in d.items()}
-    (u, v, _), nu = c["u"], 0.01
-    momentum = [
-        c["u_t"][i] + u * c["u_x"][i] + v * c["u_y"][i] + c["u_" + ("x", "y")[i]][2]
-        - nu * (c["u_xx"][i] + c["u_yy"][i])
-        for i in range(2)
-    ]  # fmt: skip
-    return torch.stack([*momentum, c["u_x"][0] + c["u_y"][1]], dim=-1)
+    u, v, _ = c["u"]
+    momentum = [c["linear"][i] + u * c["u_x"][i] + v * c["u_y"][i] + c["u_" + ("x", "y")[i]][2] for i in range(2)]
+    return torch.stack([*momentum, c["u_x"][0] + c["u_y"][1]], dim=-1)  # linear: u_t - nu (u_xx + u_yy)
 
 
 def kdv(d: Derivs) -> torch.Tensor:
-    return d["u_t"] + d["u"] * d["u_x"] + 0.0025 * d["u_xxx"]
+    return d["linear"] + d["u"] * d["u_x"]  # u_t + u u_x + 0.0025 u_xxx
 
 
 def beam(d: Derivs) -> torch.Tensor:
@@ -136,34 +138,67 @@ def beam(d: Derivs) -> torch.Tensor:
 
 
 XT, XYT = ("x", "t"), ("x", "y", "t")
-RESIDUALS: dict[str, tuple[tuple[str, ...], int, dict[str, str], Callable[[Derivs], torch.Tensor]]] = {
-    "burgers": (XT, 1, {"u": "", "u_t": "t", "u_x": "x", "u_xx": "xx"}, burgers),
-    "heat": (XYT, 1, {"u_t": "t", "u_xx": "xx", "u_yy": "yy"}, heat),
+Names = dict[str, str | dict[str, float]]  # a derivative's letters, or a combination {letters: weight}
+RESIDUALS: dict[str, tuple[tuple[str, ...], int, Names, Callable[[Derivs], torch.Tensor]]] = {
+    "burgers": (XT, 1, {"u": "", "u_x": "x", "linear": {"t": 1.0, "xx": -NU}}, burgers),
+    "heat": (XYT, 1, {"linear": {"t": 1.0, "xx": -0.1, "yy": -0.1}}, heat),
     "wave": (XYT, 1, {"u_tt": "tt", "u_xx": "xx", "u_yy": "yy"}, wave),
-    "allen_cahn": (XT, 1, {"u": "", "u_t": "t", "u_xx": "xx"}, allen_cahn),
+    "allen_cahn": (XT, 1, {"u": "", "linear": {"t": 1.0, "xx": -1e-4, "": -5.0}}, allen_cahn),
     "poisson2d": (("x", "y"), 1, {"u_xx": "xx", "u_yy": "yy"}, poisson),
     "poisson3d": (("x", "y", "z"), 1, {"u_xx": "xx", "u_yy": "yy", "u_zz": "zz"}, poisson),
     "navier_stokes": (
         XYT, 3,
-        {"u": "", "u_t": "t", "u_x": "x", "u_y": "y", "u_xx": "xx", "u_yy": "yy"},
+        {"u": "", "u_x": "x", "u_y": "y", "linear": {"t": 1.0, "xx": -0.01, "yy": -0.01}},
         navier_stokes,
     ),
-    "kdv": (XT, 1, {"u": "", "u_t": "t", "u_x": "x", "u_xxx": "xxx"}, kdv),
+    "kdv": (XT, 1, {"u": "", "u_x": "x", "linear": {"t": 1.0, "xxx": 0.0025}}, kdv),
     "beam": (XT, 1, {"u_tt": "tt", "u_xxxx": "xxxx"}, beam),
 }  # fmt: skip
 
 
-class Residual(do.DifferentialOperator):
-    """A residual as users write one: ``self.derivatives`` by coordinate names, then the PDE."""
+def letters_needed(names: dict) -> dict[str, str]:
+    """Every partial a residual reads, by its letters (a combination's terms as ``"name[letters]"``)."""
+    needed = {}
+    for name, what in names.items():
+        if isinstance(what, dict):
+            needed.update({f"{name}[{letters}]": letters for letters in what})
+        else:
+            needed[name] = what
+    return needed
 
-    def __init__(self, net: nn.Module, case: str, method: str = "auto") -> None:
+
+def combined(d: Derivs, names: dict) -> Derivs:
+    """The residual's derivatives by name from its partials (``letters_needed``): each combination summed."""
+    out = {}
+    for name, what in names.items():
+        if isinstance(what, dict):
+            out[name] = sum(weight * d[f"{name}[{letters}]"] for letters, weight in what.items())
+        else:
+            out[name] = d[name]
+    return out
+
+
+class Residual(do.DifferentialOperator):
+    """A residual as users write one: ``self.derivatives`` by coordinate names, then the PDE.
+
+    The linear part is one combination; with ``apart``, its terms are asked for one by one and summed.
+    """
+
+    def __init__(self, net: nn.Module, case: str, method: str = "auto", apart: bool = False) -> None:
         coords, _, names, pde = RESIDUALS[case]
         super().__init__(net, coords=coords, method=method)
-        self.spec = {name: tuple(letters) for name, letters in names.items()}
-        self.pde = pde
+        self.names, self.apart, self.pde = names, apart, pde
+        if apart:
+            self.spec = {name: tuple(letters) for name, letters in letters_needed(names).items()}
+        else:
+            self.spec = {
+                name: {tuple(letters): w for letters, w in what.items()} if isinstance(what, dict) else tuple(what)
+                for name, what in names.items()
+            }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pde(self.derivatives(x, spec=self.spec))
+        d = self.derivatives(x, spec=self.spec)
+        return self.pde(combined(d, self.names) if self.apart else d)
 
 
 def nested(net: nn.Module, case: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -186,8 +221,9 @@ def nested(net: nn.Module, case: str) -> Callable[[torch.Tensor], torch.Tensor]:
                     gradients[(m, letters[:-1] + name)] = g[:, i]
             return gradients[(m, letters)]
 
-        d = {name: torch.stack([partial(m, letters) for m in range(outputs)], -1) for name, letters in names.items()}
-        return pde(d)
+        needed = letters_needed(names).items()
+        d = {name: torch.stack([partial(m, letters) for m in range(outputs)], -1) for name, letters in needed}
+        return pde(combined(d, names))
 
     return residual
 
@@ -200,15 +236,16 @@ def with_torch_func(net: nn.Module, case: str) -> Callable[[torch.Tensor], torch
     are read from it.
     """
     coords, _, names, pde = RESIDUALS[case]
-    orders = {len(letters) for letters in names.values()}
+    needed = letters_needed(names)
+    orders = {len(letters) for letters in needed.values()}
     derivatives: list[Callable] = [net]  # of one sample (d,) -> (outputs,)
     for order in range(1, max(orders) + 1):
         derivatives.append((jacrev if order == 1 else jacfwd)(derivatives[-1]))
 
     def residual(x: torch.Tensor) -> torch.Tensor:
         tables = {order: vmap(derivatives[order])(x) for order in orders}
-        at = {name: (slice(None), slice(None), *(coords.index(c) for c in letters)) for name, letters in names.items()}
-        return pde({name: tables[len(names[name])][index] for name, index in at.items()})
+        at = {name: (slice(None), slice(None), *(coords.index(c) for c in letters)) for name, letters in needed.items()}
+        return pde(combined({name: tables[len(needed[name])][index] for name, index in at.items()}, names))
 
     return residual
 
@@ -249,6 +286,8 @@ def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: 
     auto = Residual(net, case)
     steps = {"auto": training_step(net, auto, x)}
     steps |= {name: training_step(net, Residual(net, case, name), x) for name in ENGINES}
+    if any(isinstance(what, dict) for what in RESIDUALS[case][2].values()):
+        steps["apart"] = training_step(net, Residual(net, case, apart=True), x)
     steps["nested"] = training_step(net, nested(net, case), x)
     steps["torch.func"] = training_step(net, with_torch_func(net, case), x)
     if compiled:
@@ -268,6 +307,7 @@ def measure(case: str, net_name: str, batch: int, dtype: torch.dtype, compiled: 
         "speedup": {name: ratio_cell(rounds, "nested", name) for name in steps},
         "versus_func": ratio_cell(rounds, "torch.func", "auto"),
         "auto_vs_fastest": ratio_cell(rounds, "auto", fastest),
+        "apart": ratio_cell(rounds, "apart", "auto") if "apart" in rounds else "",
         "fastest": fastest,
         "pick": auto_pick(auto),
     }
@@ -344,10 +384,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); ms per training step,")
     print("median of interleaved rounds; ratios: median [range] over the rounds of the ratio within a round;")
-    print("MiB: peak tensor memory of one eager training step")
+    print("MiB: peak tensor memory of one eager training step; apart: auto with the linear part's terms asked")
+    print("for one by one (no combination), for the residuals that have one")
     methods = ["auto", *ENGINES, "nested", "torch.func"] + (["compiled"] if args.compile else [])
     header = f"| residual | net | batch | dtype | {' | '.join(f'{m} ms' for m in methods)} | auto picks"
-    header += " | fastest engine | nested / auto | torch.func / auto | auto / fastest | auto MiB | nested MiB |"
+    header += " | fastest engine | nested / auto | torch.func / auto | auto / fastest | apart ms | apart / auto"
+    header += " | auto MiB | nested MiB |"
     header += " nested / compiled |" if args.compile else ""
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -359,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
                     cells = [case, net_name, str(batch), dtype_name] + [f"{row['times'][m]:.2f}" for m in methods]
                     cells += [row["pick"], row["fastest"], row["speedup"]["auto"], row["versus_func"]]
                     cells.append(row["auto_vs_fastest"])
+                    cells += [f"{row['times']['apart']:.2f}" if row["apart"] else "", row["apart"]]
                     cells += [f"{row['memory'][m]:.1f}" for m in ("auto", "nested")]
                     if args.compile:
                         cells.append(row["speedup"]["compiled"])

@@ -13,14 +13,16 @@ import residuals  # noqa: E402
 
 
 @pytest.mark.parametrize("case", residuals.RESIDUALS)
-@pytest.mark.parametrize("method", ["auto", "taylor"])
+@pytest.mark.parametrize("method", ["auto", "taylor", "apart"])
 def test_each_residual_matches_its_nested_autograd_version(case, method):
+    """With its linear part as one combination (``auto``, ``taylor``) and with the terms apart."""
     coords, outputs, _, _ = residuals.RESIDUALS[case]
     torch.manual_seed(0)
     net = residuals.NETS["raissi"](len(coords), outputs).double()
     x = torch.rand(6, len(coords), dtype=torch.float64)
     expected = residuals.nested(net, case)(x)
-    actual = residuals.Residual(net, case, method)(x)
+    apart = method == "apart"
+    actual = residuals.Residual(net, case, "taylor" if apart else method, apart=apart)(x)
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
     params = list(net.parameters())
     grad = lambda r: torch.autograd.grad(r.square().sum(), params, allow_unused=True, materialize_grads=True)  # noqa: E731
