@@ -95,14 +95,14 @@ def residual_case(
     name: str, net: str, batch: int, dtype: torch.dtype
 ) -> tuple[dict, Request, int, int, do.DifferentialOperator]:
     """Training steps of each engine and of auto on one residual of ``residuals.py``, as :func:`operator_case`."""
-    coords, outputs, names, _ = residuals.RESIDUALS[name]
+    coords, outputs, _, _ = residuals.RESIDUALS[name]
     torch.manual_seed(0)
     u = residuals.NETS[net](len(coords), outputs).to(dtype)
     x = torch.rand(batch, len(coords), dtype=dtype)
     steps = {e: residuals.training_step(u, residuals.Residual(u, name, e), x) for e in sorted(ENGINES)}
     auto = residuals.Residual(u, name, "auto")
     steps["auto"] = residuals.training_step(u, auto, x)
-    request = Request(frozenset(tuple(sorted(coords.index(c) for c in letters)) for letters in names.values()))
+    _, request = auto._derivative_spec(auto.spec, {})  # the request its derivatives() makes
     return steps, request, len(coords), outputs, auto
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along, entered
 from . import rules  # noqa: F401 - register the jet rules
-from .folding import FoldedPlan, fold, input_stack
+from .folding import Collapse, FoldedPlan, collapse, fold, input_stack
 from .interpolation import Direction, Interpolation
 from .jet import Jet
 from .rules import fused, sums  # noqa: F401 - after the ordinary rules, which they hand every other case
@@ -28,12 +28,18 @@ from .stacked import Stacked
 
 
 def propagate(
-    fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, collapse: bool = False
+    fn: BatchedFn,
+    x: torch.Tensor,
+    directions: torch.Tensor,
+    order: int,
+    collapse: bool = False,
+    top: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Taylor coefficients of ``t -> fn(x + t v)``: ``x: (N, d)``, ``directions: (R, N, d)``.
 
     Returns ``[c_0: (N, *f), c_1 .. c_K: (R, N, *f)]``; with ``collapse`` the top
-    coefficient is summed over the directions, ``(N, *f)``.
+    coefficient is summed over the directions, ``(N, *f)``.  ``top``: ``(d,)``, the
+    input's collapsed top coefficient, ``x + t v + t^K top`` (:class:`.folding.Collapse`).
     """
     r = directions.shape[0]
     form = Jet.SINGLE if r == 1 else Jet.COLLAPSED if collapse else Jet.DIRECTIONS
@@ -42,7 +48,9 @@ def propagate(
     inputs = [x] + ([v] + [zero] * (order - 1) if order else [])
     if form == Jet.COLLAPSED:
         inputs[-1] = inputs[-1].sum(0)
-    out = _run(fn, Jet(inputs, form, degree=min(order, 1)))
+    if top is not None:
+        inputs[-1] = top.to(x.dtype).expand(x.shape)
+    out = _run(fn, Jet(inputs, form, degree=min(order, 1) if top is None else order))
     if not isinstance(out, Jet):  # the output does not depend on x
         out = Jet([out] + [torch.zeros_like(out)] * order, Jet.SINGLE)
     primal = out.primal
@@ -169,6 +177,18 @@ def laplacian(fn: BatchedFn, x: torch.Tensor, first: set[MultiIndex]) -> tuple[t
     return 2 * coefficients[2], results
 
 
+def collapsed(fn: BatchedFn, x: torch.Tensor, plan: Collapse) -> dict:
+    """The value, the first partials along ``plan.axes`` and the combination, from one collapsed pass."""
+    units = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)[list(plan.axes), None, :]
+    top = torch.tensor(plan.top, dtype=x.dtype, device=x.device)
+    c = propagate(fn, x, units.expand(len(plan.axes), *x.shape), order=2, collapse=True, top=top)
+    results = {(i,): c[1][r] for r, i in enumerate(plan.axes)}
+    combination = 2 * plan.weight * c[2]
+    results[plan.combination] = combination + plan.value * c[0] if plan.value else combination
+    results[()] = c[0]
+    return results
+
+
 class TaylorEngine:
     """``method="taylor"``."""
 
@@ -179,6 +199,15 @@ class TaylorEngine:
             return compute_along(self, fn, x, request)
         d = x.shape[1]
         partials = requested_partials(request, d)
+        if torch.compiler.is_compiling() and request.combinations and not request.full:
+            # compiled, the collapsed jet's ordinary rules fuse as well as the stacked layers, with fewer
+            # coefficients: the 4 x 64 heat step took 13.0 ms against 17.7 folded on stacked jets, Poisson 3-D
+            # 20.6 against 41.8.  Eager, the stacked jets' fused layers ran as fast or faster (8 x 20 heat:
+            # 11.4 against 13.2 ms; 4 x 64: 17.4 against 16.3)
+            plan = collapse(frozenset(partials), request.combinations, d)
+            if plan is not None:
+                results = collapsed(fn, x, plan)
+                return {key: results[key] for key in ((), *request.partials, *request.combinations)}
         results: dict = {}
         if "laplacian" in request.full and "hessian" not in request.full:
             first = {index for index in partials if len(index) == 1}

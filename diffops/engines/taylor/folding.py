@@ -147,6 +147,48 @@ def fold(partials: frozenset[MultiIndex], combinations: frozenset[Combination], 
     return FoldedPlan(truncation, tuple(tops), tuple(folds), summed)
 
 
+@dataclass(frozen=True)
+class Collapse:
+    """``w sum_(i in axes) d_ii u + grad u . g + w_0 u`` as one collapsed jet of order two.
+
+    Along the unit vectors of ``axes`` with the top input ``top = g / (2 w)``, the
+    collapsed ``c_2`` is ``sum_i d_ii u / 2 + grad u . top``: the combination is
+    ``2 w c_2 + w_0 c_0``, in ``len(axes) + 2`` coefficients a layer.
+    """
+
+    combination: Combination
+    axes: tuple[int, ...]
+    weight: float
+    top: tuple[float, ...]
+    value: float
+
+
+@memoised
+def collapse(partials: frozenset[MultiIndex], combinations: frozenset[Combination], d: int) -> Collapse | None:
+    """The collapsed pass for a request of one Laplacian-like combination, if that pass gives all of it.
+
+    Laplacian-like: pure second partials of one weight along two axes or more (the heat, Poisson and
+    Navier-Stokes operators), first partials and the value; the other partials
+    asked must be the value or first partials along its axes, which the pass
+    reads off ``c_1``.
+    """
+    if len(combinations) != 1:
+        return None
+    (c,) = combinations
+    second = {index: w for index, w in c.terms if len(index) == 2}
+    if c.order != 2 or any(i != j for i, j in second) or len(set(second.values())) != 1:
+        return None
+    axes, weight = tuple(sorted(i for i, _ in second)), next(iter(second.values()))
+    if len(axes) < 2 or any(len(p) > 1 or (len(p) == 1 and p[0] not in axes) for p in partials):
+        return None  # (along one axis the stacked jets' fold takes as few coefficients)
+    top = [0.0] * d
+    for index, w in c.terms:
+        if len(index) == 1:
+            top[index[0]] = w / (2 * weight)
+    value = sum(w for index, w in c.terms if not index)
+    return Collapse(c, axes, weight, tuple(top), value)
+
+
 def input_stack(plan: FoldedPlan, x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """``(S, N, d)``: ``x``, the directions ``(R_1, d)`` and the input's higher coefficients, zero but the tops."""
     n, d = x.shape

@@ -235,12 +235,20 @@ def _method(func: Callable) -> Callable:
     return lambda self, *args, **kwargs: _dispatch(func, (self, *args), kwargs)
 
 
+def _reflected(func: Callable) -> Callable:
+    """``other OP jet`` as ``func(other, jet)``: under torch.compile the reflected ``Tensor.__rsub__`` reached
+    the dispatch as an object :data:`REVERSED` does not hold (``1 - z`` of a gated network was refused)."""
+    return lambda self, other: _dispatch(func, (other, self), {})
+
+
 for _name in (
-    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __pow__ __rpow__ "
-    "__matmul__ __rmatmul__ __neg__ __pos__ __abs__ __gt__ __lt__ __ge__ __le__ __eq__ __ne__ "
-    "__bool__ __float__ __int__ __index__"
+    "__add__ __sub__ __mul__ __truediv__ __pow__ __matmul__ __neg__ __pos__ __abs__ "
+    "__gt__ __lt__ __ge__ __le__ __eq__ __ne__ __bool__ __float__ __int__ __index__"
 ).split():
     setattr(Jet, _name, _method(getattr(torch.Tensor, _name)))
+for _name, _func in (("__radd__", torch.add), ("__rsub__", torch.sub), ("__rmul__", torch.mul),
+                     ("__rtruediv__", torch.div), ("__rpow__", torch.pow), ("__rmatmul__", torch.matmul)):
+    setattr(Jet, _name, _reflected(_func))
 
 
 def _dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .jet import Jet, _dispatch
+from .jet import Jet
 
 
 def columns(stack: torch.Tensor) -> torch.Tensor:
@@ -325,17 +325,6 @@ class Stacked(Jet):
 
     def __len__(self) -> int:
         return self.shape[0]
-
-    # ``number OP jet`` as the torch function itself: under torch.compile the reflected
-    # ``Tensor.__rsub__`` reaches ``Jet``'s dispatch as an object its tables do not hold.
-    def __radd__(self, other: Any) -> Any:
-        return _dispatch(torch.add, (other, self), {})
-
-    def __rsub__(self, other: Any) -> Any:
-        return _dispatch(torch.sub, (other, self), {})
-
-    def __rmul__(self, other: Any) -> Any:
-        return _dispatch(torch.mul, (other, self), {})
 
     def __repr__(self) -> str:
         return f"Stacked(counts={self.counts}, degree={self.degree}, shape={tuple(self.shape)})"
