@@ -98,9 +98,36 @@ class Sum(Expression):
     """``a + b``."""
 
     def _evaluate(self, inputs: tuple, shared: dict) -> torch.Tensor:
+        planned = shared.get(("sum", id(self)))
+        if planned is not None:
+            return self._planned(planned, inputs, shared)
         a, b = self._values(inputs, shared)
         _check_same_shape("+", self.terms[0], a, self.terms[1], b)
         return a + b
+
+    def _planned(self, planned: tuple, inputs: tuple, shared: dict) -> torch.Tensor:
+        """The sum as :func:`~diffops.operator.evaluate` planned it: its combinations, then its other terms."""
+        combined, rest = planned
+        total = None
+        for key, combination in combined:
+            value = shared[key].results[combination]
+            total = value if total is None else total + value
+        for term in rest:
+            value = _tensor_result(term, term._evaluate(inputs, shared))
+            _check_same_shape("+", self, total, term, value)
+            total = total + value
+        return total
+
+    def _summands(self) -> list:
+        summands = []
+        for term in self.terms:
+            inner = term._summands()
+            summands += [term] if inner is None else inner
+        return summands
+
+    def _linear_form(self) -> list | None:
+        left, right = (term._linear_form() for term in self.terms)
+        return None if left is None or right is None else left + right
 
     def _symbol(self) -> str:
         left, right = self.terms
@@ -151,6 +178,13 @@ class Scaled(Expression):
         (value,) = self._values(inputs, shared)
         coefficient = _scalar(self.coefficient)
         return value / coefficient if self.divide else coefficient * value
+
+    def _linear_form(self) -> list | None:
+        inner = self.terms[0]._linear_form()
+        if inner is None or isinstance(self.coefficient, torch.Tensor):  # a tensor is read at each call
+            return None
+        scale = 1 / self.coefficient if self.divide else self.coefficient
+        return [(leaf, scale * weight) for leaf, weight in inner]
 
     def _symbol(self, negate: bool = False) -> str:
         c = _number(self.coefficient) * (-1 if negate else 1)

@@ -344,6 +344,14 @@ class DifferentialOperator(nn.Module):
         """This operator's value, reusing the engine results in ``shared`` where it can."""
         return self(*inputs)
 
+    def _linear_form(self) -> list[tuple[DifferentialOperator, float]] | None:
+        """``[(leaf, weight), ..]`` where this operator is a sum of ``Derivative`` leaves with number weights."""
+        return None
+
+    def _summands(self) -> list[DifferentialOperator] | None:
+        """The terms of a sum, nested sums flattened; None for anything else."""
+        return None
+
     def _symbol(self) -> str:
         return type(self).__name__ + "[u]"
 
@@ -452,20 +460,75 @@ def ranked_alike(request: Request, d: int) -> bool:
 
 
 def evaluate(root: DifferentialOperator, inputs: tuple) -> Any:
-    """Evaluate an operator expression with one engine call per group of leaves that share ``u``."""
-    groups: dict[tuple, list[BuiltinOperator]] = {}
-    for leaf in root._leaves():
-        key = leaf._share_key() if isinstance(leaf, BuiltinOperator) else None
-        if key is not None:
-            groups.setdefault(key, []).append(leaf)
-    shared = {}
-    for key, members in groups.items():
+    """Evaluate an operator expression with one engine call per group of leaves that share ``u``.
 
-        def make_request(d: int, members: list[BuiltinOperator] = members) -> Request:
-            request = members[0]._request(d)
-            for member in members[1:]:
+    In a sum, the terms that are partials of one network with constant weights
+    (``Derivative(u, wrt="t")`` and ``-0.1 * Derivative(u, wrt="x", order=2)`` in Burgers' residual)
+    are asked for as one :class:`Combination`, which the Taylor engine computes in fewer
+    coefficients than its terms apart; the sum adds the other terms to it.
+    """
+    groups: dict[tuple, list[BuiltinOperator]] = {}
+    callers: dict[tuple, BuiltinOperator] = {}  # per group, the leaf whose settings make the engine call
+    sums: dict[int, tuple[list, list]] = {}
+    for part in _parts(root, sums, callers):
+        key = part._share_key() if isinstance(part, BuiltinOperator) else None
+        if key is not None:
+            groups.setdefault(key, []).append(part)
+            callers.setdefault(key, part)
+    shared: dict = {}
+    for key, caller in callers.items():
+        members = groups.get(key, [])
+        combinations = frozenset(c for combined, _ in sums.values() for k, c in combined if k == key)
+
+        def make_request(d: int, members: list[BuiltinOperator] = members, combinations=combinations) -> Request:
+            request = Request(combinations=combinations)
+            for member in members:
                 request = request | member._request(d)
             return request
 
-        shared[key] = members[0]._compute(inputs, make_request)
+        shared[key] = caller._compute(inputs, make_request)
+    shared.update((("sum", node), plan) for node, plan in sums.items())
     return root._evaluate(inputs, shared)
+
+
+def _parts(node: DifferentialOperator, sums: dict, callers: dict) -> Iterator[DifferentialOperator]:
+    """The leaves of ``node`` whose results the expression reads, after its sums are planned.
+
+    A sum with two partials or more of one network among its terms, constant weights on them,
+    is planned in ``sums`` as ``([(group key, combination), ..], the other terms)``; a
+    combination's first leaf is its group's caller if the group has none (its own partial is not
+    asked for: that would take the direction the combination's first partials fold into).
+    """
+    summands = node._summands()
+    if summands is not None:
+        linear: dict[tuple, list] = {}
+        rest = []
+        for term in summands:
+            form = term._linear_form()
+            keys = {leaf._share_key() for leaf, _ in form or ()}
+            if form and len(keys) == 1 and None not in keys:
+                linear.setdefault(keys.pop(), []).append((term, form))
+            else:
+                rest.append(term)
+        combined = []
+        for key, items in linear.items():
+            if sum(len(form) for _, form in items) < 2:
+                rest += [term for term, _ in items]
+                continue
+            weights: dict = {}
+            for _, form in items:
+                for leaf, weight in form:
+                    weights[leaf.index] = weights.get(leaf.index, 0.0) + weight
+            combined.append((key, Combination.of(weights)))
+            callers.setdefault(key, items[0][1][0][0])
+        if combined:
+            sums[id(node)] = (combined, rest)
+            for term in rest:
+                yield from _parts(term, sums, callers)
+            return
+    children = getattr(node, "terms", None)
+    if children is None:
+        yield node
+        return
+    for child in children:
+        yield from _parts(child, sums, callers)

@@ -212,6 +212,9 @@ class Derivative(BuiltinOperator):
     def _assemble(self, computed: Computed) -> torch.Tensor:
         return computed.results[self.index]
 
+    def _linear_form(self) -> list:
+        return [(self, 1.0)]
+
     def _symbol(self) -> str:
         return partial_symbol(self.index, self.coords)
 

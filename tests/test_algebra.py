@@ -52,6 +52,52 @@ def test_expression_on_one_network_makes_one_engine_call(monkeypatch):
     assert calls[0].partials == frozenset({(0, 1)}) and calls[0].full == frozenset({"laplacian"})
 
 
+@pytest.mark.parametrize("method", ["auto", "taylor", "func", "autograd"])
+def test_the_linear_terms_of_a_sum_are_asked_for_as_one_combination(method, monkeypatch):
+    """Burgers as an expression: ``u_t`` and ``-nu u_xx`` apart in the tree, one combination in the request."""
+    requests = []
+    for engine in ENGINES.values():
+        spy = lambda fn, x, r, original=engine.compute: requests.append(r) or original(fn, x, r)  # noqa: E731
+        monkeypatch.setattr(engine, "compute", spy)
+    u, nu = mlp(2, depth=3), 0.01 / torch.pi
+    D = lambda **kw: do.Derivative(u, coords=("x", "t"), method=method, **kw)  # noqa: E731
+    op = D(wrt="t") + D(order=0) * D(wrt="x") - nu * D(wrt="x", order=2) + 0.5 * D(wrt="t") - source
+    x = torch.rand(6, 2, dtype=torch.float64)
+    u_t, u_x, u_xx = (ref.partial(u, x, index) for index in ((1,), (0,), (0, 0)))
+    expected = 1.5 * u_t + u(x) * u_x - nu * u_xx - source(x)
+    actual = op(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    asked = requests[0]  # (the func and autograd engines then ask themselves for the partials)
+    (combination,) = asked.combinations
+    assert dict(combination.terms) == {(1,): 1.5, (0, 0): -nu}
+    assert asked.partials == frozenset({(), (0,)})  # u_t and u_xx not asked for apart
+
+
+def test_a_sum_across_networks_or_with_learnable_weights_is_not_combined(monkeypatch):
+    requests = []
+    original = ENGINES["taylor"].compute
+    monkeypatch.setattr(ENGINES["taylor"], "compute", lambda fn, x, r: requests.append(r) or original(fn, x, r))
+    u, v = mlp(2), mlp(2)
+    kappa = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+    x = torch.rand(4, 2, dtype=torch.float64)
+    op = do.Derivative(u, wrt=1, method="taylor") + do.Derivative(v, wrt=(0, 0), method="taylor")
+    learnable = do.Derivative(u, wrt=1, method="taylor") - kappa * do.Derivative(u, wrt=(0, 0), method="taylor")
+    torch.testing.assert_close(op(x), ref.partial(u, x, (1,)) + ref.partial(v, x, (0, 0)))
+    torch.testing.assert_close(learnable(x), ref.partial(u, x, (1,)) - kappa * ref.partial(u, x, (0, 0)))
+    assert not any(r.combinations for r in requests)
+    learnable(x).sum().backward()
+    assert kappa.grad is not None and kappa.grad != 0
+
+
+def test_a_combined_sum_still_refuses_a_term_of_another_shape():
+    u = mlp(2)
+    op = do.Derivative(u, wrt=1) - 0.1 * do.Derivative(u, wrt=(0, 0)) + (lambda x: x)
+    with pytest.raises(ValueError, match=r"shapes \(3, 1\) and \(3, 2\) differ"):
+        op(torch.rand(3, 2, dtype=torch.float64))
+
+
 def test_learnable_coefficient_is_trained():
     u = mlp(2)
     kappa = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
