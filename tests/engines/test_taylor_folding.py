@@ -14,6 +14,7 @@ from torch import nn
 import diffops as do
 from diffops.engines import ENGINES, METHODS, Request
 from diffops.engines.base import Combination
+from diffops.engines.taylor.engine import collapsed
 from diffops.engines.taylor.folding import collapse, fold
 
 from .. import reference as ref
@@ -156,12 +157,15 @@ def test_a_custom_operator_trains_on_a_folded_residual_as_on_its_partials():
 def test_the_collapsed_plan_takes_laplacian_like_combinations_only():
     heat = Combination.of(HEAT)
     plan = collapse(frozenset({(0,), (1,)}), frozenset({heat}), 3)
-    assert plan.axes == (0, 1) and plan.weight == -0.1 and plan.top == (0.0, 0.0, 1 / (2 * -0.1))
+    assert plan.axes == (0, 1) and plan.weight == -0.1 and plan.weights is None
+    assert plan.top == (0.0, 0.0, 1 / (2 * -0.1))
     poisson = collapse(frozenset(), frozenset({Combination.of({(0, 0): 1.0, (1, 1): 1.0, (): 2.0})}), 2)
     assert poisson.axes == (0, 1) and poisson.value == 2.0 and poisson.top == (0.0, 0.0)
+    wave = collapse(frozenset(), frozenset({Combination.of(WAVE)}), 3)  # signs differ: a weighted top
+    assert wave.axes == (0, 1, 2) and wave.weights == (-4.0, -4.0, 1.0) and wave.weight == 1.0
     assert collapse(frozenset({(2,)}), frozenset({heat}), 3) is None  # u_t is no first partial along an axis
     assert collapse(frozenset({(0, 0)}), frozenset({heat}), 3) is None  # a second partial needs its own pass
-    for weights in (WAVE, KDV, MIXED_TOP, BURGERS, {(0, 0): 1.0, (1, 1): 2.0}):
+    for weights in (KDV, MIXED_TOP, BURGERS):
         assert collapse(frozenset(), frozenset({Combination.of(weights)}), 3) is None
     assert collapse(frozenset(), frozenset({Combination.of(HEAT), Combination.of(BURGERS)}), 3) is None
 
@@ -173,7 +177,8 @@ COMPILED = {
     "navier-stokes (collapsed, three outputs)": (
         {"u": (), "u_x": "x", "u_y": "y", "r": {"t": 1.0, ("x", "x"): -0.01, ("y", "y"): -0.01}}, 3
     ),
-    "wave (summed)": ({"r": {("t", "t"): 1.0, ("x", "x"): -4.0}}, 1),
+    "wave (collapsed, weighted)": ({"r": {("t", "t"): 1.0, ("x", "x"): -4.0, ("y", "y"): -4.0}}, 1),
+    "anisotropic (collapsed, weighted)": ({"u_y": "y", "r": {"t": 2.0, ("x", "x"): 0.5, ("y", "y"): -1.5}}, 1),
 }
 
 
@@ -200,6 +205,19 @@ def named_index(key) -> tuple[int, ...]:
     """``"t"``, ``("x", "x")`` or ``()`` on the coordinates (x, y, t) as a sorted multi-index."""
     letters = key if isinstance(key, tuple) else (key,) if key else ()
     return tuple(sorted(("x", "y", "t").index(c) for c in letters))
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("name", ["heat", "wave", "anisotropic"])
+def test_the_collapsed_pass_equals_the_reference_eagerly(net, name):
+    """The compiled path's collapsed pass, run eagerly: every rule's weighted collapsed top (the elementwise
+    rules, products, the gated network's sums), values and parameter gradients."""
+    weights = {"heat": HEAT, "wave": WAVE, "anisotropic": {(2,): 2.0, (0, 0): 0.5, (1, 1): -1.5, (): 0.25}}[name]
+    u, x = NETS[net](), torch.rand(5, 3, dtype=torch.float64)
+    plan = collapse(frozenset({(), (1,)}), frozenset({Combination.of(weights)}), 3)
+    results = collapsed(u, x, plan)
+    expected = {plan.combination: reference(u, x, weights), (1,): ref.partial(u, x, (1,)), (): u(x)}
+    assert_matches(u, x, results, expected)
 
 
 def test_compiled_laplacian_of_a_gated_network():

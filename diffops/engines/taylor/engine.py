@@ -34,12 +34,14 @@ def propagate(
     order: int,
     collapse: bool = False,
     top: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Taylor coefficients of ``t -> fn(x + t v)``: ``x: (N, d)``, ``directions: (R, N, d)``.
 
     Returns ``[c_0: (N, *f), c_1 .. c_K: (R, N, *f)]``; with ``collapse`` the top
-    coefficient is summed over the directions, ``(N, *f)``.  ``top``: ``(d,)``, the
-    input's collapsed top coefficient, ``x + t v + t^K top`` (:class:`.folding.Collapse`).
+    coefficient is summed over the directions, ``(N, *f)``, with ``weights: (R,)`` if
+    given.  ``top``: ``(d,)``, the input's collapsed top coefficient, ``x + t v + t^K top``
+    (:class:`.folding.Collapse`).
     """
     r = directions.shape[0]
     form = Jet.SINGLE if r == 1 else Jet.COLLAPSED if collapse else Jet.DIRECTIONS
@@ -50,7 +52,7 @@ def propagate(
         inputs[-1] = inputs[-1].sum(0)
     if top is not None:
         inputs[-1] = top.to(x.dtype).expand(x.shape)
-    out = _run(fn, Jet(inputs, form, degree=min(order, 1) if top is None else order))
+    out = _run(fn, Jet(inputs, form, min(order, 1) if top is None else order, weights if collapse else None))
     if not isinstance(out, Jet):  # the output does not depend on x
         out = Jet([out] + [torch.zeros_like(out)] * order, Jet.SINGLE)
     primal = out.primal
@@ -181,7 +183,8 @@ def collapsed(fn: BatchedFn, x: torch.Tensor, plan: Collapse) -> dict:
     """The value, the first partials along ``plan.axes`` and the combination, from one collapsed pass."""
     units = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)[list(plan.axes), None, :]
     top = torch.tensor(plan.top, dtype=x.dtype, device=x.device)
-    c = propagate(fn, x, units.expand(len(plan.axes), *x.shape), order=2, collapse=True, top=top)
+    weights = None if plan.weights is None else torch.tensor(plan.weights, dtype=x.dtype, device=x.device)
+    c = propagate(fn, x, units.expand(len(plan.axes), *x.shape), 2, collapse=True, top=top, weights=weights)
     results = {(i,): c[1][r] for r, i in enumerate(plan.axes)}
     combination = 2 * plan.weight * c[2]
     results[plan.combination] = combination + plan.value * c[0] if plan.value else combination

@@ -149,15 +149,17 @@ def fold(partials: frozenset[MultiIndex], combinations: frozenset[Combination], 
 
 @dataclass(frozen=True)
 class Collapse:
-    """``w sum_(i in axes) d_ii u + grad u . g + w_0 u`` as one collapsed jet of order two.
+    """``sum_(i in axes) w_i d_ii u + grad u . g + w_0 u`` as one collapsed jet of order two.
 
-    Along the unit vectors of ``axes`` with the top input ``top = g / (2 w)``, the
-    collapsed ``c_2`` is ``sum_i d_ii u / 2 + grad u . top``: the combination is
-    ``2 w c_2 + w_0 c_0``, in ``len(axes) + 2`` coefficients a layer.
+    Along the unit vectors of ``axes``, with the top weighted by ``weights`` (None
+    where they are equal, ``weight`` then) and the top input ``top``, the collapsed
+    ``c_2`` is ``sum_i w_i d_ii u / 2 + grad u . top``: the combination is
+    ``2 weight c_2 + w_0 c_0``, in ``len(axes) + 2`` coefficients a layer.
     """
 
     combination: Combination
     axes: tuple[int, ...]
+    weights: tuple[float, ...] | None
     weight: float
     top: tuple[float, ...]
     value: float
@@ -167,26 +169,29 @@ class Collapse:
 def collapse(partials: frozenset[MultiIndex], combinations: frozenset[Combination], d: int) -> Collapse | None:
     """The collapsed pass for a request of one Laplacian-like combination, if that pass gives all of it.
 
-    Laplacian-like: pure second partials of one weight along two axes or more (the heat, Poisson and
-    Navier-Stokes operators), first partials and the value; the other partials
-    asked must be the value or first partials along its axes, which the pass
+    Laplacian-like: pure second partials along two axes or more, of any weights (the heat,
+    wave, Poisson and Navier-Stokes operators), first partials and the value; the other
+    partials asked must be the value or first partials along its axes, which the pass
     reads off ``c_1``.
     """
     if len(combinations) != 1:
         return None
     (c,) = combinations
     second = {index: w for index, w in c.terms if len(index) == 2}
-    if c.order != 2 or any(i != j for i, j in second) or len(set(second.values())) != 1:
+    if c.order != 2 or any(i != j for i, j in second):
         return None
-    axes, weight = tuple(sorted(i for i, _ in second)), next(iter(second.values()))
+    axes = tuple(sorted(i for i, _ in second))
     if len(axes) < 2 or any(len(p) > 1 or (len(p) == 1 and p[0] not in axes) for p in partials):
         return None  # (along one axis the stacked jets' fold takes as few coefficients)
+    weights = tuple(second[(i, i)] for i in axes)
+    equal = len(set(weights)) == 1
+    weight = weights[0] if equal else 1.0  # equal weights scale the plain sum once, after it
     top = [0.0] * d
     for index, w in c.terms:
         if len(index) == 1:
             top[index[0]] = w / (2 * weight)
     value = sum(w for index, w in c.terms if not index)
-    return Collapse(c, axes, weight, tuple(top), value)
+    return Collapse(c, axes, None if equal else weights, weight, tuple(top), value)
 
 
 def input_stack(plan: FoldedPlan, x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:

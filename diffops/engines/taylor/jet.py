@@ -117,17 +117,26 @@ class Jet:
     ``form``: ``DIRECTIONS``, ``COLLAPSED`` (``c_K`` summed over the directions) or
     ``SINGLE`` (one direction, no direction axis).  ``degree``: the coefficients
     above it are known to be zero, as they are for ``x + t v`` and its linear
-    images, so the rules may skip their terms.
+    images, so the rules may skip their terms.  ``weights``: ``(R,)``, where a
+    collapsed top is the weighted sum over the directions (``u_tt - 4 u_xx``,
+    which no scaling of real directions gives); None for the plain sum.
     """
 
-    __slots__ = ("coefficients", "form", "degree")
+    __slots__ = ("coefficients", "form", "degree", "weights")
     DIRECTIONS, COLLAPSED, SINGLE = "directions", "collapsed", "single"
     __hash__ = object.__hash__  # ``==`` compares values, as for tensors
 
-    def __init__(self, coefficients: list[torch.Tensor], form: str = DIRECTIONS, degree: int | None = None) -> None:
+    def __init__(
+        self,
+        coefficients: list[torch.Tensor],
+        form: str = DIRECTIONS,
+        degree: int | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> None:
         self.coefficients = coefficients
         self.form = form
         self.degree = len(coefficients) - 1 if degree is None else degree
+        self.weights = weights
 
     # -- the series ------------------------------------------------------------------
 
@@ -147,8 +156,14 @@ class Jet:
         return k == 0 or self.form == Jet.SINGLE or (k == self.order and self.form == Jet.COLLAPSED)
 
     def like(self, coefficients: list[torch.Tensor], degree: int | None = None) -> Jet:
-        """A jet of the same order and form with other coefficients."""
-        return Jet(coefficients, self.form, degree)
+        """A jet of the same order and form (and collapse weights) with other coefficients."""
+        return Jet(coefficients, self.form, degree, self.weights)
+
+    def collapse(self, per_direction: torch.Tensor) -> torch.Tensor:
+        """``(N, *f)``: per-direction terms ``(R, N, *f)`` summed into a collapsed top, with its weights."""
+        if self.weights is None:
+            return per_direction.sum(0)
+        return torch.tensordot(self.weights, per_direction, dims=1)
 
     def collapses(self, k: int) -> bool:
         """Whether ``c_k`` is a collapsed top, to which per-direction terms contribute their sum."""
@@ -176,7 +191,7 @@ class Jet:
         if lower is None:
             return head
         if self.collapses(k):
-            lower = lower.sum(0)
+            lower = self.collapse(lower)
         if isinstance(scale, torch.Tensor) or scale != 1:
             lower = lower * scale
         return lower if head is None else head + lower
@@ -302,7 +317,7 @@ def map_coefficients(func: Callable, args: tuple, kwargs: dict, batched: bool, z
             outputs.append(call(k, coefficients))
         else:
             outputs.append(torch.vmap(lambda *c, k=k: call(k, c))(*coefficients))
-    return _zip_outputs(outputs, reference.form, max(leaves[p].degree for p in positions))
+    return _zip_outputs(outputs, reference, max(leaves[p].degree for p in positions))
 
 
 def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
@@ -311,9 +326,9 @@ def _constant_part(leaf: Any, k: int, zero_constants: bool) -> Any:
     return torch.zeros_like(leaf)
 
 
-def _zip_outputs(outputs: list, form: str, degree: int) -> Any:
-    """Per-coefficient output pytrees -> one pytree of jets."""
+def _zip_outputs(outputs: list, reference: Jet, degree: int) -> Any:
+    """Per-coefficient output pytrees -> one pytree of jets of ``reference``'s form."""
     flat = [tree_flatten(output) for output in outputs]
     spec = flat[0][1]
-    leaves = [Jet([f[0][i] for f in flat], form, degree) for i in range(len(flat[0][0]))]
+    leaves = [reference.like([f[0][i] for f in flat], degree) for i in range(len(flat[0][0]))]
     return tree_unflatten(leaves, spec)

@@ -200,6 +200,7 @@ class Stacked(Jet):
         self.degree = degree
         self.pending = pending
         self.form = Jet.SINGLE if counts[0] == 1 else Jet.DIRECTIONS
+        self.weights = None  # never collapsed
         # already resolved (no pending Linear, in rows): a flag, not ``_resolved = self``, since a jet that
         # refers to itself is a reference cycle, and its stack, kept memory, stays in use until the garbage
         # collector runs (the modified MLP's layer outputs missed their kept memory 5 times in 6)

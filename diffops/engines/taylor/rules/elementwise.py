@@ -76,7 +76,7 @@ def second_order(x: Jet, fs: list[torch.Tensor]) -> Jet:
         ys.append(fs[1] * x1)
     if x.order == 2:
         square = x1 * x1  # (a product differentiates faster than a power)
-        top = (0.5 * fs[2]) * (square.sum(0) if x.collapses(2) else square)
+        top = (0.5 * fs[2]) * (x.collapse(square) if x.collapses(2) else square)
         ys.append(top + fs[1] * x.coefficients[2] if x.degree >= 2 else top)
     return x.like(ys)
 
@@ -98,7 +98,8 @@ def elementwise(
     if derivatives is not None and x.order <= 2:
         if x.collapses(2) and not plain:
             x2 = x.coefficients[2] if x.degree >= 2 else None
-            return x.like(list(_CollapsedSecondOrder.apply(derivatives, x.primal, x.coefficients[1], x2)))
+            y = _CollapsedSecondOrder.apply(derivatives, x.primal, x.coefficients[1], x2, x.weights)
+            return x.like(list(y))
         return second_order(x, list(islice(derivatives(x.primal), x.order + 1)))
     if series is None or (x.form == Jet.COLLAPSED and composite is not None):
         return composite()
@@ -112,22 +113,23 @@ class _CollapsedSecondOrder(torch.autograd.Function):
 
     Forward: ``x0: (N, *f)``, ``x1: (R, N, *f)``, ``x2: (N, *f)`` or None (known
     zero) to ``y0 = f``, ``y1 = f' x1: (R, N, *f)`` and ``y2 = f' x2 + f''/2
-    sum_r x1^2: (N, *f)``, with ``f`` and its first three derivatives from
-    ``derivatives(x0)``.  The backward is two passes over the ``(R, N, *f)``
-    tensors (``f' g1 + x1 f'' g2`` and ``sum_r g1 x1``) and a few over
+    sum_r w_r x1^2: (N, *f)``, with ``f`` and its first three derivatives from
+    ``derivatives(x0)`` and the jet's collapse ``weights: (R,)`` (None: all 1).
+    The backward is two passes over the ``(R, N, *f)``
+    tensors (``f' g1 + w x1 f'' g2`` and ``sum_r g1 x1``) and a few over
     ``(N, *f)`` ones, where autograd would record every product of the rule and
     of the derivatives themselves.  It is written in torch ops, so it can itself
     be differentiated.
     """
 
     @staticmethod
-    def forward(ctx, derivatives: Derivatives, x0, x1, x2):
+    def forward(ctx, derivatives: Derivatives, x0, x1, x2, weights):
         f0, f1, f2, f3 = derivatives(x0)
-        half_squares = _direction_sum(x1, x1, scale=0.5)  # (N, *f)
+        half_squares = _direction_sum(x1, x1, 0.5, weights)  # (N, *f)
         y2 = f2 * half_squares
         if x2 is not None:
             y2.addcmul_(f1, x2)
-        ctx.derivatives = derivatives
+        ctx.derivatives, ctx.weights = derivatives, weights
         ctx.save_for_backward(x0, x1, x2, f1, f2, f3, half_squares)
         ctx.set_materialize_grads(False)  # an unused y1 (the last layer's, for a Laplacian) costs nothing
         return f0, x1 * f1, y2
@@ -135,9 +137,10 @@ class _CollapsedSecondOrder(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g0, g1, g2):
         x0, x1, x2, f1, f2, f3, half_squares = ctx.saved_tensors
+        weights = ctx.weights
         if torch.is_grad_enabled():  # a differentiable backward: what was saved, recomputed from the inputs
             _, f1, f2, f3 = ctx.derivatives(x0)
-            half_squares = _direction_sum(x1, x1, scale=0.5)
+            half_squares = _direction_sum(x1, x1, 0.5, weights)
         # Each result is a fresh tensor, so the sums accumulate in place, differentiably too.
         grad_x0 = None if g0 is None else g0 * f1
         grad_x1 = grad_x2 = None
@@ -147,20 +150,25 @@ class _CollapsedSecondOrder(torch.autograd.Function):
             grad_x0 = cross * f2 if grad_x0 is None else grad_x0.addcmul_(cross, f2)
         if g2 is not None:
             top = g2 * f2
-            grad_x1 = x1 * top if grad_x1 is None else grad_x1.addcmul_(x1, top)
+            weighted = x1 if weights is None else x1 * weights.reshape(-1, *[1] * (x1.dim() - 1))
+            grad_x1 = weighted * top if grad_x1 is None else grad_x1.addcmul_(weighted, top)
             z2 = f3 * half_squares  # the collapsed top of the series of f'(x): d y2 / d x0
             if x2 is not None:
                 z2.addcmul_(f2, x2)
                 grad_x2 = g2 * f1
             grad_x0 = g2 * z2 if grad_x0 is None else grad_x0.addcmul_(g2, z2)
-        return None, grad_x0, grad_x1, grad_x2
+        return None, grad_x0, grad_x1, grad_x2, None
 
 
 _CACHED_ELEMENTS = 2**16  # (R, N, *f) elements below which one product and sum beat R slices
 
 
-def _direction_sum(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``scale * sum_r a_r b_r: (N, *f)`` of two ``(R, N, *f)`` tensors, a slice at a time.
+def _direction_sum(
+    a: torch.Tensor, b: torch.Tensor, scale: float = 1.0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scale * sum_r w_r a_r b_r: (N, *f)`` of two ``(R, N, *f)`` tensors, a slice at a time.
+
+    ``weights``: ``(R,)``, or None for all 1 (then the slices; weighted, one product and a contraction).
 
     Slice by slice, the running sum stays in cache and no ``(R, N, *f)``
     product is allocated; directions repeated over the batch (the first
@@ -170,7 +178,10 @@ def _direction_sum(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torc
     instead of 101 us at N = 32; at N = 256 the slices win, 289 against 412 us).
     """
     if a.dim() > 1 and a.shape[1] > 1 and a.stride(1) == 0 and b.stride(1) == 0:
-        return _direction_sum(a.narrow(1, 0, 1), b.narrow(1, 0, 1), scale).expand(a.shape[1:])
+        return _direction_sum(a.narrow(1, 0, 1), b.narrow(1, 0, 1), scale, weights).expand(a.shape[1:])
+    if weights is not None:
+        total = torch.tensordot(weights, a * b, dims=1)
+        return total if scale == 1 else total.mul_(scale)
     if a.numel() <= _CACHED_ELEMENTS:
         total = (a * b).sum(0)
         return total if scale == 1 else total.mul_(scale)
