@@ -22,33 +22,34 @@ supported by AOT autograd, and ``fullgraph=True`` refuses ``autograd.grad``), an
 the Taylor engine traces to one graph, so there the Taylor engine comes first,
 then torch.func, whatever the costs.
 
-Measured with ``benchmarks/auto_rule.py --threads 1 --cases residuals`` (8 x 20)
-and ``benchmarks/residuals.py --threads 1 --nets modified`` (the modified MLP,
-after its gates were factored; :mod:`.taylor.rules.sums`): training steps,
-float32, one CPU thread of an AMD EPYC, ms as taylor / autograd / func:
+Measured with ``benchmarks/residuals.py --threads 1 --nets raissi modified
+--compile`` (2026-12-03; the residuals' linear parts asked for as one combination,
+:mod:`.taylor.folding`): training steps, float32, batch 2,000, one CPU thread of
+an AMD EPYC, ms as taylor / autograd / func (the modified MLP's beam not run):
 
 ================  =========================  ============================
-residual          8 x 20 tanh, batch 2,000   4 x 128 modified MLP, 2,000
+residual          8 x 20 tanh                4 x 128 modified MLP
 ================  =========================  ============================
-burgers           14.6 / 22.0 / 53.5         90.7 / 125.7 / 266
-heat              14.0 / 27.1 / 73.4         115.1 / 154.6 / 348
-wave              17.5 / 30.1 / 91.6         177.3 / 232.7 / 537
-allen_cahn        11.1 / 16.3 / 38.1         69.3 / 139.2 / 212
-poisson2d         13.0 / 23.8 / 61.9         90.8 / 147.8 / 265
-poisson3d         15.6 / 26.9 / 78.4         119.4 / 212.8 / 400
-navier_stokes     17.3 / 62.4 / 75.4         151.6 / 451.6 / 381
-kdv               13.0 / 32.7 / 93.5         92.9 / 249.2 / 472
-beam              15.1 / 95.1 / 329.1        117.7 / 675.2 / 1739
+burgers           6.52 / 11.63 / 31.56       68.88 / 124.19 / 232.01
+heat              14.05 / 23.87 / 85.66      108.87 / 184.52 / 439.11
+wave              13.53 / 24.12 / 69.36      139.69 / 260.28 / 669.09
+allen_cahn        7.66 / 14.74 / 35.24       66.32 / 122.16 / 272.20
+poisson2d         10.88 / 20.46 / 52.53      110.65 / 206.49 / 384.65
+poisson3d         12.35 / 22.85 / 70.82      145.73 / 247.35 / 547.55
+navier_stokes     10.95 / 61.38 / 62.69      112.91 / 508.88 / 473.35
+kdv               11.14 / 39.36 / 95.13      92.78 / 295.11 / 581.19
+beam              12.71 / 81.53 / 194.51
 ================  =========================  ============================
 
-The same code timed twice differs by up to 20 % on that machine.  On the 8 x 20
-network (the usual PINN) Taylor was the fastest engine on every residual
-(1.5-6.3x ahead of nested autograd), and the rule picks it on all of them.  On
-the 4 x 128 modified MLP Taylor is the fastest on all nine, 1.3-2x ahead on the
-second-order ones (before products of jets ran as one node, nested autograd was
-1.1-1.6x faster on five of them; before the gates were factored, level on
-Allen-Cahn): at width 128 a training step is mostly matrix products, of which
-Taylor mode at order two does as many as nested autograd.  The model does not see the network, but it rates those within
+The same code timed twice differs by up to 20 % on that machine.  Taylor was
+the fastest engine on every residual of both networks (1.7-6.4x ahead of nested
+autograd on 8 x 20, 1.7-4.5x on the modified MLP; the 4 x 64 tanh table agrees),
+and auto ran it on all of them.  Before the linear parts were combined, the
+modified MLP's second-order residuals were 1.3-2x apart (and before products of
+jets ran as one node, nested autograd was 1.1-1.6x faster on five of them): at
+width 128 a training step is mostly matrix products, of which Taylor mode at
+order two did as many as nested autograd, and the combination's fold takes some
+away.  The model does not see the network, but it rates those within
 1.5x (:data:`CLOSE`), so auto times them (``diffops._timing``) and runs the
 faster; third and fourth orders and Navier-Stokes, 1.35x apart or more the other
 way, go to Taylor at every width without timing.  The operator cases of
