@@ -9,7 +9,9 @@ nested differentiation.  What each request reads off the jets:
   univariate coefficients along the directions of :mod:`.interpolation`;
 * the Laplacian: one *collapsed* jet of order 2 along the d unit vectors, whose
   top coefficient is the sum over directions (d + 2 vectors per layer), so its
-  cost grows like the Jacobian's rather than the Hessian's.
+  cost grows like the Jacobian's rather than the Hessian's;
+* a linear combination of partials: its order-K terms off the top coefficients,
+  its first partials folded into them (:mod:`.folding`).
 """
 
 from __future__ import annotations

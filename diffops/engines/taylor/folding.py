@@ -21,6 +21,12 @@ terms ``sum_i w_i d_i u`` ride on one direction ``v_s`` with ``beta_s != 0``, as
 be read by nothing else (another partial, another combination), so a
 combination that finds none is summed from its partials instead.  The result
 is the same derivative, exactly: only the order of the additions changes.
+
+Compiled, a combination of pure second partials along two axes or more
+(:class:`Collapse`: heat, wave, Poisson, Navier-Stokes) runs instead as one
+*collapsed* jet, whose top is the weighted sum over the axes, with the first
+partials folded into its input the same way: ``d + 2`` coefficients a layer
+where stacked jets take ``2d + 1``.
 """
 
 from __future__ import annotations
