@@ -121,6 +121,10 @@ CASES: dict[str, Case] = {
         lambda u, m: do.Derivative(u, order=0, method=m) * do.Derivative(u, wrt=(0, 0), method=m),
         lambda u, x: u(x) * ref.partial(u, x, (0, 0)),
     ),
+    "combination": Case(  # the linear part of a residual, its first partials folded (Taylor mode)
+        lambda u, m: do.Derivative(u, wrt=2, method=m) - 0.1 * do.Derivative(u, wrt=(0, 0), method=m),
+        lambda u, x: ref.partial(u, x, (2,)) - 0.1 * ref.partial(u, x, (0, 0)),
+    ),
 }
 
 # Operators of the 0.2 API, checked once the package has them.
