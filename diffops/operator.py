@@ -495,40 +495,48 @@ def _parts(node: DifferentialOperator, sums: dict, callers: dict) -> Iterator[Di
     """The leaves of ``node`` whose results the expression reads, after its sums are planned.
 
     A sum with two partials or more of one network among its terms, constant weights on them,
-    is planned in ``sums`` as ``([(group key, combination), ..], the other terms)``; a
-    combination's first leaf is its group's caller if the group has none (its own partial is not
-    asked for: that would take the direction the combination's first partials fold into).
+    is planned in ``sums`` as ``([(group key, combination), ..], the other terms)``
+    (:func:`_planned_sum`); only the other terms are searched further.
     """
     summands = node._summands()
-    if summands is not None:
-        linear: dict[tuple, list] = {}
-        rest = []
-        for term in summands:
-            form = term._linear_form()
-            keys = {leaf._share_key() for leaf, _ in form or ()}
-            if form and len(keys) == 1 and None not in keys:
-                linear.setdefault(keys.pop(), []).append((term, form))
-            else:
-                rest.append(term)
-        combined = []
-        for key, items in linear.items():
-            if sum(len(form) for _, form in items) < 2:
-                rest += [term for term, _ in items]
-                continue
-            weights: dict = {}
-            for _, form in items:
-                for leaf, weight in form:
-                    weights[leaf.index] = weights.get(leaf.index, 0.0) + weight
-            combined.append((key, Combination.of(weights)))
-            callers.setdefault(key, items[0][1][0][0])
-        if combined:
-            sums[id(node)] = (combined, rest)
-            for term in rest:
-                yield from _parts(term, sums, callers)
-            return
+    planned = None if summands is None else _planned_sum(summands, callers)
+    if planned is not None:
+        sums[id(node)] = planned
+        for term in planned[1]:
+            yield from _parts(term, sums, callers)
+        return
     children = getattr(node, "terms", None)
     if children is None:
         yield node
         return
     for child in children:
         yield from _parts(child, sums, callers)
+
+
+def _planned_sum(summands: list[DifferentialOperator], callers: dict) -> tuple[list, list] | None:
+    """``([(group key, combination), ..], the other terms)`` of a sum, or None if it combines nothing.
+
+    A combination's first leaf is its group's caller if the group has none (its own partial is not
+    asked for: that would take the direction the combination's first partials fold into).
+    """
+    linear: dict[tuple, list] = {}
+    rest = []
+    for term in summands:
+        form = term._linear_form()
+        keys = {leaf._share_key() for leaf, _ in form or ()}
+        if form and len(keys) == 1 and None not in keys:
+            linear.setdefault(keys.pop(), []).append((term, form))
+        else:
+            rest.append(term)
+    combined = []
+    for key, items in linear.items():
+        leaves = [pair for _, form in items for pair in form]
+        if len(leaves) < 2:
+            rest += [term for term, _ in items]
+            continue
+        weights: dict = {}
+        for leaf, weight in leaves:
+            weights[leaf.index] = weights.get(leaf.index, 0.0) + weight
+        combined.append((key, Combination.of(weights)))
+        callers.setdefault(key, leaves[0][0])
+    return (combined, rest) if combined else None
