@@ -99,3 +99,31 @@ def test_whole_operators(problem, method, operator):
     net, x = problem
     cls = {"jacobian": do.Jacobian, "hessian": do.Hessian, "laplacian": do.Laplacian}[operator]
     check(cls(net, method=method), net, x, getattr(ref, operator))
+
+
+@SETTINGS
+@given(problem=problems(), method=st.sampled_from(METHODS), data=st.data())
+def test_linear_combinations_of_partials_beside_partials(problem, method, data):
+    """A random combination (orders 0 to 3, random weights) beside random partials: whether the Taylor
+    engine folds it, collapses it or sums it, the value and parameter gradients of both match."""
+    net, x = problem
+    d = x.shape[-1]
+    index = st.lists(st.integers(0, d - 1), min_size=0, max_size=3).map(lambda i: tuple(sorted(i)))
+    weight = st.floats(-3, 3, allow_nan=False).filter(lambda w: abs(w) > 1e-3)
+    weights = data.draw(st.dictionaries(index, weight, min_size=1, max_size=4))
+    beside = data.draw(st.lists(index, max_size=2, unique=True))
+    spec = {"r": weights, **{f"p{i}": p for i, p in enumerate(beside)}}
+    out = do.Derivatives(net, method=method, **spec)(x)
+
+    def combined(u, y):
+        return sum(w * ref.partial(u, y, i) for i, w in weights.items())
+
+    def total(u, y):  # one loss over every result, so each parameter's gradient sums all the paths
+        return combined(u, y) + sum((2 + i) * ref.partial(u, y, p) for i, p in enumerate(beside))
+
+    expected = flat_reference(total, net, x)
+    actual = out["r"] + sum((2 + i) * out[f"p{i}"] for i, _ in enumerate(beside))
+    torch.testing.assert_close(out["r"], flat_reference(combined, net, x), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11)
+    for a, e in zip(ref.parameter_gradients(net, actual), ref.parameter_gradients(net, expected)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
