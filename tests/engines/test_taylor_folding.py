@@ -238,3 +238,19 @@ def test_an_all_zero_combination_is_zero_and_stays_in_the_graph():
 def test_the_symbol_reads_as_the_equation():
     op = do.Derivatives(mlp(2, 1), coords=("x", "t"), r={("x", "x"): -0.5, "t": 1, (): 2})
     assert str(op) == "{r: 2·u + ∂u/∂t - 0.5·∂²u/∂x²}"
+
+
+def test_a_laplacian_like_combination_along_five_axes_or_more_collapses_eagerly(monkeypatch):
+    from diffops.engines.taylor import engine
+
+    calls = []
+    original = engine.collapsed
+    monkeypatch.setattr(engine, "collapsed", lambda fn, x, plan: calls.append(plan) or original(fn, x, plan))
+    u, x = mlp(6, 1), torch.rand(5, 6, dtype=torch.float64)
+    weights = {(5,): 1.0, **{(i, i): -0.1 * (1 + i) for i in range(engine.EAGER_AXES)}}
+    out = do.Derivatives(u, method="taylor", r=weights)(x)["r"]
+    assert len(calls) == 1 and calls[0].axes == tuple(range(engine.EAGER_AXES))
+    assert_matches(u, x, {"r": out}, {"r": reference(u, x, weights)})
+    fewer = {(5,): 1.0, **{(i, i): -0.1 for i in range(engine.EAGER_AXES - 1)}}
+    do.Derivatives(u, method="taylor", r=fewer)(x)
+    assert len(calls) == 1  # along fewer axes, eagerly: the stacked jets' fold
