@@ -254,3 +254,22 @@ def test_a_laplacian_like_combination_along_five_axes_or_more_collapses_eagerly(
     fewer = {(5,): 1.0, **{(i, i): -0.1 for i in range(engine.EAGER_AXES - 1)}}
     do.Derivatives(u, method="taylor", r=fewer)(x)
     assert len(calls) == 1  # along fewer axes, eagerly: the stacked jets' fold
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_combination_takes_two_inputs_batch_dimensions_chunks_no_grad_and_empty_batches(method):
+    from ..nets import TwoInputs
+
+    u = TwoInputs(2, 1)
+    x, t = torch.rand(4, 3, 2, dtype=torch.float64), torch.rand(4, 3, 1, dtype=torch.float64)
+    weights = {"t": 1.0, ("x", "x"): -0.1, ("y", "y"): -0.2, (): 0.5}
+    op = do.Derivatives(u, argnums=(0, 1), coords=("x", "y", "t"), method=method, chunk_size=5, r=weights)
+    out = op(x, t)["r"]
+    joint = lambda xt: u(xt[..., :2], xt[..., 2:])  # noqa: E731
+    rows = torch.cat([x, t], dim=-1).reshape(-1, 3)
+    expected = reference(joint, rows, {named_index(k): w for k, w in weights.items()}).reshape(4, 3, 1)
+    assert_close(out, expected)
+    with torch.no_grad():
+        assert not op(x, t)["r"].requires_grad
+    empty = op(x[:0], t[:0])["r"]
+    assert empty.shape == (0, 3, 1) and empty.requires_grad
