@@ -7,12 +7,14 @@ values and parameter gradients, whichever way it computes it.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 import diffops as do
-from diffops.engines import ENGINES, METHODS, Request
+from diffops.engines import ENGINES, METHODS, EngineUnsupported, Request
 from diffops.engines.base import Combination
 from diffops.engines.taylor.engine import collapsed
 from diffops.engines.taylor.folding import collapse, fold
@@ -273,3 +275,32 @@ def test_a_combination_takes_two_inputs_batch_dimensions_chunks_no_grad_and_empt
         assert not op(x, t)["r"].requires_grad
     empty = op(x[:0], t[:0])["r"]
     assert empty.shape == (0, 3, 1) and empty.requires_grad
+
+
+def _blocks() -> list[str]:
+    from .. import test_conformance
+
+    return sorted(test_conformance.BLOCKS)
+
+
+@pytest.mark.parametrize("block", _blocks())
+def test_the_weighted_collapsed_pass_is_exact_or_refuses_on_every_building_block(block):
+    """A collapsed top with unequal weights (``u_xx - 3 u_yy``, the first partials folded in) through each
+    block of the conformance matrix: the reference's values and parameter gradients, or a refusal."""
+    from .. import test_conformance as conformance
+
+    u, x = conformance.make(block)
+    weights = {(0, 0): 1.0, (1, 1): -3.0, (1,): 0.5, (): 0.25}
+    plan = collapse(frozenset({(0,)}), frozenset({Combination.of(weights)}), 2)
+    assert plan.weights == (1.0, -3.0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            actual = collapsed(u, x, plan)[plan.combination]
+    except EngineUnsupported:
+        return
+    expected = reference(u, x, weights)
+    tolerance = conformance.tolerances(actual.dtype)
+    torch.testing.assert_close(actual.double(), expected.double(), **tolerance)
+    for a, e in zip(conformance.gradients(u, actual), conformance.gradients(u, expected)):
+        torch.testing.assert_close(a, e, **tolerance)

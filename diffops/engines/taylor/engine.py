@@ -168,14 +168,25 @@ def requested_partials(request: Request, d: int) -> set[MultiIndex]:
     return partials
 
 
-def laplacian(fn: BatchedFn, x: torch.Tensor, first: set[MultiIndex]) -> tuple[torch.Tensor, dict]:
-    """The Laplacian from one collapsed order-2 pass, plus the value and the ``first`` partials.
+def collapsed_pass(
+    fn: BatchedFn,
+    x: torch.Tensor,
+    axes: tuple[int, ...],
+    top: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """``[c_0, c_1: (len(axes), N, *f), c_2]``: one collapsed order-2 jet along the unit vectors of ``axes``.
 
-    Along the unit vectors, ``c_1`` of direction i is the partial in x_i, so the
-    first partials are read off directly.
+    Along a unit vector, ``c_1`` is the partial in that coordinate, so first
+    partials are read off directly; ``top`` and ``weights`` as for :func:`propagate`.
     """
-    units = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)[:, None, :].expand(x.shape[1], *x.shape)
-    coefficients = propagate(fn, x, units, order=2, collapse=True)
+    units = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)[list(axes), None, :]
+    return propagate(fn, x, units.expand(len(axes), *x.shape), 2, collapse=True, top=top, weights=weights)
+
+
+def laplacian(fn: BatchedFn, x: torch.Tensor, first: set[MultiIndex]) -> tuple[torch.Tensor, dict]:
+    """The Laplacian from one collapsed order-2 pass, plus the value and the ``first`` partials."""
+    coefficients = collapsed_pass(fn, x, tuple(range(x.shape[1])))
     results = {index: coefficients[1][index[0]] for index in first}
     results[()] = coefficients[0]
     return 2 * coefficients[2], results
@@ -183,10 +194,7 @@ def laplacian(fn: BatchedFn, x: torch.Tensor, first: set[MultiIndex]) -> tuple[t
 
 def collapsed(fn: BatchedFn, x: torch.Tensor, plan: Collapse) -> dict:
     """The value, the first partials along ``plan.axes`` and the combination, from one collapsed pass."""
-    units = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)[list(plan.axes), None, :]
-    top = torch.tensor(plan.top, dtype=x.dtype, device=x.device)
-    weights = None if plan.weights is None else torch.tensor(plan.weights, dtype=x.dtype, device=x.device)
-    c = propagate(fn, x, units.expand(len(plan.axes), *x.shape), 2, collapse=True, top=top, weights=weights)
+    c = collapsed_pass(fn, x, plan.axes, *plan.constants(x))
     results = {(i,): c[1][r] for r, i in enumerate(plan.axes)}
     combination = 2 * plan.weight * c[2]
     results[plan.combination] = combination + plan.value * c[0] if plan.value else combination

@@ -169,6 +169,18 @@ class Collapse:
     weight: float
     top: tuple[float, ...]
     value: float
+    tensors: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def constants(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``top: (d,)`` and ``weights: (R,)`` (or None) as tensors, kept per dtype and device (fresh compiled)."""
+        key = (like.dtype, like.device)
+        kept = None if torch.compiler.is_compiling() else self.tensors.get(key)
+        if kept is None:
+            as_tensor = lambda values: torch.tensor(values, dtype=like.dtype, device=like.device)  # noqa: E731
+            kept = (as_tensor(self.top), None if self.weights is None else as_tensor(self.weights))
+            if not torch.compiler.is_compiling():
+                self.tensors[key] = kept
+        return kept
 
 
 @memoised
