@@ -8,7 +8,7 @@ import torch
 from diffops.engines import Request
 from diffops.engines.taylor.rules import fused, traced
 from diffops.engines.taylor.rules.traced import TracedLayer
-from diffops.engines.taylor.stacked import Stacked, feature_major
+from diffops.engines.taylor.stacked import FEW_FEATURES, Stacked, feature_major
 
 from .. import reference as ref
 from .test_taylor_fast_paths import NETS, REQUESTS, TAYLOR, assert_close, assert_matches_reference
@@ -21,14 +21,22 @@ SHAPES = {  # counts, degree of the input, sample shape
 }
 
 
+FEATURES = {  # in, out: the coordinates' products run as multiply-adds, a hidden layer's as matrix products
+    "the coordinates": (3, 4),
+    "a hidden layer": (FEW_FEATURES + 1, FEW_FEATURES + 2),
+}
+
+
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "sin"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("linear", ["weight and bias", "weight", "none"])
-def test_the_traced_layer_matches_the_plain_series(activation, shape, linear):
+@pytest.mark.parametrize("features", FEATURES)
+def test_the_traced_layer_matches_the_plain_series(activation, shape, linear, features):
     """Values, and gradients in the stack, weight and bias, equal autograd through :func:`fused.layer`."""
     torch.manual_seed(0)
     counts, degree, sample = SHAPES[shape]
-    f_in, f_out = 3, (4 if linear != "none" else 3)
+    f_in, f_out = FEATURES[features]
+    f_out = f_out if linear != "none" else f_in
     stack = torch.randn(1 + sum(counts[:degree]), *sample, f_in, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(f_out, f_in, dtype=torch.float64, requires_grad=True) if linear != "none" else None
     bias = torch.randn(f_out, dtype=torch.float64, requires_grad=True) if linear == "weight and bias" else None
