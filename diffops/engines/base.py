@@ -24,7 +24,7 @@ with respect to whatever ``fn`` closes over (the network's parameters) and to
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,11 +93,17 @@ class Combination:
 
     def evaluate(self, results: dict) -> torch.Tensor:
         """The combination of the partials in ``results`` (each ``(N, *out)``; ``()`` always there)."""
-        total = None
-        for index, weight in self.terms:
-            term = results[index] if weight == 1 else weight * results[index]
-            total = term if total is None else total + term
+        total = weighted_sum((weight, results[index]) for index, weight in self.terms)
         return 0 * results[()] if total is None else total
+
+
+def weighted_sum(terms: Iterable[tuple[float, torch.Tensor]]) -> torch.Tensor | None:
+    """``sum_i w_i t_i`` of ``terms = ((w_i, t_i), ..)``, a weight of one multiplying nothing; None if empty."""
+    total = None
+    for weight, tensor in terms:
+        term = tensor if weight == 1 else weight * tensor
+        total = term if total is None else total + term
+    return total
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from fractions import Fraction
 
 import torch
 
-from ..base import Combination, MultiIndex
+from ..base import Combination, MultiIndex, weighted_sum
 from .interpolation import Direction, Interpolation, Truncation, combination, memoised, truncate
 
 
@@ -54,13 +54,8 @@ class Fold:
     def read(self, coefficients: list[torch.Tensor], partials: dict) -> torch.Tensor:
         """``(N, *f)`` from the jets' ``coefficients`` and the partials already read (``()`` among them)."""
         top = coefficients[self.order]
-        total = None
-        for row, weight in zip(self.rows, self.weights):
-            term = weight * top[row]
-            total = term if total is None else total + term
-        for index, weight in self.rest:
-            total = total + weight * partials[index]
-        return total
+        tops = [(weight, top[row]) for row, weight in zip(self.rows, self.weights)]
+        return weighted_sum([*tops, *((weight, partials[index]) for index, weight in self.rest)])
 
 
 @dataclass(frozen=True)
