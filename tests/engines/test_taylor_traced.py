@@ -8,7 +8,7 @@ import torch
 from diffops.engines import Request
 from diffops.engines.taylor.rules import fused, traced
 from diffops.engines.taylor.rules.traced import TracedLayer
-from diffops.engines.taylor.stacked import FEW_FEATURES, Stacked, feature_major
+from diffops.engines.taylor.stacked import FEW_FEATURES, Stacked, feature_major, linear_on_coordinates
 
 from .. import reference as ref
 from .test_taylor_fast_paths import NETS, REQUESTS, TAYLOR, assert_close, assert_matches_reference
@@ -126,3 +126,21 @@ def test_other_rules_read_a_chain_start_in_rows_as_the_plain_series_computes_it(
     assert_close(out.stack, rows)
     inner = traced.traced_layer(act, Stacked(out.stack, out.counts, out.degree), torch.randn(4, 4).double(), None)
     assert feature_major(inner.stack) and type(inner) is Stacked  # inside a chain: read through the usual transpose
+
+
+@pytest.mark.parametrize("features", [1, 3, FEW_FEATURES])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_a_linear_on_the_coordinates_compiled_equals_f_linear(features, with_bias):
+    """Compiled, the multiply-adds over the coordinates give ``F.linear``'s value and gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, features, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, features, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True) if with_bias else None
+    torch._dynamo.reset()
+    compiled = torch.compile(linear_on_coordinates, backend="aot_eager", fullgraph=True)
+    actual, expected = compiled(x, weight, bias), torch.nn.functional.linear(x, weight, bias)
+    assert_close(actual, expected)
+    inputs = [t for t in (x, weight, bias) if t is not None]
+    cotangent = torch.randn_like(expected)
+    for a, e in zip(torch.autograd.grad(actual, inputs, cotangent), torch.autograd.grad(expected, inputs, cotangent)):
+        assert_close(a, e)

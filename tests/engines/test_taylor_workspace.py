@@ -231,6 +231,22 @@ def test_frozen_parameters_and_inputs_without_grad_keep_no_slopes_and_stay_exact
     assert_close(value, _hessian_reference(u, x))
 
 
+def _referrers(objects: list) -> str:
+    """What holds each of ``objects`` in the collected garbage (types, a dict's keys, a frame's function)."""
+
+    def described(referrer) -> str:
+        if isinstance(referrer, dict):
+            return f"dict {sorted(map(str, referrer))[:6]}"
+        code = getattr(referrer, "f_code", None) or getattr(referrer, "__code__", None)
+        kind = type(referrer).__qualname__
+        return f"{kind} {code.co_name} {code.co_filename}" if code else kind
+
+    ignored = (gc.garbage, objects)
+    kept = lambda r: all(r is not i for i in ignored)  # noqa: E731
+    held = [(type(o).__qualname__, [described(r) for r in gc.get_referrers(o) if kept(r)]) for o in objects]
+    return f"held by: {held}"
+
+
 @pytest.mark.parametrize("net", ["tanh", "gated"])
 def test_a_training_step_leaves_no_reference_cycles(net):
     """A jet in a reference cycle keeps its stack, kept memory, in use until the garbage collector runs."""
@@ -253,7 +269,7 @@ def test_a_training_step_leaves_no_reference_cycles(net):
         # entries (fake tensors) may be dropped during the step
         ours = [o for o in gc.garbage if type(o) is torch.Tensor or "diffops" in type(o).__module__]
         cyclic = [type(o).__qualname__ for o in ours]
-        assert not cyclic, f"left in reference cycles: {sorted(set(cyclic))}"
+        assert not cyclic, f"left in reference cycles: {sorted(set(cyclic))}; {_referrers(ours)}"
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

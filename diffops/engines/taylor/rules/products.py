@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import Jet, map_coefficients, rule, unsupported
+from ..stacked import linear_on_coordinates
 from .linear import align
 
 T = torch.Tensor
@@ -113,7 +114,7 @@ def prod(func: Callable, x: Jet, dim: int | None = None, keepdim: bool = False, 
 def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
     """``x @ weight.T + bias``; bilinear when the weight is a jet too."""
     if isinstance(x, Jet) and not isinstance(weight, Jet) and not isinstance(bias, Jet):
-        primal = F.linear(x.primal, weight, bias)
+        primal = linear_on_coordinates(x.primal, weight, bias)
         coefficients = [primal] + [
             _linear_rows(c, weight, batch_axis=0 if x.shared(k) else 1) if k <= x.degree else x.zero(k, primal.shape)
             for k, c in enumerate(x.coefficients[1:], start=1)
