@@ -261,16 +261,19 @@ def test_a_training_step_leaves_no_reference_cycles(net):
     step()  # the first call builds what later calls reuse
     gc.collect()
     gc.disable()
+    # every object alive now stays alive until the check: what the collector finds was made by the
+    # step, not a cache entry of an earlier test (the compiled tests' graphs hold tensors) let go during it
+    alive_before = gc.get_objects()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage to be looked at
     try:
         step()
         gc.collect()
-        # plain tensors and diffops' objects only: the suite's compiled tests leave caches whose
-        # entries (fake tensors) may be dropped during the step
+        # plain tensors and diffops' objects only
         ours = [o for o in gc.garbage if type(o) is torch.Tensor or "diffops" in type(o).__module__]
         cyclic = [type(o).__qualname__ for o in ours]
         assert not cyclic, f"left in reference cycles: {sorted(set(cyclic))}; {_referrers(ours)}"
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+        del alive_before
         gc.enable()
