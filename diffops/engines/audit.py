@@ -267,13 +267,16 @@ class Audit(TorchFunctionMode):
         self.handlers = handlers
         self.engine = engine
         self.constants_refused = constants_refused
+        self.checkpoints_refused = False
 
     @classmethod
     def forward_mode(cls, order: int) -> Audit:
         """The audit of the ``func`` engine for derivatives up to ``order``."""
         from_order = {**FORWARD_MODE_FAILURES, **FORWARD_MODE_WRONG}
         failing = {func: handler for func, (start, handler) in from_order.items() if order >= start}
-        return cls({**FORWARD_MODE_HANDLERS, **failing}, "torch.func", constants_refused=order >= 1)
+        audit = cls({**FORWARD_MODE_HANDLERS, **failing}, "torch.func", constants_refused=order >= 1)
+        audit.checkpoints_refused = True
+        return audit
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -284,10 +287,25 @@ class Audit(TorchFunctionMode):
                 "the network (torch.no_grad()): autograd takes what it computes as a constant, forward mode "
                 "differentiates through it"
             )
+        if self.checkpoints_refused and torch.is_grad_enabled() and checkpointing():
+            raise EngineUnsupported(
+                f"{self.engine} cannot differentiate {resolve_name(func) or func} inside activation checkpointing "
+                "(torch.utils.checkpoint with use_reentrant=False): its recomputation in the backward does not "
+                "run under the transforms, and the gradients in the parameters fail (CheckpointError)"
+            )
         handler = self.handlers.get(func)
         if handler is None:
             return func(*args, **kwargs)
         return handler(self.engine, func, args, kwargs)
+
+
+def checkpointing() -> bool:
+    """Whether the network runs inside ``torch.utils.checkpoint`` (non-reentrant): its saved-tensor hooks are on.
+
+    Other saved-tensor hooks (``save_on_cpu``) give exact results under torch.func and are not refused.
+    """
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return hooks is not None and getattr(hooks[0], "__module__", None) == "torch.utils.checkpoint"
 
 
 def math_attention() -> contextlib.AbstractContextManager:

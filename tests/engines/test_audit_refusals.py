@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import diffops as do
 from diffops import engines
@@ -162,6 +163,38 @@ def test_auto_moves_past_a_no_grad_section(func_then_autograd):
     u, x = NoGradScale(), torch.randn(4, 2, dtype=torch.float64)
     for order in (1, 2):
         assert_exact(u, x, order, "auto")
+
+
+class Checkpointed(nn.Module):
+    """``head(tanh(stem(x)))`` with the hidden layer under activation checkpointing (or ``save_on_cpu``)."""
+
+    def __init__(self, hooks: str):
+        super().__init__()
+        self.stem, self.head, self.hooks = nn.Linear(2, 5).double(), nn.Linear(5, 1).double(), hooks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = lambda x: torch.tanh(self.stem(x))  # noqa: E731
+        if self.hooks == "save_on_cpu":
+            with torch.autograd.graph.save_on_cpu():
+                return self.head(hidden(x))
+        return self.head(checkpoint(hidden, x, use_reentrant=False))
+
+
+def test_func_refuses_activation_checkpointing():
+    """Before the refusal the value came back and its parameter gradients raised CheckpointError."""
+    u, x = Checkpointed("checkpoint"), torch.randn(4, 2, dtype=torch.float64)
+    for operator in (do.Derivative(u, wrt=0, method="func"), do.Laplacian(u, method="func")):
+        with pytest.raises(EngineUnsupported, match=r"inside activation checkpointing.*use_reentrant=False"):
+            operator(x)
+
+
+@pytest.mark.parametrize("hooks", ["checkpoint", "save_on_cpu"])
+def test_auto_moves_past_activation_checkpointing_and_func_keeps_save_on_cpu(hooks, func_then_autograd):
+    u, x = Checkpointed(hooks), torch.randn(4, 2, dtype=torch.float64)
+    for order in (1, 2):
+        assert_exact(u, x, order, "auto")
+    if hooks == "save_on_cpu":  # other saved-tensor hooks are exact under torch.func: not refused
+        assert_exact(u, x, 2, "func")
 
 
 def batch_norm_training() -> nn.Module:
