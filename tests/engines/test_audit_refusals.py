@@ -195,6 +195,8 @@ def test_auto_moves_past_activation_checkpointing_and_func_keeps_save_on_cpu(hoo
         assert_exact(u, x, order, "auto")
     if hooks == "save_on_cpu":  # other saved-tensor hooks are exact under torch.func: not refused
         assert_exact(u, x, 2, "func")
+    for order in (1, 2):  # Taylor mode, first in auto's ranking where it runs, differentiates both
+        assert_exact(u, x, order, "taylor")
 
 
 def batch_norm_training() -> nn.Module:
