@@ -287,7 +287,7 @@ class Audit(TorchFunctionMode):
                 "the network (torch.no_grad()): autograd takes what it computes as a constant, forward mode "
                 "differentiates through it"
             )
-        if self.checkpoints_refused and torch.is_grad_enabled() and checkpointing():
+        if self.checkpoints_refused and torch.is_grad_enabled() and checkpointing():  # eager only, see there
             raise EngineUnsupported(
                 f"{self.engine} cannot differentiate {resolve_name(func) or func} inside activation checkpointing "
                 "(torch.utils.checkpoint with use_reentrant=False): its recomputation in the backward does not "
@@ -303,7 +303,11 @@ def checkpointing() -> bool:
     """Whether the network runs inside ``torch.utils.checkpoint`` (non-reentrant): its saved-tensor hooks are on.
 
     Other saved-tensor hooks (``save_on_cpu``) give exact results under torch.func and are not refused.
+    Compiled, not asked (False): dynamo cannot trace the question, and it traces a checkpoint as a region
+    of its own.
     """
+    if torch.compiler.is_compiling():
+        return False
     hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
     return hooks is not None and getattr(hooks[0], "__module__", None) == "torch.utils.checkpoint"
 
