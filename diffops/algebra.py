@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .engines.base import weighted_sum
 from .operator import DifferentialOperator, evaluate
 
 
@@ -108,10 +109,7 @@ class Sum(Expression):
     def _planned(self, planned: tuple, inputs: tuple, shared: dict) -> torch.Tensor:
         """The sum as :func:`~diffops.operator.evaluate` planned it: its combinations, then its other terms."""
         combined, rest = planned
-        total = None
-        for key, combination in combined:
-            value = shared[key].results[combination]
-            total = value if total is None else total + value
+        total = weighted_sum((1.0, shared[key].results[combination]) for key, combination in combined)
         for term in rest:
             value = _tensor_result(term, term._evaluate(inputs, shared))
             _check_same_shape("+", self, total, term, value)

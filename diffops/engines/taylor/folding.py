@@ -31,9 +31,10 @@ where stacked jets take ``2d + 1``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import torch
 
@@ -167,15 +168,23 @@ class Collapse:
     tensors: dict = field(default_factory=dict, compare=False, repr=False)
 
     def constants(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``top: (d,)`` and ``weights: (R,)`` (or None) as tensors, kept per dtype and device (fresh compiled)."""
-        key = (like.dtype, like.device)
-        kept = None if torch.compiler.is_compiling() else self.tensors.get(key)
-        if kept is None:
+        """``top: (d,)`` and ``weights: (R,)`` (or None) as tensors of ``like``'s dtype and device."""
+
+        def make() -> tuple[torch.Tensor, torch.Tensor | None]:
             as_tensor = lambda values: torch.tensor(values, dtype=like.dtype, device=like.device)  # noqa: E731
-            kept = (as_tensor(self.top), None if self.weights is None else as_tensor(self.weights))
-            if not torch.compiler.is_compiling():
-                self.tensors[key] = kept
-        return kept
+            return as_tensor(self.top), None if self.weights is None else as_tensor(self.weights)
+
+        return _kept(self.tensors, like, make)
+
+
+def _kept(cache: dict, like: torch.Tensor, make: Callable[[], Any]) -> Any:
+    """``make()``, kept in a plan's ``cache`` per dtype and device of ``like``; made afresh while compiling."""
+    if torch.compiler.is_compiling():
+        return make()
+    key = (like.dtype, like.device)
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 @memoised
@@ -212,14 +221,15 @@ def input_stack(plan: FoldedPlan, x: torch.Tensor, directions: torch.Tensor) -> 
     n, d = x.shape
     slots = [x[None], directions[:, None, :].expand(len(directions), n, d)]
     if plan.tops:
-        key = (x.dtype, x.device)
-        higher = None if torch.compiler.is_compiling() else plan.tensors.get(key)
-        if higher is None:
-            counts = plan.truncation.counts
-            higher = torch.zeros(sum(counts[1 : plan.degree]), 1, d, dtype=x.dtype, device=x.device)
-            for order, row, b in plan.tops:
-                higher[sum(counts[1 : order - 1]) + row, 0] = torch.tensor(b, dtype=x.dtype, device=x.device)
-            if not torch.compiler.is_compiling():
-                plan.tensors[key] = higher
+        higher = _kept(plan.tensors, x, lambda: _higher_coefficients(plan, x))
         slots.append(higher.expand(higher.shape[0], n, d))
     return torch.cat(slots)
+
+
+def _higher_coefficients(plan: FoldedPlan, x: torch.Tensor) -> torch.Tensor:
+    """``(sum(R_2 .. R_degree), 1, d)``: the input's coefficients of orders 2 .. degree, zero but the tops."""
+    counts = plan.truncation.counts
+    higher = torch.zeros(sum(counts[1 : plan.degree]), 1, x.shape[1], dtype=x.dtype, device=x.device)
+    for order, row, b in plan.tops:
+        higher[sum(counts[1 : order - 1]) + row, 0] = torch.tensor(b, dtype=x.dtype, device=x.device)
+    return higher
