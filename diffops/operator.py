@@ -304,10 +304,11 @@ class DifferentialOperator(nn.Module):
                 raise self._failure(failures) from error
             if failures:
                 self._failed_engines.update(failed for failed, _ in failures)
-                reasons = "; ".join(f"{failed!r} failed: {error}" for failed, error in failures)
-                warnings.warn(
-                    f"{type(self).__name__}: method='auto' uses {engine_name!r} because {reasons}", stacklevel=4
-                )
+                if not torch.compiler.is_compiling():  # dynamo cannot trace a warning: compiled, it falls back quietly
+                    warnings.warn(
+                        f"{type(self).__name__}: method='auto' uses {engine_name!r} because {_reasons(failures)}",
+                        stacklevel=4,
+                    )
             return self._finish(rows, merged)
         raise RuntimeError(f"{type(self).__name__}: no engine left to try")  # pragma: no cover
 
@@ -331,8 +332,7 @@ class DifferentialOperator(nn.Module):
                 else ""
             )
             return kind(f"{name}: method={self.method!r} cannot differentiate this network: {last}{advice}")
-        reasons = "; ".join(f"{engine!r} failed: {error}" for engine, error in failures)
-        return kind(f"{name}: method='auto' found no method that can differentiate this network: {reasons}")
+        return kind(f"{name}: method='auto' found no method that can differentiate this network: {_reasons(failures)}")
 
     # -- expressions ------------------------------------------------------------------
 
@@ -540,3 +540,11 @@ def _planned_sum(summands: list[DifferentialOperator], callers: dict) -> tuple[l
         combined.append((key, Combination.of(weights)))
         callers.setdefault(key, leaves[0][0])
     return (combined, rest) if combined else None
+
+
+def _reasons(failures: list[tuple[str, Exception]]) -> str:
+    """``"'taylor' failed: ...; 'func' failed: ..."``.
+
+    A list and ``str(error)``, not a generator and ``f"{error}"``: compiled, dynamo traces only those.
+    """
+    return "; ".join([f"{engine!r} failed: {str(error)}" for engine, error in failures])

@@ -199,6 +199,26 @@ def test_auto_moves_past_activation_checkpointing_and_func_keeps_save_on_cpu(hoo
         assert_exact(u, x, order, "taylor")
 
 
+def test_compiled_auto_moves_past_taylors_refusal_of_a_checkpoint():
+    """Compiled, Taylor mode refuses the checkpoint's region (``tag_activation_checkpoint``) and auto runs
+    torch.func, which is exact there, in one graph: the fallback used to break ``fullgraph=True``
+    (dynamo cannot trace the warning that announces it, nor a ``str.join`` over a generator)."""
+    torch._dynamo.reset()
+    u, x = Checkpointed("checkpoint"), torch.randn(5, 2, dtype=torch.float64)
+    operator = do.Derivative(u, wrt=0, order=2)
+    with pytest.raises(Exception, match="Taylor mode does not support tag_activation_checkpoint"):  # dynamo's type
+        torch.compile(do.Derivative(u, wrt=0, order=2, method="taylor"), backend="aot_eager", fullgraph=True)(x)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # compiled, the fallback is quiet: no warning can be traced
+        actual = torch.compile(operator, backend="aot_eager", fullgraph=True)(x)
+    expected = ref.partial(u, x, (0, 0))
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11)
+    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
+    assert operator._failed_engines == {"taylor"}
+
+
 def batch_norm_training() -> nn.Module:
     return nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)).double().train()
 
