@@ -204,7 +204,27 @@ class Reductions(nn.Module):
         return self.out(h) + torch.logsumexp(h, -1, keepdim=True) + h.norm(dim=-1, keepdim=True)
 
 
+class Polar(nn.Module):
+    """An MLP of polar coordinates ``(r, theta)`` of x, then the rules of two tensors, extrema and padding:
+    hypot, atan2, maximum, minimum, logaddexp, lerp, amax, max along a dim, pad, masked_fill."""
+
+    def __init__(self, width: int = 6):
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(2, width), nn.Linear(width, width), nn.Linear(width, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        polar = torch.stack([torch.hypot(x[:, 0], x[:, 1]), torch.atan2(x[:, 1], x[:, 0])], -1)
+        h = torch.tanh(self.inp(polar))
+        h = torch.maximum(h, 0.5 * h.flip(-1)) + torch.min(torch.sin(h), h.roll(1, -1))
+        h = torch.logaddexp(self.mid(h), 2 * h) - h.amax(-1, keepdim=True) + h.max(-1, keepdim=True).values
+        h = torch.lerp(h, torch.tanh(h), torch.sigmoid(h.flip(-1)))
+        h = F.pad(h[:, 1:], (1, 0), value=0.2).masked_fill(h.flip(-1) > 0.8, -0.1)
+        return self.out(h)
+
+
 NETWORKS = {
+    "polar": Polar,
     "layernorm-residual": LayerNormResidual,
     "layernorm-no-affine": lambda: LayerNormResidual(affine=False),
     "transformer-eval": lambda: Transformer().eval(),
@@ -336,6 +356,36 @@ ACTIVATIONS = {
     "clamp": (lambda h: h.clamp(-0.5, 1.0), None),
     "layer-norm": (nn.LayerNorm(6, elementwise_affine=False), None),
     "rms-norm": (nn.RMSNorm(6).double(), None),
+    # functions of torch's math, their arguments kept inside their domains
+    "tan": (lambda h: torch.tan(torch.tanh(h)), None),
+    "asin": (lambda h: torch.asin(0.9 * torch.tanh(h)), None),
+    "acos": (lambda h: torch.arccos(0.9 * torch.tanh(h)), None),
+    "asinh": (torch.asinh, None),
+    "acosh": (lambda h: torch.acosh(h * h + 1.5), None),
+    "atanh": (lambda h: torch.atanh(0.9 * torch.tanh(h)), None),
+    "log2-log10": (lambda h: torch.log2(h * h + 1) + torch.log10(torch.exp(h) + 2), None),
+    "exp2": (lambda h: torch.exp2(0.5 * h), None),
+    "erfc": (torch.erfc, None),
+    "expit": (torch.special.expit, None),
+    # of two tensors (the features against the reversed features, so neither is a copy of the other)
+    "atan2": (lambda h: torch.atan2(h, h.flip(-1)) + torch.atan2(torch.tensor(0.3, dtype=h.dtype), h), None),
+    "hypot": (lambda h: torch.hypot(h, h.flip(-1)), None),
+    "maximum": (lambda h: torch.maximum(h, 0.5 * h.flip(-1)), None),
+    "minimum": (lambda h: torch.min(h, torch.tanh(h.flip(-1))), None),
+    "logaddexp": (lambda h: torch.logaddexp(h, 2 * h.flip(-1)), None),
+    "lerp": (lambda h: torch.lerp(h, h.flip(-1), torch.sigmoid(h)) + torch.lerp(h, torch.tanh(h), 0.3), None),
+    "addcmul-addcdiv": (
+        lambda h: torch.addcmul(h, h, h.flip(-1), value=0.5) + torch.addcdiv(h, torch.sin(h), h * h + 1, value=-0.3),
+        None,
+    ),
+    # extrema, padding, masks and other linear maps
+    "extrema": (lambda h: h * h.amax(-1, keepdim=True) + torch.amin(h, 1, True) + h.min(-1).values[:, None], None),
+    "pad": (lambda h: F.pad(h[:, 1:-1], (1, 1), value=0.5) + F.pad(h[:, None, 1:-1], (1, 1), "reflect")[:, 0], None),
+    "masked-fill": (lambda h: h.masked_fill(h < -1, 0.3), None),
+    "triu-tril": (lambda h: torch.triu(h.reshape(-1, 2, 3)).flatten(1) + h.reshape(-1, 3, 2).tril().flatten(1), None),
+    "repeat-interleave": (lambda h: h[:, :3].repeat_interleave(2, -1), None),
+    "unfold": (lambda h: h.unfold(-1, 3, 3).flatten(1), None),
+    "diff": (lambda h: torch.diff(h, dim=-1, prepend=torch.ones_like(h[:, :1])), None),
 }
 
 
@@ -389,6 +439,41 @@ def test_derivatives_at_kinks_are_autograds(name, order):
         actual = do.Derivative(u, wrt=i, order=order, method="taylor")(x)
         assert_close(actual, ref.partial(u_ref, x, (i,) * order))
     assert_close(do.Laplacian(u, method="taylor")(x), ref.laplacian(u_ref, x))
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: torch.stack([x.amax(-1), x.amin(-1)], -1),
+        lambda x: torch.stack([torch.max(x, -1).values, torch.min(x, 1, keepdim=True)[0][:, 0]], -1),
+        lambda x: torch.stack([torch.maximum(x[:, 0], x[:, 1]), torch.minimum(x[:, 1], x[:, 0])], -1),
+        lambda x: torch.stack([torch.logaddexp(x[:, 0], x[:, 1]), torch.atan2(x[:, 0], x[:, 1])], -1),
+    ],
+    ids=["amax-amin", "max-min-along-a-dim", "maximum-minimum", "logaddexp-atan2"],
+)
+def test_extrema_at_ties_are_autograds(f):
+    """Where two features are equal (and atan2 on its diagonal, where the rule switches its form), every
+    derivative is nested autograd's: the mean of the tied coefficients, or those at the index torch returns."""
+    weights = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    u = lambda x: (f(x) * weights).sum(-1, keepdim=True) + 0.1 * (x**4).sum(-1, keepdim=True)  # noqa: E731
+    x = torch.tensor([[0.3, 0.3], [-0.7, -0.7], [0.5, 0.2], [0.1, 0.6]], dtype=torch.float64)
+    for order in (1, 2, 3):
+        for i in range(D):
+            assert_close(do.Derivative(u, wrt=i, order=order, method="taylor")(x), ref.partial(u, x, (i,) * order))
+    assert_close(do.Derivative(u, wrt=(0, 1), method="taylor")(x), ref.partial(u, x, (0, 1)))
+    assert_close(do.Laplacian(u, method="taylor")(x), ref.laplacian(u, x))
+
+
+def test_the_maximum_of_a_whole_sample_shares_its_ties():
+    """``max(x)`` and ``min(x)`` over every element (one sample, so the batch is not mixed)."""
+    def u(x: torch.Tensor) -> torch.Tensor:
+        extrema = torch.max(torch.cat([x, x[:, :1]], -1)) * torch.min(x)
+        return extrema.reshape(1, 1) + 0.1 * (x**4).sum(-1, keepdim=True)
+
+    for x in ([[0.4, 0.1]], [[0.2, 0.2]]):
+        x = torch.tensor(x, dtype=torch.float64)
+        for index in ((0,), (0, 0), (0, 1), (1, 1, 1)):
+            assert_close(do.Derivative(u, wrt=index, method="taylor")(x), ref.partial(u, x, index))
 
 
 def x_at(kinks: list[float]) -> torch.Tensor:
@@ -526,7 +611,7 @@ def test_the_activations_see_both_sides_of_their_kinks():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("net", ["layernorm-residual", "transformer-eval", "reductions"])
+@pytest.mark.parametrize("net", ["layernorm-residual", "transformer-eval", "reductions", "polar"])
 def test_torch_compile_traces_the_new_rules_in_one_graph(net):
     torch._dynamo.reset()
     u = NETWORKS[net]()

@@ -281,6 +281,20 @@ def _dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     raise unsupported(func)
 
 
+def primal(value: Any) -> Any:
+    """``c_0`` of a jet; anything else as it is."""
+    return value.primal if isinstance(value, Jet) else value
+
+
+def valued(jet: Jet, value: torch.Tensor) -> Jet:
+    """``jet`` with ``c_0`` replaced by ``value``, torch's own value of the function a rule wrote with other rules.
+
+    The value and its parameter gradients are then torch's to the last bit, the coefficients above
+    it the composition's.
+    """
+    return jet.like([value, *jet.coefficients[1:]], jet.degree)
+
+
 def _primals(tree: Any) -> Any:
     leaves, spec = tree_flatten(tree)
     return tree_unflatten([leaf.primal if isinstance(leaf, Jet) else leaf for leaf in leaves], spec)

@@ -4,8 +4,9 @@
   indexing, concatenation, sums);
 * :mod:`.products`: products, quotients, powers and matrix products of jets;
 * :mod:`.elementwise`: activations and other elementwise functions, from the ODEs they satisfy;
+* :mod:`.binary`: elementwise functions of two tensors (atan2, hypot, maximum, logaddexp, lerp);
 * :mod:`.piecewise`: piecewise-linear and piecewise-quadratic activations, clamp;
-* :mod:`.reductions`: moments, norms, softmax and log-sum-exp along dimensions;
+* :mod:`.reductions`: moments, norms, softmax, log-sum-exp and extrema along dimensions;
 * :mod:`.normalization`: layer, RMS, group and instance norm, batch norm in eval mode;
 * :mod:`.attention`: scaled dot-product and multi-head attention;
 * :mod:`.dropout`: dropout layers, the identity when off.
@@ -17,10 +18,21 @@ layers run as chains, their kernels replayed from :mod:`.schedules`) and
 factor run as one).
 """
 
-from . import attention, dropout, elementwise, linear, normalization, piecewise, products, reductions  # noqa: F401
+from . import (  # noqa: F401
+    attention,
+    binary,
+    dropout,
+    elementwise,
+    linear,
+    normalization,
+    piecewise,
+    products,
+    reductions,
+)
 
 __all__ = [
     "attention",
+    "binary",
     "dropout",
     "elementwise",
     "linear",

@@ -281,7 +281,7 @@ def _tanh_series(x: Jet) -> tuple[list, list]:
     return solve(x, y0, lambda k, y: d1 if k == 0 else series_product(y, y, k, -1.0, twice_first))
 
 
-@rule(torch.sigmoid, T.sigmoid, F.sigmoid)
+@rule(torch.sigmoid, T.sigmoid, F.sigmoid, torch.special.expit)
 def sigmoid(func: Callable, x: Jet) -> Jet:
     return elementwise(x, _sigmoid_derivatives, _sigmoid_series)
 
@@ -308,11 +308,17 @@ def exp(func: Callable, x: Jet) -> Jet:
     return elementwise(x, lambda x0: iter([torch.exp(x0)] * 4), _exp_series)
 
 
+@rule(torch.exp2, T.exp2, torch.special.exp2)
+def exp2(func: Callable, x: Jet) -> Jet:
+    y = exp(torch.exp, x * math.log(2))
+    return y.like([torch.exp2(x.primal), *y.coefficients[1:]], y.degree)  # torch's value, to the last bit
+
+
 def _exp_series(x: Jet) -> tuple[list, list]:
     return solve(x, torch.exp(x.primal), lambda k, y: y[k])
 
 
-@rule(torch.expm1, T.expm1)
+@rule(torch.expm1, T.expm1, torch.special.expm1)
 def expm1(func: Callable, x: Jet) -> Jet:
     return elementwise(x, _expm1_derivatives, _expm1_series)
 
@@ -377,25 +383,54 @@ def _with_derivative(y0: Callable, derivative: Callable[[Jet], Jet]) -> Series:
     return series
 
 
-@rule(torch.log, T.log)
-def log(func: Callable, x: Jet) -> Jet:
-    return elementwise(x, series=_with_derivative(torch.log, reciprocal))
+@rule(torch.tan, T.tan)
+def tan(func: Callable, x: Jet) -> Jet:
+    """``tan' = 1 + tan^2``, as tanh's with the other sign."""
+    return elementwise(x, series=_tan_series)
 
 
-@rule(torch.log1p, T.log1p)
-def log1p(func: Callable, x: Jet) -> Jet:
-    return elementwise(x, series=_with_derivative(torch.log1p, lambda t: reciprocal(t + 1)))
+def _tan_series(x: Jet) -> tuple[list, list]:
+    y0 = torch.tan(x.primal)
+    d1, twice_first = 1 + y0 * y0, 2 * y0
+    return solve(x, y0, lambda k, y: d1 if k == 0 else series_product(y, y, k, 1.0, twice_first))
 
 
-@rule(torch.atan, T.atan, torch.arctan)
-def atan(func: Callable, x: Jet) -> Jet:
-    return elementwise(x, series=_with_derivative(torch.atan, lambda t: reciprocal(t * t + 1)))
+# f -> f' as jet operations: each rule below is ``y' = f'(x) x'``, its value torch's own ``f(c_0)``
+_DERIVATIVES: dict[Callable, Callable[[Jet], Jet]] = {
+    torch.log: reciprocal,
+    torch.log2: lambda t: reciprocal(t) * (1 / math.log(2)),
+    torch.log10: lambda t: reciprocal(t) * (1 / math.log(10)),
+    torch.log1p: lambda t: reciprocal(t + 1),
+    torch.atan: lambda t: reciprocal(t * t + 1),
+    torch.asin: lambda t: torch.rsqrt(1 - t * t),
+    torch.acos: lambda t: -torch.rsqrt(1 - t * t),
+    torch.asinh: lambda t: torch.rsqrt(t * t + 1),
+    torch.acosh: lambda t: torch.rsqrt(t * t - 1),
+    torch.atanh: lambda t: reciprocal(1 - t * t),
+    torch.erf: lambda t: torch.exp(-(t * t)) * (2 / math.sqrt(math.pi)),
+    torch.erfc: lambda t: torch.exp(-(t * t)) * (-2 / math.sqrt(math.pi)),
+}
+_ALIASES: dict[Callable, tuple[Callable, ...]] = {
+    torch.log: (T.log,),
+    torch.log2: (T.log2,),
+    torch.log10: (T.log10,),
+    torch.log1p: (T.log1p, torch.special.log1p),
+    torch.atan: (T.atan, torch.arctan, T.arctan),
+    torch.asin: (T.asin, torch.arcsin, T.arcsin),
+    torch.acos: (T.acos, torch.arccos, T.arccos),
+    torch.asinh: (T.asinh, torch.arcsinh, T.arcsinh),
+    torch.acosh: (T.acosh, torch.arccosh, T.arccosh),
+    torch.atanh: (T.atanh, torch.arctanh, T.arctanh),
+    torch.erf: (T.erf, torch.special.erf),
+    torch.erfc: (T.erfc, torch.special.erfc),
+}
 
 
-@rule(torch.erf, T.erf, torch.special.erf)
-def erf(func: Callable, x: Jet) -> Jet:
-    density = lambda t: torch.exp(-(t * t)) * (2 / math.sqrt(math.pi))  # noqa: E731
-    return elementwise(x, series=_with_derivative(torch.erf, density))
+@rule(*_DERIVATIVES, *(alias for aliases in _ALIASES.values() for alias in aliases))
+def with_known_derivative(func: Callable, x: Jet) -> Jet:
+    """``log``, ``atan``, ``asin``, ``erf`` and the others of ``_DERIVATIVES``, from their derivatives."""
+    f = next(f for f in _DERIVATIVES if f is func or func in _ALIASES[f])
+    return elementwise(x, series=_with_derivative(f, _DERIVATIVES[f]))
 
 
 _normal_cdf_series = _with_derivative(

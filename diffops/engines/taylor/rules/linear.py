@@ -12,8 +12,9 @@ import numbers
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from ..jet import Jet, jets_in, map_coefficients, rule, unsupported
+from ..jet import Jet, jets_in, map_coefficients, primal, rule, unsupported, valued
 
 T = torch.Tensor
 
@@ -26,6 +27,8 @@ SHAPE_OPERATIONS = (
     torch.broadcast_to, T.repeat, T.tile, torch.tile, T.narrow, torch.narrow, T.select, torch.select,
     T.flip, torch.flip, T.roll, torch.roll, T.diagonal, torch.diagonal, T.index_select, torch.index_select,
     T.gather, torch.gather, T.sum, torch.sum, T.mean, torch.mean, T.cumsum, torch.cumsum,
+    T.triu, torch.triu, T.tril, torch.tril, T.repeat_interleave, torch.repeat_interleave, T.unfold,
+    T.diff, torch.diff,
 )  # fmt: skip
 
 ELEMENTWISE_LINEAR = (
@@ -67,6 +70,22 @@ def where(func, *args: Any) -> Jet:
     return map_coefficients(torch.where, (condition, a, b), {}, batched=False, zero_constants=True)
 
 
+@rule(T.masked_fill)
+def masked_fill(func, x: Jet, mask: torch.Tensor, value: Any) -> Jet:
+    """``value`` where ``mask``, in ``c_0`` only: a filled element does not depend on the input."""
+    if isinstance(value, Jet):
+        raise unsupported(func, " with a fill value that depends on the input")
+    return where(torch.where, mask, _as_tensor(value, x), x)
+
+
+@rule(F.pad)
+def pad(func, x: Jet, pad: Any, mode: str = "constant", value: float | None = None) -> Jet:
+    """Padding copies coefficients or, in constant mode, pads with ``value`` in ``c_0`` and 0 above it."""
+    padded = map_coefficients(F.pad, (x, pad, mode, None if value is None else 0.0), {}, batched=False,
+                              zero_constants=True)  # fmt: skip
+    return valued(padded, F.pad(x.primal, pad, mode, value))
+
+
 def _as_tensor(value: Any, reference: Jet) -> Any:
     if isinstance(value, numbers.Number):
         return torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
@@ -87,18 +106,14 @@ def sub(func, a: Any, b: Any, *, alpha: numbers.Number = 1) -> Jet:
 
 def linear_combination(a: Any, alpha: numbers.Number, b: Any, beta: numbers.Number) -> Jet:
     """``alpha * a + beta * b`` for jets, tensors or numbers; broadcasts like torch."""
-    primal = _scaled(_primal(a), alpha) + _scaled(_primal(b), beta)
+    value = _scaled(primal(a), alpha) + _scaled(primal(b), beta)
     reference = jets_in((a, b))[0]
-    coefficients = [primal]
+    coefficients = [value]
     for k in range(1, reference.order + 1):
         terms = [_scaled(v.coefficients[k], s) for v, s in ((a, alpha), (b, beta)) if isinstance(v, Jet)]
         total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
-        coefficients.append(broadcast(reference, k, total, primal.shape))
+        coefficients.append(broadcast(reference, k, total, value.shape))
     return reference.like(coefficients, max(v.degree for v in jets_in((a, b))))
-
-
-def _primal(value: Any) -> Any:
-    return value.primal if isinstance(value, Jet) else value
 
 
 def _scaled(value: Any, scale: numbers.Number) -> Any:

@@ -1,4 +1,4 @@
-"""Jet rules of reductions along dimensions: moments, norms, softmax and log-sum-exp.
+"""Jet rules of reductions along dimensions: moments, norms, softmax, log-sum-exp and extrema.
 
 Each is written with other jet rules (sums, products, ``exp``, ``log``,
 powers), so it is exact at any order, works on collapsed jets, and runs
@@ -6,6 +6,9 @@ through the hand-written backward passes of the elementwise rules it uses.
 Softmax and log-sum-exp shift by the maximum of ``c_0``, a constant: both
 are invariant under the shift, so the derivatives are those of the unshifted
 function while no ``exp`` overflows.
+
+An extremum takes its coefficients where ``c_0`` has it, as autograd takes the gradient there:
+``max(x, dim)`` from the index it returns, ``amax`` and ``max(x)`` as the mean over ties.
 
 Where a root is singular (a norm or a standard deviation at zero), the
 coefficients are those nested autograd returns there: torch's backward of
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..jet import Jet, rule, unsupported
+from ..jet import Jet, rule, unsupported, valued
 from .products import power
 
 T = torch.Tensor
@@ -233,3 +236,43 @@ def tensor_log_softmax(func: Callable, x: Jet, dim: int, dtype: Any = None) -> J
 @rule(torch.logsumexp, T.logsumexp)
 def logsumexp_rule(func: Callable, x: Jet, dim: Any = None, keepdim: bool = False) -> Jet:
     return logsumexp(x, trailing(dim, x.ndim), keepdim)
+
+
+def extremum(func: Callable, reduce: Callable, x: Jet, dim: Any = None, keepdim: bool = False) -> Any:
+    """``max``/``min`` of one jet (``func``; ``reduce``: ``torch.amax``/``torch.amin``).
+
+    Over everything: the mean of the coefficients at the ties.  Along ``dim``: ``(values, indices)``,
+    the coefficients at the index ``func`` returns for ``c_0``.
+    """
+    if dim is None:
+        return extreme_values(reduce, x, None, False)
+    values, indices = func(x.primal, dim, keepdim)
+    picked = torch.gather(x, dim, indices if keepdim else indices.unsqueeze(dim))
+    picked = valued(picked if keepdim else over(picked, lambda c: c.squeeze(dim)), values)
+    return _like_result(func, picked, indices)
+
+
+def _like_result(func: Callable, values: Jet, indices: torch.Tensor) -> Any:
+    """``torch.return_types.max``/``min`` of a jet and the indices."""
+    kind = torch.return_types.max if func in (torch.max, T.max) else torch.return_types.min
+    return kind((values, indices))
+
+
+def extreme_values(reduce: Callable, x: Jet, dim: Any, keepdim: bool) -> Jet:
+    """``amax``/``amin`` over ``dim``: the coefficients' mean over the ties of ``c_0``."""
+    dims = trailing(dim, x.ndim)
+    value = reduce(x.primal, dims, keepdim=True)
+    ties = (x.primal == value).to(x.dtype)  # in the jet's dtype: a bool / int quotient would be float32
+    share = ties / ties.sum(dims, keepdim=True)
+    result = valued(total(x * share, dims), value)
+    return result if keepdim else over(result, lambda c: c.squeeze(dims))
+
+
+@rule(torch.amax, T.amax)
+def amax(func: Callable, x: Jet, dim: Any = (), keepdim: bool = False) -> Jet:
+    return extreme_values(torch.amax, x, dim, keepdim)
+
+
+@rule(torch.amin, T.amin)
+def amin(func: Callable, x: Jet, dim: Any = (), keepdim: bool = False) -> Jet:
+    return extreme_values(torch.amin, x, dim, keepdim)

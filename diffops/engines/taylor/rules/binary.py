@@ -1,0 +1,105 @@
+"""Jet rules of elementwise functions of two tensors: atan2, hypot, maximum and minimum, logaddexp,
+lerp, addcmul and addcdiv.
+
+Each is written with other jet rules and takes its value, ``c_0``, from torch's
+own function, so the value and its parameter gradients are torch's to the last
+bit.  Where a formula is well conditioned on part of the domain only (the
+arctangent of a ratio, the log of one plus an exponential), both forms are
+built from jets *selected* by a mask of ``c_0`` before they are divided or
+exponentiated, so no branch that is thrown away can overflow.  At ties
+(``a == b``) maximum and minimum split their coefficients half and half, as
+autograd splits the gradient.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+from ..jet import Jet, primal, rule, valued
+from .reductions import extremum
+
+T = torch.Tensor
+
+
+def _tensor(value: Any, like: Any) -> Any:
+    """A number as a 0-d tensor of ``like``'s dtype and device, so ``torch.where`` can take it as a branch."""
+    if isinstance(value, numbers.Number):
+        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return value
+
+
+@rule(torch.atan2, T.atan2, torch.arctan2, T.arctan2)
+def atan2(func: Any, y: Any, x: Any) -> Jet:
+    """``atan2(y, x)``: above ``c_0`` the coefficients of ``atan(y / x)`` where ``|y_0| <= |x_0|`` and of
+    ``-atan(x / y)`` elsewhere (the two differ by a constant), so the ratio never exceeds one."""
+    y0, x0 = primal(y), primal(x)
+    steep = y0.abs() > x0.abs()
+    y, x = _tensor(y, x), _tensor(x, y)
+    ratio = torch.where(steep, -x, y) / torch.where(steep, y, x)
+    return valued(torch.atan(ratio), torch.atan2(y0, x0))
+
+
+@rule(torch.hypot, T.hypot)
+def hypot(func: Any, a: Any, b: Any) -> Jet:
+    """``sqrt(a^2 + b^2)``."""
+    return valued(torch.sqrt(a * a + b * b), torch.hypot(primal(a), primal(b)))
+
+
+def _select(a: Any, b: Any, first: torch.Tensor, second: torch.Tensor) -> Jet:
+    """``a`` where ``first``, ``b`` where ``second``, their mean elsewhere (ties and NaNs)."""
+    a, b = _tensor(a, b), _tensor(b, a)
+    return torch.where(first, a, torch.where(second, b, (a + b) * 0.5))
+
+
+@rule(torch.maximum, T.maximum, torch.max, T.max)
+def maximum(func: Any, a: Any, b: Any = None, *args: Any, **kwargs: Any) -> Any:
+    """``maximum(a, b)``; ``max`` of one tensor is a reduction (:func:`.reductions.extremum`)."""
+    if not _binary(b, args, kwargs):
+        return extremum(func, torch.amax, a, b, *args, **kwargs)
+    a0, b0 = primal(a), primal(b)
+    return valued(_select(a, b, a0 > b0, a0 < b0), torch.maximum(a0, b0))
+
+
+@rule(torch.minimum, T.minimum, torch.min, T.min)
+def minimum(func: Any, a: Any, b: Any = None, *args: Any, **kwargs: Any) -> Any:
+    """``minimum(a, b)``; ``min`` of one tensor is a reduction (:func:`.reductions.extremum`)."""
+    if not _binary(b, args, kwargs):
+        return extremum(func, torch.amin, a, b, *args, **kwargs)
+    a0, b0 = primal(a), primal(b)
+    return valued(_select(a, b, a0 < b0, a0 > b0), torch.minimum(a0, b0))
+
+
+def _binary(second: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether ``max(a, second, ...)`` is the elementwise maximum of two tensors (not a reduction over a dim)."""
+    return isinstance(second, (torch.Tensor, Jet)) and not args and not kwargs
+
+
+@rule(torch.logaddexp, T.logaddexp)
+def logaddexp(func: Any, a: Any, b: Any) -> Jet:
+    """``m + log1p(exp(s - m))`` with ``m`` the larger of ``a, b`` at ``c_0`` and ``s`` the smaller."""
+    a0, b0 = primal(a), primal(b)
+    first = a0 >= b0
+    a, b = _tensor(a, b), _tensor(b, a)
+    larger, smaller = torch.where(first, a, b), torch.where(first, b, a)
+    return valued(larger + torch.log1p(torch.exp(smaller - larger)), torch.logaddexp(a0, b0))
+
+
+@rule(torch.lerp, T.lerp)
+def lerp(func: Any, start: Any, end: Any, weight: Any) -> Jet:
+    """``start + weight (end - start)``."""
+    return valued(start + weight * (end - start), torch.lerp(primal(start), primal(end), primal(weight)))
+
+
+@rule(torch.addcmul, T.addcmul)
+def addcmul(func: Any, base: Any, a: Any, b: Any, *, value: numbers.Number = 1) -> Jet:
+    """``base + value a b``."""
+    return valued(base + value * (a * b), torch.addcmul(primal(base), primal(a), primal(b), value=value))
+
+
+@rule(torch.addcdiv, T.addcdiv)
+def addcdiv(func: Any, base: Any, a: Any, b: Any, *, value: numbers.Number = 1) -> Jet:
+    """``base + value a / b``."""
+    return valued(base + value * (a / b), torch.addcdiv(primal(base), primal(a), primal(b), value=value))
