@@ -324,6 +324,18 @@ class Activated(nn.Module):
         return self.c(self.f(self.b(self.f(self.a(x)))))
 
 
+class Sawtooth(nn.Module):
+    """``frac``, ``fmod``, ``remainder`` and ``%`` (by a learnt period too), ``floor`` and ``round``."""
+
+    def __init__(self):
+        super().__init__()
+        self.period = nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        saw = torch.frac(h) + torch.fmod(h, self.period) + torch.remainder(h, 0.9) + h % self.period
+        return torch.sin(saw) + 0.1 * h * torch.floor(h) + torch.round(h, decimals=1) * h
+
+
 def _celu(alpha: float):
     return lambda h: torch.where(h > 0, h, alpha * torch.expm1(h / alpha))
 
@@ -386,6 +398,7 @@ ACTIVATIONS = {
     "repeat-interleave": (lambda h: h[:, :3].repeat_interleave(2, -1), None),
     "unfold": (lambda h: h.unfold(-1, 3, 3).flatten(1), None),
     "diff": (lambda h: torch.diff(h, dim=-1, prepend=torch.ones_like(h[:, :1])), None),
+    "sawtooth": (Sawtooth(), None),
 }
 
 

@@ -47,6 +47,7 @@ REVERSED = {
     torch.Tensor.__rdiv__: torch.div,
     torch.Tensor.__rpow__: torch.pow,
     torch.Tensor.__rmatmul__: torch.matmul,
+    torch.Tensor.__rmod__: torch.remainder,
 }
 
 # Functions that read only a jet's metadata (shape, dtype, ...): answered by c_0.
@@ -70,6 +71,7 @@ METADATA = {
 CONSTANT = {
     *(getattr(torch, name) for name in ("gt", "lt", "ge", "le", "eq", "ne", "sign", "isfinite", "isnan")),
     *(getattr(torch.Tensor, name) for name in ("gt", "lt", "ge", "le", "eq", "ne", "sign", "isfinite", "isnan")),
+    *(getattr(module, name) for module in (torch, torch.Tensor) for name in ("floor", "ceil", "round", "trunc")),
     *(getattr(torch.Tensor, f"__{name}__") for name in ("gt", "lt", "ge", "le", "eq", "ne")),
     torch.argmax,
     torch.argmin,
@@ -257,7 +259,7 @@ def _reflected(func: Callable) -> Callable:
 
 
 for _name in (
-    "__add__ __sub__ __mul__ __truediv__ __pow__ __matmul__ __neg__ __pos__ __abs__ "
+    "__add__ __sub__ __mul__ __truediv__ __pow__ __matmul__ __mod__ __neg__ __pos__ __abs__ "
     "__gt__ __lt__ __ge__ __le__ __eq__ __ne__ __bool__ __float__ __int__ __index__"
 ).split():
     setattr(Jet, _name, _method(getattr(torch.Tensor, _name)))

@@ -1,5 +1,6 @@
 """Jet rules of piecewise-linear and piecewise-quadratic activations: hardtanh, ReLU6, hardsigmoid,
-hardswish, the shrinks, threshold, PReLU, RReLU in eval mode, clamp.
+hardswish, the shrinks, threshold, PReLU, RReLU in eval mode, clamp; and the sawtooth functions
+``frac``, ``fmod`` and ``remainder`` (``floor``, ``round`` and the other steps are constants, ``jet.CONSTANT``).
 
 On each piece the function is a polynomial of degree at most two, so its
 Taylor coefficients follow from ``f, f', f''`` at ``c_0`` alone.  At the kinks
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..jet import Jet, rule, unsupported
+from ..jet import Jet, rule, unsupported, valued
 from .elementwise import leaky_slope, piecewise_linear, second_order
 
 T = torch.Tensor
@@ -148,3 +149,18 @@ def clamp_min(func: Callable, x: Jet, min: Any) -> Jet:  # noqa: A002
 @rule(torch.clamp_max, T.clamp_max)
 def clamp_max(func: Callable, x: Jet, max: Any) -> Jet:  # noqa: A002
     return clamp(x, None, max)
+
+
+@rule(torch.frac, T.frac)
+def frac(func: Callable, x: Jet) -> Jet:
+    """``x - trunc(x)``: slope 1 everywhere, the jumps included, as autograd has it."""
+    return valued(x, torch.frac(x.primal))
+
+
+@rule(torch.fmod, T.fmod, torch.remainder, T.remainder, T.__mod__)
+def modulo(func: Callable, x: Any, divisor: Any) -> Jet:
+    """``x - divisor * trunc(x / divisor)`` (``fmod``) or ``floor`` (``remainder``, ``%``) for a divisor that
+    does not depend on the input: slope 1 in ``x``; a divisor that is a parameter gets its gradient from ``c_0``."""
+    if not isinstance(x, Jet) or isinstance(divisor, Jet):
+        raise unsupported(func, " with a divisor that depends on the input")
+    return valued(x, func(x.primal, divisor))
