@@ -208,6 +208,11 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     "clamp": (lambda: Block(lambda h: torch.clamp(h, -0.4, 0.4)), ("clamp",)),
     "where": (lambda: Block(lambda h: torch.where(h > 0, h.sin(), h.tanh())), ("where",)),
     "maximum": (lambda: Block(lambda h: torch.maximum(h, 0.5 * h.sin())), ("maximum",)),
+    "polar": (lambda: Block(lambda h: torch.atan2(h, h.flip(-1)) + torch.hypot(h, h.roll(1, -1))), ("atan2", "hypot")),
+    "extrema": (
+        lambda: Block(lambda h: h * h.amax(-1, keepdim=True) + h.min(-1, keepdim=True).values),
+        ("amax", "min"),
+    ),
     "norm": (lambda: Block(lambda h: h.norm(dim=-1, keepdim=True) * h), ("norm",)),
     "vector_norm": (lambda: Block(lambda h: torch.linalg.vector_norm(h, dim=-1, keepdim=True) + h), ("norm",)),
     "normalize": (lambda: Block(lambda h: F.normalize(h, dim=-1)), ("normalize", "norm")),
