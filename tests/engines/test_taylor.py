@@ -498,6 +498,67 @@ def test_torch_compile_traces_a_loss_step_in_one_graph(operator):
     compile_and_compare("aot_eager", operator)  # dynamo and AOT autograd, without code generation
 
 
+class Operators(nn.Module):
+    """Python's operators on the hidden features, each in both orders where it has a reflected form."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 4), nn.Linear(4, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        h = h**2 + 2**h - (1 - h) * (2 * h) / (h + 3) + 1 / (h + 2) + (-h) % 0.7 + abs(h) + (+h * h + 1) ** 1.5
+        turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=h.dtype).repeat(2, 2)
+        return self.b(h @ turn + (turn @ h[:, :, None])[:, :, 0])
+
+
+def test_torch_compile_routes_pythons_operators_on_jets():
+    """Dynamo unwraps ``Tensor.__pow__`` (a Python wrapper) to an object no rule held: ``h ** 2`` was refused."""
+    torch._dynamo.reset()
+    u = Operators()
+    x = torch.rand(5, 2, dtype=torch.float64)
+    for operator in (do.Laplacian(u, method="taylor"), do.Derivative(u, wrt=(0, 1, 1), method="taylor")):
+        compiled = torch.compile(operator, backend="aot_eager", fullgraph=True)(x)
+        expected = ref.laplacian(u, x) if isinstance(operator, do.Laplacian) else ref.partial(u, x, (0, 1, 1))
+        assert_close(compiled, expected)
+        assert_gradients_close(u, compiled, expected)
+
+
+class RawParameters(nn.Module):
+    """``tanh(x @ W1 + b1) @ W2``: a network written with ``@`` on parameters, as ported TensorFlow code is."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(2, width)), nn.Parameter(torch.randn(width))
+        self.w2 = nn.Parameter(torch.randn(width, 1))
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ self.w1 + self.b1) @ self.w2
+
+
+@pytest.mark.parametrize("method", ["taylor", "auto"])
+def test_torch_compile_keeps_the_order_of_jet_at_tensor(method):
+    """Dynamo passes ``jet @ tensor`` to the jets as ``Tensor.matmul(tensor, jet)``: ``x @ W`` failed to
+    compile, and where both orders multiply (a batch of two points, W of 2 x 2) the Laplacian was
+    ``W @ x``'s, silently.  Now the shapes decide; where both orders multiply Taylor mode refuses and auto
+    moves on to an exact engine."""
+    for width, batch in ((5, 6), (2, 2)):
+        torch._dynamo.reset()
+        u = RawParameters(width)
+        x = torch.rand(batch, 2, dtype=torch.float64)
+        operator = do.Laplacian(u, method=method)
+        compile_call = torch.compile(operator, backend="aot_eager", fullgraph=True)
+        if width == batch and method == "taylor":
+            with pytest.raises(Exception, match="multiply in both orders"):  # dynamo's type, EngineUnsupported's text
+                compile_call(x)
+            continue
+        actual, expected = compile_call(x), ref.laplacian(u, x)
+        assert_close(actual, expected)
+        assert_gradients_close(u, actual, expected)
+
+
 @pytest.mark.slow
 def test_torch_compile_with_inductor_matches_eager():
     compile_and_compare("inductor")

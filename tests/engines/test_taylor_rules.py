@@ -336,6 +336,36 @@ class Sawtooth(nn.Module):
         return torch.sin(saw) + 0.1 * h * torch.floor(h) + torch.round(h, decimals=1) * h
 
 
+class RadialBasis(nn.Module):
+    """Gaussian and Laplacian radial basis functions of ``torch.cdist`` to six learnt centres.
+
+    Torch's ``cdist`` has no second derivative, so no other engine differentiates it twice; the
+    reference is :meth:`composed`, the same function through ``vector_norm`` of the differences."""
+
+    def __init__(self, features: int = 6):
+        super().__init__()
+        self.centres = nn.Parameter(torch.randn(features, features, dtype=torch.float64))
+        self.by_norms = False
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        euclid, manhattan = (self._distances(h, p) for p in (2, 1))
+        return torch.exp(-0.1 * euclid**2) + torch.exp(-0.1 * manhattan)
+
+    def _distances(self, h: torch.Tensor, p: int) -> torch.Tensor:
+        if self.by_norms:
+            return torch.linalg.vector_norm(h[:, None, :] - self.centres, ord=p, dim=-1)
+        return torch.cdist(h, self.centres, p=p)
+
+    def composed(self) -> RadialBasis:
+        """The same function, sharing the centres, with the distances as norms of differences."""
+        same = copy.copy(self)
+        same.by_norms = True
+        return same
+
+
+RADIAL_BASIS = RadialBasis()
+
+
 def _celu(alpha: float):
     return lambda h: torch.where(h > 0, h, alpha * torch.expm1(h / alpha))
 
@@ -399,6 +429,7 @@ ACTIVATIONS = {
     "unfold": (lambda h: h.unfold(-1, 3, 3).flatten(1), None),
     "diff": (lambda h: torch.diff(h, dim=-1, prepend=torch.ones_like(h[:, :1])), None),
     "sawtooth": (Sawtooth(), None),
+    "cdist": (RADIAL_BASIS, RADIAL_BASIS.composed()),
 }
 
 
@@ -475,6 +506,15 @@ def test_extrema_at_ties_are_autograds(f):
             assert_close(do.Derivative(u, wrt=i, order=order, method="taylor")(x), ref.partial(u, x, (i,) * order))
     assert_close(do.Derivative(u, wrt=(0, 1), method="taylor")(x), ref.partial(u, x, (0, 1)))
     assert_close(do.Laplacian(u, method="taylor")(x), ref.laplacian(u, x))
+
+
+def test_cdist_at_a_zero_distance_has_autograds_first_derivative():
+    """A sample on a centre: ``cdist``'s backward is 0 there, and so is the Taylor engine's first derivative."""
+    centres = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=torch.float64)
+    u = lambda x: (torch.cdist(x, centres) * torch.tensor([1.0, -2.0], dtype=x.dtype)).sum(-1, keepdim=True)  # noqa: E731
+    x = torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=torch.float64)
+    for i in range(D):
+        assert_close(do.Derivative(u, wrt=i, method="taylor")(x), ref.partial(u, x, (i,)))
 
 
 def test_the_maximum_of_a_whole_sample_shares_its_ties():

@@ -137,7 +137,38 @@ def _linear_rows(c: torch.Tensor, weight: torch.Tensor, batch_axis: int) -> torc
 
 @rule(torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm, T.bmm)
 def matmul(func: Callable, a: Any, b: Any) -> Jet:
+    if func is T.matmul and torch.compiler.is_compiling() and not isinstance(a, Jet):
+        a, b = _written_order(a, b)
     return product(func, a, b)
+
+
+def _written_order(tensor: torch.Tensor, jet: Jet) -> tuple[Any, Any]:
+    """The operands of ``Tensor.matmul(tensor, jet)`` while compiling, in the order the network wrote them.
+
+    Dynamo passes ``jet @ tensor`` on as ``Tensor.matmul(tensor, jet)`` too (it swaps the operands of an
+    object that is not a tensor for the reflected method, and has none for matmul), so the call cannot
+    tell the two apart; the shapes can, unless they multiply both ways: then it refuses.
+    """
+    as_written, swapped = _multiply(tensor.shape, jet.shape), _multiply(jet.shape, tensor.shape)
+    if as_written and swapped:
+        raise unsupported(T.matmul, f" under torch.compile of a tensor {tuple(tensor.shape)} and a jet "
+                          f"{tuple(jet.shape)} that multiply in both orders: dynamo passes `jet @ tensor` as "
+                          "`tensor @ jet`; write torch.matmul(...)")  # fmt: skip
+    return (tensor, jet) if as_written else (jet, tensor)
+
+
+def _multiply(first: torch.Size, second: torch.Size) -> bool:
+    """Whether ``first @ second`` is defined for operands of these shapes."""
+    if len(first) == 0 or len(second) == 0:
+        return False
+    inner = first[-1] == (second[0] if len(second) == 1 else second[-2])
+    if not inner or len(first) <= 2 and len(second) <= 2:
+        return inner
+    try:
+        torch.broadcast_shapes(first[:-2], second[:-2])
+    except RuntimeError:
+        return False
+    return True
 
 
 @rule(torch.einsum)

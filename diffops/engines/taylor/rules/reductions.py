@@ -1,4 +1,4 @@
-"""Jet rules of reductions along dimensions: moments, norms, softmax, log-sum-exp and extrema.
+"""Jet rules of reductions along dimensions: moments, norms and distances, softmax, log-sum-exp and extrema.
 
 Each is written with other jet rules (sums, products, ``exp``, ``log``,
 powers), so it is exact at any order, works on collapsed jets, and runs
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..jet import Jet, rule, unsupported, valued
+from ..jet import Jet, primal, rule, unsupported, valued
 from .products import power
 
 T = torch.Tensor
@@ -163,6 +163,18 @@ def linalg_norm(func: Callable, x: Jet, ord: Any = None, dim: Any = None, keepdi
     if kwargs.get("dtype") is not None:
         x = x.to(kwargs["dtype"])
     return vector_norm(func, x, 2 if ord is None else ord, dim, keepdim)
+
+
+@rule(torch.cdist)
+def cdist(
+    func: Callable, x1: Any, x2: Any, p: float = 2.0, compute_mode: str = "use_mm_for_euclid_dist_if_necessary"
+) -> Jet:
+    """The ``p``-norms (1 or 2) of ``x1[..., i, :] - x2[..., j, :]``: ``(..., P, R)`` from ``x1: (..., P, M)`` and
+    ``x2: (..., R, M)``, the value torch's.  Torch's own ``cdist`` has no second derivative; at a zero
+    distance the derivatives are the norm's (0 at first order, as ``cdist``'s backward, then NaN)."""
+    differences = torch.sub(x1.unsqueeze(-2), x2.unsqueeze(-3))
+    distances = vector_norm(func, differences, p, -1, keepdim=False)
+    return valued(distances, torch.cdist(primal(x1), primal(x2), p, compute_mode))
 
 
 @rule(F.normalize)
