@@ -499,22 +499,25 @@ def test_torch_compile_traces_a_loss_step_in_one_graph(operator):
 
 
 class Operators(nn.Module):
-    """Python's operators on the hidden features, each in both orders where it has a reflected form."""
+    """Python's operators on the hidden features with numbers and with a tensor ``c``, in both orders."""
 
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(2, 4), nn.Linear(4, 1)
+        self.c = nn.Parameter(torch.tensor(1.3))
         self.double()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(self.a(x))
+        h, c = torch.tanh(self.a(x)), self.c
         h = h**2 + 2**h - (1 - h) * (2 * h) / (h + 3) + 1 / (h + 2) + (-h) % 0.7 + abs(h) + (+h * h + 1) ** 1.5
+        h = h + (h - c) * (c - h) / c + c / (h + 3) + (h * h + 1) ** c + c**h + h % c + (h < c) * h
         turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=h.dtype).repeat(2, 2)
         return self.b(h @ turn + (turn @ h[:, :, None])[:, :, 0])
 
 
 def test_torch_compile_routes_pythons_operators_on_jets():
-    """Dynamo unwraps ``Tensor.__pow__`` (a Python wrapper) to an object no rule held: ``h ** 2`` was refused."""
+    """Dynamo unwraps ``Tensor.__pow__`` (a Python wrapper) to an object no rule held, so ``h ** 2`` was
+    refused, and evaluates ``func in dict`` wrongly for the reflected operators, so ``h - c`` was."""
     torch._dynamo.reset()
     u = Operators()
     x = torch.rand(5, 2, dtype=torch.float64)

@@ -37,18 +37,22 @@ from ..base import EngineUnsupported, grad_turned_off
 
 RULES: dict[Callable, Callable] = {}
 
-# ``other OP self``: routed to the rule of ``OP`` with the operands swapped.
-REVERSED = {
-    torch.Tensor.__radd__: torch.add,
-    torch.Tensor.__rsub__: torch.sub,
-    torch.rsub: torch.sub,
-    torch.Tensor.__rmul__: torch.mul,
-    torch.Tensor.__rtruediv__: torch.div,
-    torch.Tensor.__rdiv__: torch.div,
-    torch.Tensor.__rpow__: torch.pow,
-    torch.Tensor.__rmatmul__: torch.matmul,
-    torch.Tensor.__rmod__: torch.remainder,
-}
+# ``other OP self``: routed to the rule of ``OP`` with the operands swapped; and ``Tensor.__pow__``, to
+# ``torch.pow``.  Pairs matched by identity, not a dict: most of these are functools wrappers written in
+# Python, and dynamo (torch 2.13) gets ``wrapper in dict`` wrong while tracing, so ``jet - tensor`` and
+# ``tensor ** jet`` were refused under torch.compile.
+REVERSED = (
+    (torch.Tensor.__radd__, torch.add),
+    (torch.Tensor.__rsub__, torch.sub),
+    (torch.rsub, torch.sub),
+    (torch.Tensor.__rmul__, torch.mul),
+    (torch.Tensor.__rtruediv__, torch.div),
+    (torch.Tensor.__rdiv__, torch.div),
+    (torch.Tensor.__rpow__, torch.pow),
+    (torch.Tensor.__rmatmul__, torch.matmul),
+    (torch.Tensor.__rmod__, torch.remainder),
+)
+RENAMED = ((torch.Tensor.__pow__, torch.pow),)
 
 # Functions that read only a jet's metadata (shape, dtype, ...): answered by c_0.
 METADATA = {
@@ -254,7 +258,7 @@ def _method(func: Callable) -> Callable:
 
 def _reflected(func: Callable) -> Callable:
     """``other OP jet`` as ``func(other, jet)``: under torch.compile the reflected ``Tensor.__rsub__`` reached
-    the dispatch as an object :data:`REVERSED` does not hold (``1 - z`` of a gated network was refused)."""
+    the dispatch as an object no entry of :data:`REVERSED` is (``1 - z`` of a gated network was refused)."""
     return lambda self, other: _dispatch(func, (other, self), {})
 
 
@@ -278,8 +282,13 @@ def _dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     if grad_turned_off():  # a no_grad() section or a custom Function's forward: autograd's, not the jet's
         raise unsupported(func, " with gradients turned off inside the network (torch.no_grad() or a custom "
                           "torch.autograd.Function, whose backward autograd uses): run by nested autograd")  # fmt: skip
-    if func in REVERSED:
-        func, args = REVERSED[func], (args[1], args[0], *args[2:])
+    for reflected, forward in REVERSED:
+        if func is reflected:
+            func, args = forward, (args[1], args[0], *args[2:])
+            break
+    for wrapper, same in RENAMED:
+        if func is wrapper:
+            func = same
     implementation = RULES.get(func)
     if implementation is not None:
         return implementation(func, *args, **kwargs)
