@@ -663,8 +663,10 @@ def test_the_activations_see_both_sides_of_their_kinks():
     assert (h < -math.pi / 2).any() and (h > math.pi / 2).any()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("net", ["layernorm-residual", "transformer-eval", "reductions", "polar"])
+@pytest.mark.parametrize(
+    "net", [pytest.param(n, marks=pytest.mark.slow) for n in ("layernorm-residual", "transformer-eval", "reductions")]
+    + ["polar"],  # the rules of two tensors, extrema and padding, in the default suite
+)
 def test_torch_compile_traces_the_new_rules_in_one_graph(net):
     torch._dynamo.reset()
     u = NETWORKS[net]()
