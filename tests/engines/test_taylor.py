@@ -499,7 +499,8 @@ def test_torch_compile_traces_a_loss_step_in_one_graph(operator):
 
 
 class Operators(nn.Module):
-    """Python's operators on the hidden features with numbers and with a tensor ``c``, in both orders."""
+    """Python's operators on the hidden features with numbers and with a tensor ``c``, in both orders;
+    ``unflatten`` and a product of two jets."""
 
     def __init__(self):
         super().__init__()
@@ -511,6 +512,8 @@ class Operators(nn.Module):
         h, c = torch.tanh(self.a(x)), self.c
         h = h**2 + 2**h - (1 - h) * (2 * h) / (h + 3) + 1 / (h + 2) + (-h) % 0.7 + abs(h) + (+h * h + 1) ** 1.5
         h = h + (h - c) * (c - h) / c + c / (h + 3) + (h * h + 1) ** c + c**h + h % c + (h < c) * h
+        square = h.unflatten(1, (2, 2))  # Tensor.unflatten calls super(): dynamo traced it on no coefficient
+        h = h + torch.matmul(square, square.flip(-1)).flatten(1)
         turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=h.dtype).repeat(2, 2)
         return self.b(h @ turn + (turn @ h[:, :, None])[:, :, 0])
 

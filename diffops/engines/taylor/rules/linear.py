@@ -21,7 +21,7 @@ T = torch.Tensor
 SHAPE_OPERATIONS = (
     T.__getitem__, T.split, torch.split, T.chunk, torch.chunk, T.unbind, torch.unbind,
     torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack,
-    T.reshape, torch.reshape, T.view, T.view_as, T.reshape_as, T.flatten, torch.flatten, T.unflatten,
+    T.reshape, torch.reshape, T.view, T.view_as, T.reshape_as, T.flatten, torch.flatten, T.unflatten, torch.unflatten,
     T.squeeze, torch.squeeze, T.unsqueeze, torch.unsqueeze, T.transpose, torch.transpose, T.t, torch.t,
     T.permute, torch.permute, T.movedim, torch.movedim, T.expand, T.expand_as, T.broadcast_to,
     torch.broadcast_to, T.repeat, T.tile, torch.tile, T.narrow, torch.narrow, T.select, torch.select,
@@ -42,6 +42,8 @@ def shape_operation(func, *args: Any, **kwargs: Any) -> Any:
     """Indexing, reshapes, concatenation, reductions: linear, applied per coefficient."""
     if func in (T.split, torch.split) and _whole(*args, **kwargs):
         return (args[0],)  # how every network with one differentiated input receives it
+    if func is T.unflatten:  # Tensor.unflatten calls super(), which dynamo cannot trace on a coefficient
+        func = torch.unflatten
     return map_coefficients(func, args, kwargs, batched=False, zero_constants=True)
 
 
