@@ -429,6 +429,12 @@ ACTIVATIONS = {
     "unfold": (lambda h: h.unfold(-1, 3, 3).flatten(1), None),
     "diff": (lambda h: torch.diff(h, dim=-1, prepend=torch.ones_like(h[:, :1])), None),
     "sawtooth": (Sawtooth(), None),
+    "addmm-baddbmm": (
+        lambda h: torch.addmm(h, h.flip(-1), torch.eye(6, dtype=h.dtype) * 0.5, beta=0.7, alpha=2.0)
+        + torch.baddbmm(h.reshape(-1, 2, 3), h[:, :2, None], h[:, None, 3:], alpha=0.3).flatten(1)
+        + torch.addmm(torch.ones_like(h), h, h.new_full((6, 6), 0.2), beta=0),
+        None,
+    ),
     "cdist": (RADIAL_BASIS, RADIAL_BASIS.composed()),
 }
 

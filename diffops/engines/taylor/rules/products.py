@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
-from ..jet import Jet, map_coefficients, rule, unsupported
+from ..jet import Jet, map_coefficients, primal, rule, unsupported, valued
 from ..stacked import linear_on_coordinates
 from .linear import align
 
@@ -140,6 +140,15 @@ def matmul(func: Callable, a: Any, b: Any) -> Jet:
     if func is T.matmul and torch.compiler.is_compiling() and not isinstance(a, Jet):
         a, b = _written_order(a, b)
     return product(func, a, b)
+
+
+@rule(torch.addmm, T.addmm, torch.baddbmm, T.baddbmm)
+def addmm(func: Callable, base: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> Jet:
+    """``beta base + alpha a @ b`` (``base`` not read where ``beta`` is 0, as torch has it); the value torch's."""
+    value = func(primal(base), primal(a), primal(b), beta=beta, alpha=alpha)
+    scaled = torch.matmul(a, b) if alpha == 1 else alpha * torch.matmul(a, b)
+    total = scaled if beta == 0 else (base if beta == 1 else beta * base) + scaled
+    return valued(total, value) if isinstance(total, Jet) else value  # beta = 0 drops the only jet
 
 
 def _written_order(tensor: torch.Tensor, jet: Jet) -> tuple[Any, Any]:
