@@ -421,7 +421,7 @@ ACTIVATIONS = {
         None,
     ),
     # extrema, padding, masks and other linear maps
-    "extrema": (lambda h: h * h.amax(-1, keepdim=True) + torch.amin(h, 1, True) + h.min(-1).values[:, None], None),
+    "extrema": (lambda h: h * h.amax(-1, keepdim=True) + torch.amin(h, 1, True) + h.min(1).values[:, None], None),
     "pad": (lambda h: F.pad(h[:, 1:-1], (1, 1), value=0.5) + F.pad(h[:, None, 1:-1], (1, 1), "reflect")[:, 0], None),
     "masked-fill": (lambda h: h.masked_fill(h < -1, 0.3), None),
     "triu-tril": (lambda h: torch.triu(h.reshape(-1, 2, 3)).flatten(1) + h.reshape(-1, 3, 2).tril().flatten(1), None),
@@ -495,7 +495,7 @@ def test_derivatives_at_kinks_are_autograds(name, order):
     "f",
     [
         lambda x: torch.stack([x.amax(-1), x.amin(-1)], -1),
-        lambda x: torch.stack([torch.max(x, -1).values, torch.min(x, 1, keepdim=True)[0][:, 0]], -1),
+        lambda x: torch.stack([torch.max(x, 1).values, torch.min(x, 1, keepdim=True)[0][:, 0]], -1),
         lambda x: torch.stack([torch.maximum(x[:, 0], x[:, 1]), torch.minimum(x[:, 1], x[:, 0])], -1),
         lambda x: torch.stack([torch.logaddexp(x[:, 0], x[:, 1]), torch.atan2(x[:, 0], x[:, 1])], -1),
     ],

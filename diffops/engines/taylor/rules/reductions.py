@@ -259,8 +259,9 @@ def extremum(func: Callable, reduce: Callable, x: Jet, dim: Any = None, keepdim:
     if dim is None:
         return extreme_values(reduce, x, None, False)
     values, indices = func(x.primal, dim, keepdim)
-    picked = torch.gather(x, dim, indices if keepdim else indices.unsqueeze(dim))
-    picked = valued(picked if keepdim else over(picked, lambda c: c.squeeze(dim)), values)
+    axis = trailing(dim, x.ndim)[0]  # negative: the same axis of c_0 and of the per-direction c_k
+    picked = torch.gather(x, axis, indices if keepdim else indices.unsqueeze(axis))
+    picked = valued(picked if keepdim else over(picked, lambda c: c.squeeze(axis)), values)
     return _like_result(func, picked, indices)
 
 
