@@ -364,6 +364,8 @@ class RadialBasis(nn.Module):
 
 
 RADIAL_BASIS = RadialBasis()
+FEATURE_CONSTANT = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)  # (features,)
+BATCH_CONSTANT = torch.linspace(0.5, 2.0, 8, dtype=torch.float64)[:, None]  # (batch, 1), cut to the batch
 
 
 def _celu(alpha: float):
@@ -429,6 +431,12 @@ ACTIVATIONS = {
     "unfold": (lambda h: h.unfold(-1, 3, 3).flatten(1), None),
     "diff": (lambda h: torch.diff(h, dim=-1, prepend=torch.ones_like(h[:, :1])), None),
     "sawtooth": (Sawtooth(), None),
+    "broadcast-constants": (  # a constant of the features' shape, or of the batch's, on either side
+        lambda h: torch.maximum(FEATURE_CONSTANT, h) + torch.atan2(h, BATCH_CONSTANT[: h.shape[0]])
+        + torch.lerp(FEATURE_CONSTANT, h, 0.3) + torch.addcmul(FEATURE_CONSTANT, h, BATCH_CONSTANT[: h.shape[0]])
+        + torch.logaddexp(FEATURE_CONSTANT, h) + torch.hypot(h, FEATURE_CONSTANT),
+        None,
+    ),
     "addmm-baddbmm": (
         lambda h: torch.addmm(h, h.flip(-1), torch.eye(6, dtype=h.dtype) * 0.5, beta=0.7, alpha=2.0)
         + torch.baddbmm(h.reshape(-1, 2, 3), h[:, :2, None], h[:, None, 3:], alpha=0.3).flatten(1)
