@@ -282,19 +282,33 @@ def _dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     if grad_turned_off():  # a no_grad() section or a custom Function's forward: autograd's, not the jet's
         raise unsupported(func, " with gradients turned off inside the network (torch.no_grad() or a custom "
                           "torch.autograd.Function, whose backward autograd uses): run by nested autograd")  # fmt: skip
-    for reflected, forward in REVERSED:
-        if func is reflected:
-            func, args = forward, (args[1], args[0], *args[2:])
-            break
-    for wrapper, same in RENAMED:
-        if func is wrapper:
-            func = same
+    func, args = _routed(func, args)
     implementation = RULES.get(func)
     if implementation is not None:
         return implementation(func, *args, **kwargs)
     if func in METADATA or func in CONSTANT:
         return func(*_primals(args), **_primals(kwargs))
     raise unsupported(func)
+
+
+_REVERSED_LOOKUP = dict(REVERSED)
+
+
+def _routed(func: Callable, args: tuple) -> tuple[Callable, tuple]:
+    """``func`` and ``args`` as the rules are keyed: a reflected operator as its forward one, operands swapped.
+
+    Eagerly one dict lookup; compiled, the identity scan of :data:`REVERSED` and :data:`RENAMED`.
+    """
+    if not torch.compiler.is_compiling():
+        forward = _REVERSED_LOOKUP.get(func)
+        return (func, args) if forward is None else (forward, (args[1], args[0], *args[2:]))
+    for reflected, forward in REVERSED:
+        if func is reflected:
+            return forward, (args[1], args[0], *args[2:])
+    for wrapper, same in RENAMED:
+        if func is wrapper:
+            return same, args
+    return func, args
 
 
 def primal(value: Any) -> Any:
