@@ -565,6 +565,34 @@ def test_torch_compile_keeps_the_order_of_jet_at_tensor(method):
         assert_gradients_close(u, actual, expected)
 
 
+@pytest.mark.parametrize(
+    "first, second, defined",
+    [
+        ((5, 2), (2, 3), True),
+        ((2, 3), (5, 2), False),
+        ((2, 2), (2, 2), True),
+        ((3,), (3, 4), True),
+        ((4, 3), (3,), True),
+        ((3,), (4,), False),
+        ((7, 2, 3), (3, 4), True),
+        ((7, 2, 3), (6, 3, 4), False),
+        ((1, 2, 3), (6, 3, 4), True),
+        ((), (3,), False),
+    ],
+)
+def test_which_orders_of_a_matrix_product_are_defined(first, second, defined):
+    """The shape test that decides the written order of a compiled ``Tensor.matmul(tensor, jet)``."""
+    from diffops.engines.taylor.rules.products import _multiply
+
+    assert _multiply(torch.Size(first), torch.Size(second)) is defined
+    try:
+        torch.matmul(torch.zeros(first), torch.zeros(second))
+        runs = True
+    except RuntimeError:
+        runs = False
+    assert runs is defined  # torch agrees
+
+
 @pytest.mark.slow
 def test_torch_compile_with_inductor_matches_eager():
     compile_and_compare("inductor")
