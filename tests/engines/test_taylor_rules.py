@@ -437,6 +437,11 @@ ACTIVATIONS = {
         + torch.logaddexp(FEATURE_CONSTANT, h) + torch.hypot(h, FEATURE_CONSTANT),
         None,
     ),
+    "cross": (
+        lambda h: torch.linalg.cross(h[:, :3], h[:, 3:]).repeat(1, 2)
+        + torch.cross(h.reshape(-1, 3, 2), FEATURE_CONSTANT.reshape(1, 3, 2), dim=1).flatten(1),
+        None,
+    ),
     "addmm-baddbmm": (
         lambda h: torch.addmm(h, h.flip(-1), torch.eye(6, dtype=h.dtype) * 0.5, beta=0.7, alpha=2.0)
         + torch.baddbmm(h.reshape(-1, 2, 3), h[:, :2, None], h[:, None, 3:], alpha=0.3).flatten(1)

@@ -142,6 +142,18 @@ def matmul(func: Callable, a: Any, b: Any) -> Jet:
     return product(func, a, b)
 
 
+@rule(torch.linalg.cross, torch.cross, T.cross)
+def cross(func: Callable, a: Any, b: Any, dim: int | None = None, *, out: Any = None) -> Jet:
+    """The cross product along ``dim`` (``torch.cross`` without one: the first of size 3), bilinear."""
+    if out is not None:
+        raise unsupported(func, " with out=")
+    shape = torch.broadcast_shapes(primal(a).shape, primal(b).shape)
+    if dim is None:
+        dim = -1 if func is torch.linalg.cross else next(i for i, size in enumerate(shape) if size == 3)
+    axis = dim - len(shape) if dim >= 0 else dim  # negative: the same axis of c_0 and of each direction's c_k
+    return product(lambda p, q: torch.linalg.cross(p, q, dim=axis), a, b)
+
+
 @rule(torch.addmm, T.addmm, torch.baddbmm, T.baddbmm)
 def addmm(func: Callable, base: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> Jet:
     """``beta base + alpha a @ b`` (``base`` not read where ``beta`` is 0, as torch has it); the value torch's."""
