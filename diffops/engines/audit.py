@@ -18,8 +18,8 @@ The double-backward rules of the fused normalisations are right, but not their
 third derivatives, which the parameters' gradients of a second derivative
 need: nested autograd runs them through the same compositions for requests of
 order 2 and more (:func:`exact_reverse_mode`), and refuses ``logcumsumexp``, whose double backward gives
-NaN, from order 2.  ``hardsigmoid``'s backward has
-no derivative, so both engines run it as ``relu6(x + 3) / 6``; ``celu``'s is
+NaN, from order 2, and ``sinc``, whose backward is wrong at 0, from order 1 (as the func engine does).
+``hardsigmoid``'s backward has no derivative, so both engines run it as ``relu6(x + 3) / 6``; ``celu``'s is
 inexact (a float32 ``1/alpha``), so both run it as ``alpha elu(x / alpha)``.  Both run
 attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
 kernels have no double backward.  Upstream errors that say an op has no rule
@@ -198,8 +198,13 @@ _DATA = (
     "it reads the tensor beneath torch.func's wrappers, so what the network computes from it is differentiated "
     "wrongly (from the parameters' gradients of first derivatives on); Tensor.detach() makes a constant exactly"
 )
-# wrong numbers from the order given (NaNs, or values torch.func cannot see), refused from it.  prod and cumprod
-# are refused whatever their factors: a test for a zero factor would branch on data, which vmap cannot
+_SINC = Defect(
+    "aten::sinc",
+    "at exactly 0 its backward masks the slope to 0, so the second derivative there comes out 0 (forward "
+    "mode) or NaN (reverse mode) instead of -pi^2/3: wrong from the parameters' gradients of a first derivative",
+)
+# wrong numbers from the order given (NaNs, or values torch.func cannot see), refused from it.  prod, cumprod
+# and sinc are refused whatever their arguments: a test for a zero would branch on data, which vmap cannot
 FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.linalg.eigvalsh: _from_order(2, _EIGH, "torch.linalg.eigvalsh"),
     torch.linalg.eigh: _from_order(1, _EIGH, "torch.linalg.eigh"),
@@ -207,6 +212,9 @@ FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.Tensor.prod: _from_order(2, _PROD, "Tensor.prod"),
     torch.cumprod: _from_order(1, _CUMPROD, "torch.cumprod"),
     torch.Tensor.cumprod: _from_order(1, _CUMPROD, "Tensor.cumprod"),
+    torch.sinc: _from_order(1, _SINC, "torch.sinc"),
+    torch.Tensor.sinc: _from_order(1, _SINC, "Tensor.sinc"),
+    torch.special.sinc: _from_order(1, _SINC, "torch.special.sinc"),
     torch.Tensor.data.__get__: (1, _refuse_because("Tensor.data", _DATA)),  # the property's getter
     custom_function_call: (1, _custom_function),  # what a custom Function's apply runs under torch.func
 }
@@ -229,6 +237,9 @@ _LOGCUMSUMEXP = Defect(
 REVERSE_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "torch.logcumsumexp"),
     torch.Tensor.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "Tensor.logcumsumexp"),
+    torch.sinc: _from_order(1, _SINC, "torch.sinc"),
+    torch.Tensor.sinc: _from_order(1, _SINC, "Tensor.sinc"),
+    torch.special.sinc: _from_order(1, _SINC, "torch.special.sinc"),
 }
 
 # hardsigmoid's backward has no derivative and celu's is inexact: any derivative trained on

@@ -7,6 +7,7 @@ value and parameter gradients (float64, nested ``torch.autograd.grad``).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -79,6 +80,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor | None, int, str]] 
         2,
         r"torch\.copysign.*aten::copysign",
     ),
+    "sinc": (lambda: Net(torch.sinc), None, 1, r"torch\.sinc.*aten::sinc"),
 }
 
 
@@ -111,8 +113,9 @@ def test_func_refuses_from_the_order_where_the_rule_goes_wrong(case):
 
 @pytest.fixture
 def func_then_autograd(monkeypatch):
-    """``auto`` tries ``func`` and then ``autograd``, as it does wherever Taylor mode refuses an op."""
-    monkeypatch.setattr(engines, "ranked", lambda request, d, outputs: ("func", "autograd"))
+    """``auto`` tries ``func`` and then ``autograd``, as it does wherever Taylor mode refuses an op (and Taylor
+    mode last, for the op both refuse: sinc)."""
+    monkeypatch.setattr(engines, "ranked", lambda request, d, outputs: ("func", "autograd", "taylor"))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -285,3 +288,38 @@ def test_auto_differentiates_a_custom_function_through_its_backward():
         assert_exact(u, x, order, "auto")
     laplacian = do.Laplacian(u)(x)
     torch.testing.assert_close(laplacian, ref.partial(u, x, (0, 0)) + ref.partial(u, x, (1, 1)))
+
+
+class SincAtZero(nn.Module):
+    """``sinc(w x_0) + tanh(x_1)``: at ``x_0 = 0`` torch's backward of sinc masks the slope to 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sinc(self.w * x[:, :1]) + torch.tanh(x[:, 1:])
+
+
+def test_sinc_at_zero_is_taylor_modes_alone():
+    """The value there: sinc's derivatives at 0, ``(-1)^n pi^(2n) / (2n + 1)`` at order 2n and 0 at odd orders.
+
+    torch.func returned 0 for the second derivative at 0 and nested autograd NaN; both now refuse sinc,
+    and auto lands on Taylor mode, exact there and away from 0, parameters' gradients included."""
+    u = SincAtZero()
+    x = torch.tensor([[0.0, 0.3], [0.4, -0.2]], dtype=torch.float64)
+    for method in ("func", "autograd"):
+        with pytest.raises(EngineUnsupported, match=r"torch\.sinc.*aten::sinc"):
+            do.Derivative(u, wrt=0, method=method)(x)
+    w = u.w.detach()
+    at_zero = {1: 0.0, 2: -(math.pi**2) / 3 * w**2, 3: 0.0, 4: math.pi**4 / 5 * w**4}
+    for order, expected in at_zero.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # auto announces the engine it moves on to
+            actual = do.Derivative(u, wrt=0, order=order)(x)
+        torch.testing.assert_close(actual[0, 0], torch.as_tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(actual[1:], ref.partial(u, x[1:], (0,) * order), rtol=1e-9, atol=1e-11)
+        (gradient,) = torch.autograd.grad(actual[0, 0], u.w)  # d/dw of sinc^(k)(0) w^k
+        torch.testing.assert_close(gradient, torch.as_tensor(order * expected / w, dtype=torch.float64))
+    laplacian = do.Laplacian(lambda x: torch.sinc(x).prod(-1, keepdim=True), method="taylor")(x[:1] * 0)
+    torch.testing.assert_close(laplacian, torch.tensor([[-2 * math.pi**2 / 3]], dtype=torch.float64))

@@ -410,6 +410,7 @@ ACTIVATIONS = {
     "log2-log10": (lambda h: torch.log2(h * h + 1) + torch.log10(torch.exp(h) + 2), None),
     "exp2": (lambda h: torch.exp2(0.5 * h), None),
     "erfc": (torch.erfc, None),
+    "sinc": (torch.sinc, None),  # away from 0 (at 0: tests/engines/test_audit_refusals.py)
     "expit": (torch.special.expit, None),
     # of two tensors (the features against the reversed features, so neither is a copy of the other)
     "atan2": (lambda h: torch.atan2(h, h.flip(-1)) + torch.atan2(torch.tensor(0.3, dtype=h.dtype), h), None),

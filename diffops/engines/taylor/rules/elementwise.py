@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ...base import entered
-from ..jet import Jet, rule, unsupported
+from ..jet import Jet, rule, unsupported, valued
 from .products import accumulate, convolution, reciprocal, series_product
 
 T = torch.Tensor
@@ -393,6 +393,22 @@ def _tan_series(x: Jet) -> tuple[list, list]:
     y0 = torch.tan(x.primal)
     d1, twice_first = 1 + y0 * y0, 2 * y0
     return solve(x, y0, lambda k, y: d1 if k == 0 else series_product(y, y, k, 1.0, twice_first))
+
+
+@rule(torch.sinc, T.sinc, torch.special.sinc)
+def sinc(func: Callable, x: Jet) -> Jet:
+    """``sin(pi x) / (pi x)``, 1 at 0: the quotient of the series away from 0 and, where ``c_0`` is exactly 0,
+    sinc's own Taylor polynomial ``sum_n (-1)^n (pi x)^(2n) / (2n + 1)!`` (torch's rules are wrong there)."""
+    at_zero = x.primal == 0
+    shifted = torch.where(at_zero, 1.0, x)  # no 0 / 0 in the branch that is not taken
+    quotient = torch.sin(shifted * math.pi) / (shifted * math.pi)
+    square, power, polynomial = (x * math.pi) * (x * math.pi), None, None
+    for n in range(x.order // 2 + 1):
+        power = None if n == 0 else square if power is None else power * square
+        term = (-1) ** n / math.factorial(2 * n + 1)
+        polynomial = term if power is None else polynomial + term * power
+    series = torch.where(at_zero, polynomial, quotient) if isinstance(polynomial, Jet) else quotient
+    return valued(series, torch.sinc(x.primal))
 
 
 # f -> f' as jet operations: each rule below is ``y' = f'(x) x'``, its value torch's own ``f(c_0)``
