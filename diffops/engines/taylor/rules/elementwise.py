@@ -310,8 +310,7 @@ def exp(func: Callable, x: Jet) -> Jet:
 
 @rule(torch.exp2, T.exp2, torch.special.exp2)
 def exp2(func: Callable, x: Jet) -> Jet:
-    y = exp(torch.exp, x * math.log(2))
-    return y.like([torch.exp2(x.primal), *y.coefficients[1:]], y.degree)  # torch's value, to the last bit
+    return valued(exp(torch.exp, x * math.log(2)), torch.exp2(x.primal))
 
 
 def _exp_series(x: Jet) -> tuple[list, list]:
@@ -401,13 +400,14 @@ def sinc(func: Callable, x: Jet) -> Jet:
     sinc's own Taylor polynomial ``sum_n (-1)^n (pi x)^(2n) / (2n + 1)!`` (torch's rules are wrong there)."""
     at_zero = x.primal == 0
     shifted = torch.where(at_zero, 1.0, x)  # no 0 / 0 in the branch that is not taken
-    quotient = torch.sin(shifted * math.pi) / (shifted * math.pi)
-    square, power, polynomial = (x * math.pi) * (x * math.pi), None, None
-    for n in range(x.order // 2 + 1):
-        power = None if n == 0 else square if power is None else power * square
-        term = (-1) ** n / math.factorial(2 * n + 1)
-        polynomial = term if power is None else polynomial + term * power
-    series = torch.where(at_zero, polynomial, quotient) if isinstance(polynomial, Jet) else quotient
+    series = torch.sin(shifted * math.pi) / (shifted * math.pi)
+    if x.order >= 2:  # below, the quotient's coefficients at 0 (1 and 0) are sinc's
+        square = (x * math.pi) * (x * math.pi)
+        polynomial, power = 1.0, None
+        for n in range(1, x.order // 2 + 1):
+            power = square if power is None else power * square
+            polynomial = polynomial + ((-1) ** n / math.factorial(2 * n + 1)) * power
+        series = torch.where(at_zero, polynomial, series)
     return valued(series, torch.sinc(x.primal))
 
 
