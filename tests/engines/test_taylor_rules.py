@@ -426,7 +426,7 @@ ACTIVATIONS = {
     # extrema, padding, masks and other linear maps
     "extrema": (lambda h: h * h.amax(-1, keepdim=True) + torch.amin(h, 1, True) + h.min(1).values[:, None], None),
     "pad": (lambda h: F.pad(h[:, 1:-1], (1, 1), value=0.5) + F.pad(h[:, None, 1:-1], (1, 1), "reflect")[:, 0], None),
-    "masked-fill": (lambda h: h.masked_fill(h < -1, 0.3), None),
+    "masked-fill": (lambda h: h.masked_fill(h < -1, 0.3) + torch.masked_fill(h, h > 1, -0.2), None),
     "triu-tril": (lambda h: torch.triu(h.reshape(-1, 2, 3)).flatten(1) + h.reshape(-1, 3, 2).tril().flatten(1), None),
     "repeat-interleave": (lambda h: h[:, :3].repeat_interleave(2, -1), None),
     "unfold": (lambda h: h.unfold(-1, 3, 3).flatten(1), None),

@@ -72,7 +72,7 @@ def where(func, *args: Any) -> Jet:
     return map_coefficients(torch.where, (condition, a, b), {}, batched=False, zero_constants=True)
 
 
-@rule(T.masked_fill)
+@rule(T.masked_fill, torch.masked_fill)
 def masked_fill(func, x: Jet, mask: torch.Tensor, value: Any) -> Jet:
     """``value`` where ``mask``, in ``c_0`` only: a filled element does not depend on the input."""
     if isinstance(value, Jet):
