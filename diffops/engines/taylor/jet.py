@@ -38,9 +38,9 @@ from ..base import EngineUnsupported, grad_turned_off
 RULES: dict[Callable, Callable] = {}
 
 # ``other OP self``: routed to the rule of ``OP`` with the operands swapped; and ``Tensor.__pow__``, to
-# ``torch.pow``.  Pairs matched by identity, not a dict: most of these are functools wrappers written in
-# Python, and dynamo (torch 2.13) gets ``wrapper in dict`` wrong while tracing, so ``jet - tensor`` and
-# ``tensor ** jet`` were refused under torch.compile.
+# ``torch.pow``.  Most of these are functools wrappers written in Python, and dynamo (torch 2.13) gets
+# ``wrapper in dict`` wrong while tracing (``jet ** 2``, ``jet - tensor`` and ``tensor ** jet`` were
+# refused under torch.compile), so compiled they are matched by identity (:func:`_routed`).
 REVERSED = (
     (torch.Tensor.__radd__, torch.add),
     (torch.Tensor.__rsub__, torch.sub),
@@ -263,14 +263,10 @@ def _reflected(func: Callable) -> Callable:
 
 
 for _name in (
-    "__add__ __sub__ __mul__ __truediv__ __matmul__ __neg__ __pos__ __abs__ "
+    "__add__ __sub__ __mul__ __truediv__ __pow__ __matmul__ __mod__ __neg__ __pos__ __abs__ "
     "__gt__ __lt__ __ge__ __le__ __eq__ __ne__ __bool__ __float__ __int__ __index__"
 ).split():
     setattr(Jet, _name, _method(getattr(torch.Tensor, _name)))
-# Tensor's ``__pow__`` and ``__mod__`` are Python wrappers, which dynamo unwraps to ``TensorBase.pow`` (no rule
-# holds that object: ``x ** 2`` was refused under torch.compile): routed to the torch functions instead
-for _name, _func in (("__pow__", torch.pow), ("__mod__", torch.remainder)):
-    setattr(Jet, _name, _method(_func))
 for _name, _func in (("__radd__", torch.add), ("__rsub__", torch.sub), ("__rmul__", torch.mul),
                      ("__rtruediv__", torch.div), ("__rpow__", torch.pow), ("__rmatmul__", torch.matmul),
                      ("__rmod__", torch.remainder)):  # fmt: skip

@@ -24,20 +24,12 @@ from .reductions import extremum
 T = torch.Tensor
 
 
-def _tensor(value: Any, like: Any) -> Any:
-    """A number as a 0-d tensor of ``like``'s dtype and device, so ``torch.where`` can take it as a branch."""
-    if isinstance(value, numbers.Number):
-        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return value
-
-
 @rule(torch.atan2, T.atan2, torch.arctan2, T.arctan2)
 def atan2(func: Any, y: Any, x: Any) -> Jet:
     """``atan2(y, x)``: above ``c_0`` the coefficients of ``atan(y / x)`` where ``|y_0| <= |x_0|`` and of
     ``-atan(x / y)`` elsewhere (the two differ by a constant), so the ratio never exceeds one."""
     y0, x0 = primal(y), primal(x)
     steep = y0.abs() > x0.abs()
-    y, x = _tensor(y, x), _tensor(x, y)
     ratio = torch.where(steep, -x, y) / torch.where(steep, y, x)
     return valued(torch.atan(ratio), torch.atan2(y0, x0))
 
@@ -48,33 +40,25 @@ def hypot(func: Any, a: Any, b: Any) -> Jet:
     return valued(torch.sqrt(a * a + b * b), torch.hypot(primal(a), primal(b)))
 
 
-def _select(a: Any, b: Any, first: torch.Tensor, second: torch.Tensor) -> Jet:
-    """``a`` where ``first``, ``b`` where ``second``, their mean elsewhere (ties and NaNs)."""
-    a, b = _tensor(a, b), _tensor(b, a)
-    return torch.where(first, a, torch.where(second, b, (a + b) * 0.5))
-
-
 @rule(torch.maximum, T.maximum, torch.max, T.max)
 def maximum(func: Any, a: Any, b: Any = None, *args: Any, **kwargs: Any) -> Any:
-    """``maximum(a, b)``; ``max`` of one tensor is a reduction (:func:`.reductions.extremum`)."""
-    if not _binary(b, args, kwargs):
-        return extremum(func, torch.amax, a, b, *args, **kwargs)
-    a0, b0 = primal(a), primal(b)
-    return valued(_select(a, b, a0 > b0, a0 < b0), torch.maximum(a0, b0))
+    return _extreme(func, torch.maximum, torch.amax, a, b, args, kwargs)
 
 
 @rule(torch.minimum, T.minimum, torch.min, T.min)
 def minimum(func: Any, a: Any, b: Any = None, *args: Any, **kwargs: Any) -> Any:
-    """``minimum(a, b)``; ``min`` of one tensor is a reduction (:func:`.reductions.extremum`)."""
-    if not _binary(b, args, kwargs):
-        return extremum(func, torch.amin, a, b, *args, **kwargs)
+    return _extreme(func, torch.minimum, torch.amin, a, b, args, kwargs)
+
+
+def _extreme(func: Any, pick: Any, reduce: Any, a: Any, b: Any, args: tuple, kwargs: dict) -> Any:
+    """``pick(a, b)`` (``torch.maximum``/``minimum``): ``a`` where it wins at ``c_0``, ``b`` where ``b`` does,
+    their mean elsewhere (ties and NaNs).  ``max``/``min`` of one tensor is a reduction
+    (:func:`.reductions.extremum`, with ``reduce``)."""
+    if not isinstance(b, (torch.Tensor, Jet)) or args or kwargs:
+        return extremum(func, reduce, a, b, *args, **kwargs)
     a0, b0 = primal(a), primal(b)
-    return valued(_select(a, b, a0 < b0, a0 > b0), torch.minimum(a0, b0))
-
-
-def _binary(second: Any, args: tuple, kwargs: dict) -> bool:
-    """Whether ``max(a, second, ...)`` is the elementwise maximum of two tensors (not a reduction over a dim)."""
-    return isinstance(second, (torch.Tensor, Jet)) and not args and not kwargs
+    a_wins, b_wins = (a0 > b0, a0 < b0) if pick is torch.maximum else (a0 < b0, a0 > b0)
+    return valued(torch.where(a_wins, a, torch.where(b_wins, b, (a + b) * 0.5)), pick(a0, b0))
 
 
 @rule(torch.logaddexp, T.logaddexp)
@@ -82,7 +66,6 @@ def logaddexp(func: Any, a: Any, b: Any) -> Jet:
     """``m + log1p(exp(s - m))`` with ``m`` the larger of ``a, b`` at ``c_0`` and ``s`` the smaller."""
     a0, b0 = primal(a), primal(b)
     first = a0 >= b0
-    a, b = _tensor(a, b), _tensor(b, a)
     larger, smaller = torch.where(first, a, b), torch.where(first, b, a)
     return valued(larger + torch.log1p(torch.exp(smaller - larger)), torch.logaddexp(a0, b0))
 

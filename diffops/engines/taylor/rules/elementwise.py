@@ -442,10 +442,13 @@ _ALIASES: dict[Callable, tuple[Callable, ...]] = {
 }
 
 
-@rule(*_DERIVATIVES, *(alias for aliases in _ALIASES.values() for alias in aliases))
+_CANONICAL = {name: f for f, aliases in _ALIASES.items() for name in (f, *aliases)}
+
+
+@rule(*_CANONICAL)
 def with_known_derivative(func: Callable, x: Jet) -> Jet:
     """``log``, ``atan``, ``asin``, ``erf`` and the others of ``_DERIVATIVES``, from their derivatives."""
-    f = next(f for f in _DERIVATIVES if f is func or func in _ALIASES[f])
+    f = _CANONICAL[func]
     return elementwise(x, series=_with_derivative(f, _DERIVATIVES[f]))
 
 

@@ -137,7 +137,7 @@ def _linear_rows(c: torch.Tensor, weight: torch.Tensor, batch_axis: int) -> torc
 
 @rule(torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm, T.bmm)
 def matmul(func: Callable, a: Any, b: Any) -> Jet:
-    if func is T.matmul and torch.compiler.is_compiling() and not isinstance(a, Jet):
+    if func is T.matmul and not isinstance(a, Jet) and torch.compiler.is_compiling():
         a, b = _written_order(a, b)
     return product(func, a, b)
 
