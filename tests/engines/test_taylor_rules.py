@@ -629,6 +629,9 @@ REFUSED = {
         "attention",
     ),
     "inplace": (lambda h: F.elu(2.0 * h, inplace=True), "elu"),  # in place on an intermediate, as layers do
+    "modulo-by-the-input": (lambda h: h % (h * h + 1), "__mod__ with a divisor that depends on the input"),
+    "fill-by-the-input": (lambda h: h.masked_fill(h > 0, h.sum()), "masked_fill.*fill value that depends"),
+    "cdist-p3": (lambda h: torch.cdist(h, torch.ones(3, h.shape[-1], dtype=h.dtype), p=3.0), "cdist.*ord=3"),
 }
 
 
