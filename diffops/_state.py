@@ -1,10 +1,12 @@
-"""The buffers a network updates as it runs, kept across the evaluations that must leave no trace.
+"""The state a network changes as it runs, kept across the evaluations that must leave no trace.
 
 A module in training mode may update its buffers on every forward pass (a batch
 norm's running statistics and its count of batches).  One operator call must
 update them as one forward pass of ``u`` does: an engine that fails part way, the
-plain evaluation that then checks whether the error is ``u``'s own, and the probe
-for the output size each run ``u`` too, and their updates are undone.
+plain evaluation that then checks whether the error is ``u``'s own, and the probes
+for the output size and for coupled samples each run ``u`` too, and their updates
+are undone.  The probes (and auto's timing) also put back the random number
+generator, which dropout draws from.
 """
 
 from __future__ import annotations
@@ -48,3 +50,13 @@ def buffers_kept(u: object) -> Iterator[None]:
         yield
     finally:
         snapshot.restore()
+
+
+@contextlib.contextmanager
+def preserved_rng(device: torch.device) -> Iterator[None]:
+    """Restore the random number generator of ``device`` afterwards (a probe must not shift a seeded run)."""
+    if torch.compiler.is_compiling():  # compiled code draws its own random numbers
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield

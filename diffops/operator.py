@@ -16,7 +16,6 @@ on to the next engine.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -29,9 +28,10 @@ from torch._C._functorch import peek_interpreter_stack
 
 from . import _timing
 from ._coords import check_coords, check_range, derivative_spec
+from ._coupling import coupled_row, coupling_message
 from ._empty import EMPTY_BATCH
 from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
-from ._state import Snapshot, buffers_kept, updating_buffers
+from ._state import Snapshot, buffers_kept, preserved_rng, updating_buffers
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
 from .engines.base import Combination
 from .engines.choice import too_close
@@ -207,7 +207,7 @@ class DifferentialOperator(nn.Module):
         if len(close) < 2 or not _timing.may_time(self.u):
             return engines
         parameters = [p for p in self.u.parameters() if p.requires_grad] if isinstance(self.u, nn.Module) else []
-        with _preserved_rng(rows.x.device):
+        with preserved_rng(rows.x.device):
             run = lambda name: self._run_chunks(rows, ENGINES[name], work)  # noqa: E731
             timed = _timing.fastest_first(close, run, parameters)
         return (*timed, *(name for name in engines if name not in timed))
@@ -225,7 +225,7 @@ class DifferentialOperator(nn.Module):
             return 1
         x = rows.x[:1]
         try:
-            with torch.no_grad(), _preserved_rng(x.device), buffers_kept(self.u):
+            with torch.no_grad(), preserved_rng(x.device), buffers_kept(self.u):
                 out = rows.function(self.u, slice(0, 1))(x)
         except Exception:  # u's own errors are raised, with their context, by the call that follows
             return 1
@@ -288,6 +288,8 @@ class DifferentialOperator(nn.Module):
             engine = ENGINES[engine_name]
             try:
                 merged = self._run_chunks(rows, engine, work)
+                if (coupled := self._coupled(rows, engine_name)) is not None:
+                    raise coupled
             except DEVICE_ERRORS:  # the device is out of memory or broken: no other engine can help
                 raise
             except Exception as error:
@@ -296,6 +298,8 @@ class DifferentialOperator(nn.Module):
                         rows.evaluate_plainly(self.u, self.chunk_size)
                 if before is not None:  # the failed engine's forward pass must not count as the call's
                     before.restore()
+                if not isinstance(error, EngineUnsupported):  # a coupling can make an engine fail where it cannot run
+                    error = self._coupled(rows, engine_name) or error
                 if not isinstance(error, (EngineUnsupported, RuntimeError, NotImplementedError)):
                     raise
                 failures.append((engine_name, error))
@@ -311,6 +315,16 @@ class DifferentialOperator(nn.Module):
                     )
             return self._finish(rows, merged)
         raise RuntimeError(f"{type(self).__name__}: no engine left to try")  # pragma: no cover
+
+    def _coupled(self, rows: Rows, engine_name: str) -> EngineUnsupported | None:
+        """The refusal of a per-sample engine where ``u`` couples the rows (:mod:`diffops._coupling`), else None.
+
+        Asked after the engine ran, so that its own refusal (``BatchNorm`` in training
+        mode, which says what to change) comes first.
+        """
+        if not ENGINES[engine_name].per_sample or (row := coupled_row(rows, self.u)) is None:
+            return None
+        return EngineUnsupported(coupling_message(engine_name, row))
 
     def _run_chunks(self, rows: Rows, engine: Any, work: Callable) -> dict:
         """``work`` on each block of at most ``chunk_size`` rows, concatenated: ``{key: (N, ...)}``."""
@@ -437,16 +451,6 @@ def _frozen(spec: Any) -> Any:
     if isinstance(spec, Mapping):
         return tuple((key, _frozen(value)) for key, value in spec.items())
     return spec
-
-
-@contextlib.contextmanager
-def _preserved_rng(device: torch.device) -> Iterator[None]:
-    """Restore the random number generator of ``device`` afterwards (a probe must not shift a seeded run)."""
-    if torch.compiler.is_compiling():  # compiled code draws its own random numbers
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        yield
 
 
 def ranked_alike(request: Request, d: int) -> bool:

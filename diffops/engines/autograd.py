@@ -52,6 +52,7 @@ class AutogradEngine:
     """``method="autograd"``."""
 
     name = "autograd"
+    per_sample = False
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if request.combinations:  # summed from their partials

@@ -162,6 +162,9 @@ class Engine(Protocol):
     """A way of computing derivatives; see the module docstring for the contract."""
 
     name: str
+    # whether it reads each row's output as a function of that row's input alone; such an
+    # engine is not run on a network that couples the rows (see diffops._coupling)
+    per_sample: bool
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         """``x``: ``(N, d)``. Returns the dict described in the module docstring."""

@@ -83,6 +83,7 @@ class FuncEngine:
     """``method="func"``."""
 
     name = "func"
+    per_sample = True
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if request.combinations:  # summed from their partials

@@ -216,6 +216,7 @@ class TaylorEngine:
     """``method="taylor"``."""
 
     name = "taylor"
+    per_sample = True
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if request.along:

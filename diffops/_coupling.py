@@ -1,0 +1,98 @@
+"""Whether ``u`` couples the samples of its batch, found once per network by two backward passes.
+
+The engines see ``fn: (N, d) -> (N, *out)`` and take its rows to be independent
+samples (:mod:`.engines.base`).  A network whose output at one row depends on
+the input at another breaks that: a mean, maximum or normalisation over the
+batch dimension, ``BatchNorm`` in training mode, a roll along the batch.  Such
+a network has no derivative per sample, and the engines disagree on it:
+
+* nested autograd differentiates the summed output, ``d/dx_i sum_j u_j``, as
+  ``torch.autograd.grad(u(x).sum(), x)`` does; that is the reference's
+  convention, and the one users of nested autograd already get;
+* Taylor mode moves every row along its direction at once, ``sum_j du_i/dx_j``;
+* torch.func differentiates ``u`` on each row alone, a batch of one.
+
+So the engines that read rows apart (``Engine.per_sample``) refuse such a
+network and ``auto`` moves on to nested autograd, as for ``BatchNorm`` in
+training mode.  The probe: with random output weights on the even rows only,
+the gradient of the weighted output with respect to the input is exactly zero
+on the odd rows of a network that keeps its rows apart (each odd row's
+output is multiplied by an exact zero), and nonzero where an even row's output
+reads an odd row's input; then the same with the roles swapped.  Random weights
+keep a coupling from cancelling in the sum (a normalised output sums to zero).
+Non-finite entries are not counted: ``0 * inf`` in a row that keeps to itself
+is NaN, not a coupling.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch._C._functorch import peek_interpreter_stack
+
+from ._inputs import DEVICE_ERRORS, Rows
+from ._state import buffers_kept, preserved_rng
+
+PROBE_ROWS = 64  # a coupling over the batch shows on its first rows; more only costs time
+
+# per network, per ``argnums``: the coupled input row found, or None; kept as long as the network lives
+_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def coupled_row(rows: Rows, u: object) -> int | None:
+    """An input row of ``rows.x`` whose value moves the output of another row of ``u``; None if there is none.
+
+    Probed once per network (and ``argnums``) on its first ``PROBE_ROWS`` rows;
+    None too where it cannot be decided here (one row, under torch.compile or a
+    torch.func transform, an error of ``u``'s own, which the engine call raises).
+    """
+    if rows.num_rows < 2 or torch.compiler.is_compiling() or peek_interpreter_stack() is not None:
+        return None
+    try:
+        known = _FOUND.setdefault(u, {})
+    except TypeError:  # not weakly referable: probed on every call
+        known = {}
+    if rows.argnums not in known:
+        found = _probe(rows, u)
+        if found is False:
+            return None
+        known[rows.argnums] = found
+    return known[rows.argnums]
+
+
+def _probe(rows: Rows, u: object) -> int | None | bool:
+    """The coupled row, None for rows kept apart, False where ``u`` raised (undecided)."""
+    n = min(rows.num_rows, PROBE_ROWS)
+    x = rows.x[:n].detach().requires_grad_(True)
+    try:
+        with torch.enable_grad(), preserved_rng(x.device), buffers_kept(u):
+            out = rows.function(u, slice(0, n))(x)
+            if not (out.requires_grad and out.is_floating_point()):
+                return None  # no path from the input to the output: nothing to couple
+            flat = out.reshape(n, -1)
+            even = (torch.arange(n, device=x.device) % 2 == 0)[:, None]
+            generator = torch.Generator(device=x.device).manual_seed(0)
+            weights = torch.randn(flat.shape, generator=generator, dtype=flat.dtype, device=flat.device)
+            for weighted, other in ((even, ~even), (~even, even)):
+                (grad,) = torch.autograd.grad(flat, x, weights * weighted, retain_graph=True, allow_unused=True)
+                if grad is None:
+                    return None
+                moved = ((grad != 0) & grad.isfinite() & other).any(1).nonzero()
+                if len(moved):
+                    return int(moved[0])
+    except DEVICE_ERRORS:
+        raise
+    except Exception:
+        return False
+    return None
+
+
+def coupling_message(engine: str, row: int) -> str:
+    """Why ``engine`` refuses a network whose input row ``row`` moves other rows' outputs."""
+    return (
+        f"u couples the samples of its batch (the input of row {row} moves the output of another row: a mean, "
+        f"maximum or normalisation over the batch dimension does this), so it has no derivative per sample; "
+        f"method={engine!r} differentiates each sample alone, where nested autograd (method='autograd') differentiates "
+        "the summed output as torch.autograd.grad(u(x).sum(), x) does"
+    )
