@@ -1,16 +1,27 @@
-"""A workaround for an inductor defect that breaks compiled forward-mode derivatives.
+"""Workarounds for two torch.compile defects that break compiled derivatives.
 
-Forward-mode rules stand in ``aten::_efficientzerotensor`` for the tangent of a
-tensor that has none (a layer's weight under ``jvp``).  Inductor runs that op
-as an eager fallback, gets a ``ZeroTensor`` back and may later reuse its
-buffer as the ``out=`` of a matrix product, which raises ``ZeroTensors are
-immutable`` in the backward pass of a compiled training step.  Decomposing the
-op into ``torch.zeros`` gives inductor an ordinary buffer with the same values.
+* Forward-mode rules stand in ``aten::_efficientzerotensor`` for the tangent of a
+  tensor that has none (a layer's weight under ``jvp``).  Inductor runs that op
+  as an eager fallback, gets a ``ZeroTensor`` back and may later reuse its
+  buffer as the ``out=`` of a matrix product, which raises ``ZeroTensors are
+  immutable`` in the backward pass of a compiled training step.  Decomposing
+  the op into ``torch.zeros`` gives inductor an ordinary buffer with the same
+  values (:func:`materialise_zero_tensors`, for the ``func`` engine).
+* ``F.tanh``, ``F.sigmoid``, ``F.hardswish`` and ``F.hardsigmoid`` are missing
+  from PyTorch's overridable functions, so dynamo puts them in the graph as they
+  are instead of handing them to an argument's ``__torch_function__``: on a jet
+  (the Taylor engine's input) compiling failed with "Failed to convert
+  args/kwargs to proxy", under ``auto`` too, since dynamo stopped before any
+  engine could refuse.  Eagerly they reach the jet (``F.tanh`` as the
+  ``Tensor.tanh`` it calls, the hard ones through their own torch-function
+  check); :func:`dispatch_functionals` adds them to dynamo's set, which changes
+  nothing for a plain tensor (it has no ``__torch_function__`` of its own).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _zeros(size, *, dtype=None, layout=None, device=None, pin_memory=None) -> torch.Tensor:
@@ -36,3 +47,27 @@ def materialise_zero_tensors() -> bool:
 
 # what torch.compiler.assume_constant_result sets, without importing dynamo when nothing compiles
 materialise_zero_tensors._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+# functions of torch.nn.functional that dynamo does not dispatch to __torch_function__ (torch 2.13)
+UNDISPATCHED = (F.tanh, F.sigmoid, F.hardswish, F.hardsigmoid)
+
+
+def dispatch_functionals() -> bool:
+    """Have dynamo hand :data:`UNDISPATCHED` to ``__torch_function__`` (idempotent); ``True`` once it does.
+
+    Called while ``torch.compile`` traces the Taylor engine, before the network
+    runs on jets; marked below as a constant result, so dynamo runs it at trace time.
+    """
+    try:
+        from torch._dynamo.variables.torch import get_overridable_functions
+    except ImportError:  # pragma: no cover - a build without dynamo compiles nothing
+        return False
+    functions = get_overridable_functions()  # dynamo's own set, cached: updating it is what dynamo reads
+    if not isinstance(functions, set):  # pragma: no cover - a later torch that keeps it otherwise
+        return False
+    functions.update(UNDISPATCHED)
+    return True
+
+
+dispatch_functionals._dynamo_marked_constant = True  # type: ignore[attr-defined]

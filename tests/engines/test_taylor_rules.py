@@ -706,3 +706,30 @@ def test_torch_compile_traces_the_new_rules_in_one_graph(net):
     assert_close(compiled, eager)
     for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, eager)):
         assert_close(a, e)
+
+
+class Functional(nn.Module):
+    """The four activations dynamo put in the graph without asking the jet: ``F.tanh``, ``F.sigmoid``, hard ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(D, 6), nn.Linear(6, 6), nn.Linear(6, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.tanh(self.a(x))
+        return self.c(F.hardswish(self.b(h)) + F.sigmoid(self.b(F.hardsigmoid(2 * h))))
+
+
+@pytest.mark.parametrize("method", ["taylor", "auto"])
+def test_torch_compile_dispatches_the_functional_activations_to_jets(method):
+    """Before, compiling failed here ("Failed to convert args/kwargs to proxy"), under auto too."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    u, x = Functional(), 3 * torch.randn(6, D, dtype=torch.float64)  # both sides of the hard kinks
+    op = do.Derivative(u, wrt=(0, 0, 1), method=method)
+    compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)
+    expected = ref.partial(u, x, (0, 0, 1))
+    assert_close(compiled, expected)
+    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)

@@ -21,6 +21,7 @@ import math
 import torch
 
 from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along, entered
+from ..compiling import dispatch_functionals
 from . import rules  # noqa: F401 - register the jet rules
 from .folding import Collapse, FoldedPlan, collapse, fold, input_stack
 from .interpolation import Direction, Interpolation
@@ -94,6 +95,8 @@ def propagate_truncated(fn: BatchedFn, x: torch.Tensor, folded: FoldedPlan) -> l
 
 def _run(fn: BatchedFn, jet: Jet):
     """``fn(jet)``; a network that treats its input as more than a tensor is unsupported."""
+    if torch.compiler.is_compiling():
+        dispatch_functionals()  # F.tanh and three more reach the jet's rules, as they do eagerly
     try:
         return entered(fn)(jet)
     except (TypeError, AttributeError) as error:
