@@ -1,4 +1,4 @@
-"""Workarounds for two torch.compile defects that break compiled derivatives.
+"""Workarounds for three torch.compile defects that break compiled derivatives.
 
 * Forward-mode rules stand in ``aten::_efficientzerotensor`` for the tangent of a
   tensor that has none (a layer's weight under ``jvp``).  Inductor runs that op
@@ -16,9 +16,18 @@
   ``Tensor.tanh`` it calls, the hard ones through their own torch-function
   check); :func:`dispatch_functionals` adds them to dynamo's set, which changes
   nothing for a plain tensor (it has no ``__torch_function__`` of its own).
+* Dynamo traces ``a @ b`` between two objects that are not tensors only where
+  its table of binary operators has an entry, and ``matmul`` has none (it has
+  ``+``, ``*`` and the rest): a product of two jets (a hand-written attention,
+  ``q @ k.mT``) failed with "Failed to trace builtin operator `matmul`".
+  :func:`trace_object_matmul` adds the entry the others have, calling
+  ``__matmul__`` (or the right operand's ``__rmatmul__``); tensors take
+  dynamo's own path before that table is read.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -71,3 +80,35 @@ def dispatch_functionals() -> bool:
 
 
 dispatch_functionals._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _object_matmul(tx, a, b):
+    """Dynamo's handler of ``a @ b`` where one operand is a user-defined object, as it has for ``a + b``."""
+    from torch._dynamo.variables.user_defined import UserDefinedVariable
+
+    if isinstance(a, UserDefinedVariable):
+        return a.call_method(tx, "__matmul__", [b], {})
+    return b.call_method(tx, "__rmatmul__", [a], {})
+
+
+def trace_object_matmul() -> bool:
+    """Have dynamo trace ``@`` between user-defined objects (idempotent); ``True`` once it does.
+
+    Called, like :func:`dispatch_functionals`, while torch.compile traces the Taylor engine.
+    """
+    try:
+        from torch._dynamo.variables.base import VariableTracker
+        from torch._dynamo.variables.builtin import BuiltinVariable
+        from torch._dynamo.variables.user_defined import UserDefinedVariable
+
+        handlers = BuiltinVariable._binop_handlers()  # dynamo's own table, cached: what it reads
+    except (ImportError, AttributeError):  # pragma: no cover - a torch that keeps it otherwise
+        return False
+    entries = handlers.setdefault(operator.matmul, [])
+    if all(handler is not _object_matmul for _, handler in entries):
+        entries.append(((UserDefinedVariable, VariableTracker), _object_matmul))
+        entries.append(((VariableTracker, UserDefinedVariable), _object_matmul))
+    return True
+
+
+trace_object_matmul._dynamo_marked_constant = True  # type: ignore[attr-defined]

@@ -733,3 +733,31 @@ def test_torch_compile_dispatches_the_functional_activations_to_jets(method):
     assert_close(compiled, expected)
     for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
         assert_close(a, e)
+
+
+class HandAttention(nn.Module):
+    """Self-attention written with ``@`` between two input-dependent tensors, over 3 tokens of 4 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(D, 12), nn.Linear(12, 1)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x)).unflatten(-1, (3, 4))
+        weights = torch.softmax(h @ h.mT / 2, dim=-1)
+        return self.c((weights @ h).flatten(-2))
+
+
+@pytest.mark.parametrize("method", ["taylor", "auto"])
+def test_torch_compile_traces_a_product_of_two_jets(method):
+    """Before, dynamo failed on ``jet @ jet`` ("Failed to trace builtin operator `matmul`"), under auto too."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    u, x = HandAttention(), torch.randn(5, D, dtype=torch.float64)
+    op = do.Laplacian(u, method=method)
+    compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)
+    expected = ref.laplacian(u, x)
+    assert_close(compiled, expected)
+    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along, entered
-from ..compiling import dispatch_functionals
+from ..compiling import dispatch_functionals, trace_object_matmul
 from . import rules  # noqa: F401 - register the jet rules
 from .folding import Collapse, FoldedPlan, collapse, fold, input_stack
 from .interpolation import Direction, Interpolation
@@ -97,6 +97,7 @@ def _run(fn: BatchedFn, jet: Jet):
     """``fn(jet)``; a network that treats its input as more than a tensor is unsupported."""
     if torch.compiler.is_compiling():
         dispatch_functionals()  # F.tanh and three more reach the jet's rules, as they do eagerly
+        trace_object_matmul()  # and jet @ jet
     try:
         return entered(fn)(jet)
     except (TypeError, AttributeError) as error:
