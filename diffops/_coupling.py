@@ -29,9 +29,8 @@ from __future__ import annotations
 import weakref
 
 import torch
-from torch._C._functorch import peek_interpreter_stack
 
-from ._inputs import DEVICE_ERRORS, Rows
+from ._inputs import DEVICE_ERRORS, Rows, flatten_inputs
 from ._state import buffers_kept, preserved_rng
 
 PROBE_ROWS = 64  # a coupling over the batch shows on its first rows; more only costs time
@@ -43,12 +42,22 @@ _FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def coupled_row(rows: Rows, u: object) -> int | None:
     """An input row of ``rows.x`` whose value moves the output of another row of ``u``; None if there is none.
 
-    Probed once per network (and ``argnums``) on its first ``PROBE_ROWS`` rows;
-    None too where it cannot be decided here (one row, under torch.compile or a
-    torch.func transform, an error of ``u``'s own, which the engine call raises).
+    Probed once per network (and ``argnums``) on its first ``PROBE_ROWS`` rows
+    (under torch.compile, on points of its own: :func:`_probed_alone`); None too
+    where it cannot be decided here (one row, a torch.func transform, a compiled
+    ``u`` of several inputs, an error of ``u``'s own, which the engine call raises).
     """
-    if rows.num_rows < 2 or torch.compiler.is_compiling() or peek_interpreter_stack() is not None:
+    # not peek_interpreter_stack(), which dynamo does not trace as None
+    if rows.num_rows < 2 or torch._C._are_functorch_transforms_active():
         return None
+    if torch.compiler.is_compiling():  # the inputs are not at hand: probe on points of its own
+        single = len(rows.args) == 1
+        return _probed_alone(u, rows.num_coordinates, rows.x.dtype, rows.x.device) if single else None
+    return _known(u, rows)
+
+
+def _known(u: object, rows: Rows) -> int | None:
+    """:func:`coupled_row` from the cache, probing ``rows`` if ``u`` was not probed yet."""
     try:
         known = _FOUND.setdefault(u, {})
     except TypeError:  # not weakly referable: probed on every call
@@ -59,6 +68,21 @@ def coupled_row(rows: Rows, u: object) -> int | None:
             return None
         known[rows.argnums] = found
     return known[rows.argnums]
+
+
+def _probed_alone(u: object, d: int, dtype: torch.dtype, device: torch.device) -> int | None:
+    """:func:`coupled_row` of a ``u`` of one input, on ``PROBE_ROWS`` points of its own in ``[0, 1)^d``.
+
+    Marked below as a constant result: torch.compile runs it at trace time, where
+    the call's inputs have no values, so a step compiled before any eager call is
+    checked too.  Whether ``u`` keeps its rows apart does not depend on the points.
+    """
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(PROBE_ROWS, d, generator=generator, dtype=dtype, device=device)
+    return _known(u, flatten_inputs("probe", (x,), (0,)))
+
+
+_probed_alone._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _probe(rows: Rows, u: object) -> int | None | bool:

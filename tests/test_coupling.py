@@ -152,3 +152,23 @@ def test_an_error_of_u_is_undecided_and_raised_by_the_call():
     assert _coupling._probe(rows, broken) is False
     with pytest.raises(ValueError, match="u itself raised ValueError.*bad network"):
         do.Laplacian(broken)(points())
+
+
+@pytest.mark.parametrize("method", ["taylor", "auto"])
+def test_a_compiled_call_is_checked_before_any_eager_one(method):
+    """Compiled first, the probe runs at trace time on points of its own: refused, not Taylor mode's number.
+
+    (auto has no engine left there: nested autograd's double backward does not compile.)
+    """
+    torch._dynamo.reset()
+    op = do.Laplacian(Mixing(COUPLED["centred over the batch"]), method=method)
+    with pytest.raises(EngineUnsupported, match="u couples the samples of its batch"):
+        torch.compile(lambda x: op(x), backend="aot_eager")(points())
+
+
+def test_a_compiled_row_wise_network_runs_on_the_taylor_engine():
+    torch._dynamo.reset()
+    u, x = Mixing(ROW_WISE["normalised over the features"]), points()
+    op = do.Laplacian(u, method="taylor")
+    compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(compiled, ref.laplacian(u, x), rtol=1e-10, atol=1e-12)
