@@ -280,6 +280,7 @@ class DifferentialOperator(nn.Module):
         ``NotImplementedError`` are the engine's failures; the rest (a bad
         request, say) are raised as they are.
         """
+        self._check_chunks(rows)
         tried = [n for n in engine_names if n not in self._failed_engines] or list(engine_names[-1:])
         failures: list[tuple[str, Exception]] = []
         buffers = updating_buffers(self.u)
@@ -315,6 +316,17 @@ class DifferentialOperator(nn.Module):
                     )
             return self._finish(rows, merged)
         raise RuntimeError(f"{type(self).__name__}: no engine left to try")  # pragma: no cover
+
+    def _check_chunks(self, rows: Rows) -> None:
+        """Raise if ``chunk_size`` splits a batch whose rows ``u`` couples: any number would depend on the split."""
+        if self.chunk_size is None or self.chunk_size >= rows.num_rows or (row := coupled_row(rows, self.u)) is None:
+            return
+        raise ValueError(
+            f"{type(self).__name__}: chunk_size={self.chunk_size} splits the batch of {rows.num_rows} samples, but u "
+            f"couples the samples of its batch (the input of row {row} moves the output of another row), so its "
+            "value and derivatives would depend on the split; call it without chunk_size, or compute the batch "
+            "statistics outside u"
+        )
 
     def _coupled(self, rows: Rows, engine_name: str) -> EngineUnsupported | None:
         """The refusal of a per-sample engine where ``u`` couples the rows (:mod:`diffops._coupling`), else None.

@@ -172,3 +172,13 @@ def test_a_compiled_row_wise_network_runs_on_the_taylor_engine():
     op = do.Laplacian(u, method="taylor")
     compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)
     torch.testing.assert_close(compiled, ref.laplacian(u, x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["autograd", "auto"])
+def test_chunks_of_a_coupled_batch_are_refused(method):
+    """Each chunk would be normalised by its own statistics: the number would depend on the split."""
+    u = Mixing(COUPLED["centred over the batch"])
+    with pytest.raises(ValueError, match=r"Laplacian: chunk_size=3 splits the batch of 7 samples, but u couples"):
+        do.Laplacian(u, method=method, chunk_size=3)(points())
+    whole = do.Laplacian(u, method="autograd", chunk_size=7)(points())  # one chunk: the batch as it is
+    torch.testing.assert_close(whole, ref.laplacian(u, points()), rtol=1e-10, atol=1e-12)
