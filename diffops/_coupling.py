@@ -31,7 +31,7 @@ import weakref
 import torch
 
 from ._inputs import DEVICE_ERRORS, Rows, flatten_inputs
-from ._state import buffers_kept, preserved_rng
+from ._state import UNDECIDED, buffers_kept, preserved_rng, remembered
 
 PROBE_ROWS = 64  # a coupling over the batch shows on its first rows; more only costs time
 
@@ -58,16 +58,7 @@ def coupled_row(rows: Rows, u: object) -> int | None:
 
 def _known(u: object, rows: Rows) -> int | None:
     """:func:`coupled_row` from the cache, probing ``rows`` if ``u`` was not probed yet."""
-    try:
-        known = _FOUND.setdefault(u, {})
-    except TypeError:  # not weakly referable: probed on every call
-        known = {}
-    if rows.argnums not in known:
-        found = _probe(rows, u)
-        if found is False:
-            return None
-        known[rows.argnums] = found
-    return known[rows.argnums]
+    return remembered(_FOUND, u, rows.argnums, lambda: _probe(rows, u))
 
 
 def _probed_alone(u: object, d: int, dtype: torch.dtype, device: torch.device) -> int | None:
@@ -85,8 +76,8 @@ def _probed_alone(u: object, d: int, dtype: torch.dtype, device: torch.device) -
 _probed_alone._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
-def _probe(rows: Rows, u: object) -> int | None | bool:
-    """The coupled row, None for rows kept apart, False where ``u`` raised (undecided)."""
+def _probe(rows: Rows, u: object) -> int | None | object:
+    """The coupled row, None for rows kept apart, :data:`UNDECIDED` where ``u`` raised."""
     n = min(rows.num_rows, PROBE_ROWS)
     x = rows.x[:n].detach().requires_grad_(True)
     try:
@@ -108,7 +99,7 @@ def _probe(rows: Rows, u: object) -> int | None | bool:
     except DEVICE_ERRORS:
         raise
     except Exception:
-        return False
+        return UNDECIDED
     return None
 
 

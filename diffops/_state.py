@@ -12,7 +12,9 @@ generator, which dropout draws from.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,3 +62,23 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
         return
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         yield
+
+
+UNDECIDED = object()  # what a probe returns where it could not tell (an error of u's own): not remembered
+
+
+def remembered(memo: weakref.WeakKeyDictionary, u: object, key: Hashable, probe: Callable[[], Any]) -> Any:
+    """``probe()``, run once per network ``u`` and ``key`` while ``u`` lives; None where it returns :data:`UNDECIDED`.
+
+    A ``u`` that cannot be weakly referred to is probed on every call.
+    """
+    try:
+        known = memo.setdefault(u, {})
+    except TypeError:
+        known = {}
+    if key not in known:
+        found = probe()
+        if found is UNDECIDED:
+            return None
+        known[key] = found
+    return known[key]

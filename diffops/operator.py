@@ -16,6 +16,7 @@ on to the next engine.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +31,7 @@ from . import _timing
 from ._coords import check_coords, check_range, derivative_spec
 from ._coupling import coupled_row, coupling_message
 from ._empty import EMPTY_BATCH
+from ._grad_off import runs_without_grad
 from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
 from ._state import Snapshot, buffers_kept, preserved_rng, updating_buffers
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
@@ -281,6 +283,8 @@ class DifferentialOperator(nn.Module):
         request, say) are raised as they are.
         """
         self._check_chunks(rows)
+        # without gradients, a grad-off part of u is seen only with them on (diffops._grad_off)
+        grad_on = not torch.is_grad_enabled() and runs_without_grad(rows, self.u)
         tried = [n for n in engine_names if n not in self._failed_engines] or list(engine_names[-1:])
         failures: list[tuple[str, Exception]] = []
         buffers = updating_buffers(self.u)
@@ -288,7 +292,8 @@ class DifferentialOperator(nn.Module):
         for position, engine_name in enumerate(tried):
             engine = ENGINES[engine_name]
             try:
-                merged = self._run_chunks(rows, engine, work)
+                with torch.enable_grad() if grad_on else contextlib.nullcontext():
+                    merged = self._run_chunks(rows, engine, work)
                 if (coupled := self._coupled(rows, engine_name)) is not None:
                     raise coupled
             except DEVICE_ERRORS:  # the device is out of memory or broken: no other engine can help

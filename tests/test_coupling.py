@@ -12,6 +12,7 @@ from torch import nn
 import diffops as do
 from diffops import _coupling
 from diffops._inputs import flatten_inputs
+from diffops._state import UNDECIDED
 from diffops.engines import EngineUnsupported
 
 from . import reference as ref
@@ -149,7 +150,7 @@ def test_an_error_of_u_is_undecided_and_raised_by_the_call():
         raise ValueError("bad network")
 
     rows = flatten_inputs("test", (points(),), (0,))
-    assert _coupling._probe(rows, broken) is False
+    assert _coupling._probe(rows, broken) is UNDECIDED
     with pytest.raises(ValueError, match="u itself raised ValueError.*bad network"):
         do.Laplacian(broken)(points())
 

@@ -246,6 +246,8 @@ def grad_turned_off() -> bool:
     Autograd, the reference, takes what a ``torch.no_grad()`` section computes
     as a constant and differentiates a custom ``Function`` by its own backward;
     forward propagation would differentiate both through.  (Entered without
-    gradients, as for validation, neither can be told from the rest.)
+    gradients, as for validation, neither can be told from the rest; the
+    operator then enters with them on a network that has such a part:
+    :mod:`diffops._grad_off`.)
     """
     return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and getattr(_entered, "grad", False)
