@@ -158,8 +158,8 @@ def test_func_refuses_a_no_grad_section_on_the_input():
     for operator in (do.Derivative(u, wrt=0, method="func"), do.Laplacian(u, method="func")):
         with pytest.raises(EngineUnsupported, match=r"torch\.tanh with gradients turned off.*no_grad"):
             operator(x)
-    with torch.no_grad():  # entered without gradients (validation): the section cannot be told apart
-        assert not do.Laplacian(u, method="func")(x).requires_grad
+    with torch.no_grad(), pytest.raises(EngineUnsupported, match="with gradients turned off"):
+        do.Laplacian(u, method="func")(x)  # without gradients (validation) too: the operator enters with them
 
 
 def test_auto_moves_past_a_no_grad_section(func_then_autograd):
