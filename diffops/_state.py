@@ -4,9 +4,11 @@ A module in training mode may update its buffers on every forward pass (a batch
 norm's running statistics and its count of batches).  One operator call must
 update them as one forward pass of ``u`` does: an engine that fails part way, the
 plain evaluation that then checks whether the error is ``u``'s own, and the probes
-for the output size and for coupled samples each run ``u`` too, and their updates
-are undone.  The probes (and auto's timing) also put back the random number
-generator, which dropout draws from.
+(the output size; coupled samples, :mod:`._coupling`; grad-off parts,
+:mod:`._grad_off`) each run ``u`` too, and their updates are undone.  The probes
+(and auto's timing) also put back the random number generator, which dropout
+draws from, and what they learn about a network is remembered while it lives
+(:func:`remembered`).
 """
 
 from __future__ import annotations
