@@ -9,7 +9,8 @@ values form the Jacobian ``J: (samples * outputs, P)`` of a residual, the
 building block of Gauss-Newton (``J^T J``), natural-gradient and neural tangent
 kernel (``J J^T``) methods.
 
-Samples are independent, so the per-sample function ``x_n -> op(x_n)`` is
+Samples are independent (a network that couples them is refused,
+:mod:`._coupling`), so the per-sample function ``x_n -> op(x_n)`` is
 differentiated in reverse mode with ``torch.func.jacrev`` and batched over the
 samples with ``vmap``: one vector-Jacobian product per output element of one
 sample, instead of a Python loop of ``torch.autograd.grad`` calls.  The
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from ._coupling import coupled_row
 from ._inputs import flatten_inputs
 from .operator import DifferentialOperator
 
@@ -46,6 +48,19 @@ def _parameter_paths(op: DifferentialOperator, names: dict[int, str]) -> dict[st
             if id(p) in names:
                 paths[f"{prefix}.{attribute}" if prefix else attribute] = names[id(p)]
     return paths
+
+
+def _check_samples_apart(op: DifferentialOperator, inputs: tuple) -> None:
+    """Raise if a network of ``op`` couples the samples of its batch: a batch of one would change its value."""
+    for leaf in op.modules():
+        if isinstance(leaf, DifferentialOperator) and getattr(leaf, "u", None) is not None:
+            row = coupled_row(flatten_inputs(NAME, inputs, leaf.argnums), leaf.u)
+            if row is not None:
+                raise ValueError(
+                    f"{NAME}: the network of {leaf} couples the samples of its batch (the input of row {row} moves "
+                    "the output of another row), so its derivatives on one sample alone, which this function "
+                    "differentiates, are not those of the batch; compute batch statistics outside u"
+                )
 
 
 def parameter_jacobian(
@@ -75,6 +90,7 @@ def parameter_jacobian(
     paths = _parameter_paths(op, {id(p): name for name, p in trainable.items()})
     params = {name: p.detach() for name, p in trainable.items()}
     batch_shape = flatten_inputs(NAME, inputs, op.argnums).batch_shape  # the operators' own input checks
+    _check_samples_apart(op, inputs)
     n = math.prod(batch_shape)
     # every sample is evaluated as a batch of one: (1, d_i)
     rows = tuple(v.reshape(n, 1, v.shape[-1]) if isinstance(v, torch.Tensor) else v for v in inputs)

@@ -135,3 +135,22 @@ def test_the_taylor_engine_runs_inside_the_transforms():
         results = [do.parameter_jacobian(op, x) for op in ops]
     for a, b in zip(results[0].values(), results[2].values()):
         torch.testing.assert_close(a, b)
+
+
+class BatchCentred(nn.Module):
+    """Hidden features centred on the batch mean: each sample's output reads the others' inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net[0](x)
+        return self.net[1:](h - h.mean(0, keepdim=True))
+
+
+def test_a_network_that_couples_the_samples_is_refused():
+    """One sample alone would be centred on itself: the per-sample Jacobians are not the batch's."""
+    op = do.Laplacian(BatchCentred()) + do.Derivative(mlp(), wrt=0)
+    with pytest.raises(ValueError, match=r"parameter_jacobian: the network of .* couples the samples of its batch"):
+        do.parameter_jacobian(op, torch.rand(6, 2, dtype=torch.float64))
