@@ -43,16 +43,19 @@ def coupled_row(rows: Rows, u: object) -> int | None:
     """An input row of ``rows.x`` whose value moves the output of another row of ``u``; None if there is none.
 
     Probed once per network (and ``argnums``) on its first ``PROBE_ROWS`` rows
-    (under torch.compile, on points of its own: :func:`_probed_alone`); None too
+    (under torch.compile, on inputs of its own: :func:`_probed_alone`); None too
     where it cannot be decided here (one row, a torch.func transform, a compiled
-    ``u`` of several inputs, an error of ``u``'s own, which the engine call raises).
+    ``u`` given an input that is not a tensor, an error of ``u``'s own, which the
+    engine call raises).
     """
     # not peek_interpreter_stack(), which dynamo does not trace as None
     if rows.num_rows < 2 or torch._C._are_functorch_transforms_active():
         return None
-    if torch.compiler.is_compiling():  # the inputs are not at hand: probe on points of its own
-        single = len(rows.args) == 1
-        return _probed_alone(u, rows.num_coordinates, rows.x.dtype, rows.x.device) if single else None
+    if torch.compiler.is_compiling():  # the inputs have no values here: probe on points of its own
+        if not all(isinstance(a, torch.Tensor) for a in rows.args):
+            return None
+        described = tuple((tuple(a.shape[1:]), a.dtype) for a in rows.args)
+        return _probed_alone(u, rows.argnums, described, rows.x.device)
     return _known(u, rows)
 
 
@@ -61,16 +64,22 @@ def _known(u: object, rows: Rows) -> int | None:
     return remembered(_FOUND, u, rows.argnums, lambda: _probe(rows, u))
 
 
-def _probed_alone(u: object, d: int, dtype: torch.dtype, device: torch.device) -> int | None:
-    """:func:`coupled_row` of a ``u`` of one input, on ``PROBE_ROWS`` points of its own in ``[0, 1)^d``.
+def _probed_alone(u: object, argnums: tuple[int, ...], described: tuple, device: torch.device) -> int | None:
+    """:func:`coupled_row` on ``PROBE_ROWS`` inputs of its own: ``described`` holds each input's ``(shape, dtype)``.
 
+    Floating inputs are drawn in ``[0, 1)``, others are zeros (an index, a label).
     Marked below as a constant result: torch.compile runs it at trace time, where
     the call's inputs have no values, so a step compiled before any eager call is
     checked too.  Whether ``u`` keeps its rows apart does not depend on the points.
     """
     generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(PROBE_ROWS, d, generator=generator, dtype=dtype, device=device)
-    return _known(u, flatten_inputs("probe", (x,), (0,)))
+    inputs = tuple(
+        torch.rand(PROBE_ROWS, *shape, generator=generator, dtype=dtype, device=device)
+        if dtype.is_floating_point
+        else torch.zeros(PROBE_ROWS, *shape, dtype=dtype, device=device)
+        for shape, dtype in described
+    )
+    return _known(u, flatten_inputs("probe", inputs, argnums))
 
 
 _probed_alone._dynamo_marked_constant = True  # type: ignore[attr-defined]

@@ -183,3 +183,28 @@ def test_chunks_of_a_coupled_batch_are_refused(method):
         do.Laplacian(u, method=method, chunk_size=3)(points())
     whole = do.Laplacian(u, method="autograd", chunk_size=7)(points())  # one chunk: the batch as it is
     torch.testing.assert_close(whole, ref.laplacian(u, points()), rtol=1e-10, atol=1e-12)
+
+
+class TwoInputs(nn.Module):
+    """``u(x, t)``: ``x`` and ``t`` concatenated into ``Mixing(mix)``."""
+
+    def __init__(self, mix: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.net = Mixing(mix)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t], dim=-1))
+
+
+@pytest.mark.parametrize("mix", ["centred over the batch", "plain"])
+def test_a_compiled_network_of_two_inputs_is_checked_too(mix):
+    torch._dynamo.reset()
+    u, xt = TwoInputs({**COUPLED, **ROW_WISE}[mix]), points()
+    op = do.Derivative(u, wrt=(0, 1), argnums=(0, 1), method="taylor")
+    compiled = torch.compile(lambda x, t: op(x, t), backend="aot_eager", fullgraph=mix == "plain")
+    if mix == "plain":
+        expected = ref.partial(lambda xt: u(xt[:, :1], xt[:, 1:]), xt, (0, 1))
+        torch.testing.assert_close(compiled(xt[:, :1], xt[:, 1:]), expected, rtol=1e-10, atol=1e-12)
+        return
+    with pytest.raises(EngineUnsupported, match="u couples the samples of its batch"):
+        compiled(xt[:, :1], xt[:, 1:])
