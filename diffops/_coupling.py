@@ -31,7 +31,7 @@ import weakref
 import torch
 
 from ._inputs import DEVICE_ERRORS, Rows, flatten_inputs
-from ._state import UNDECIDED, buffers_kept, preserved_rng, remembered
+from ._state import UNDECIDED, remembered
 
 PROBE_ROWS = 64  # a coupling over the batch shows on its first rows; more only costs time
 
@@ -88,27 +88,28 @@ _probed_alone._dynamo_marked_constant = True  # type: ignore[attr-defined]
 def _probe(rows: Rows, u: object) -> int | None | object:
     """The coupled row, None for rows kept apart, :data:`UNDECIDED` where ``u`` raised."""
     n = min(rows.num_rows, PROBE_ROWS)
-    x = rows.x[:n].detach().requires_grad_(True)
-    try:
-        with torch.enable_grad(), preserved_rng(x.device), buffers_kept(u):
-            out = rows.function(u, slice(0, n))(x)
-            if not (out.requires_grad and out.is_floating_point()):
-                return None  # no path from the input to the output: nothing to couple
-            flat = out.reshape(n, -1)
-            even = (torch.arange(n, device=x.device) % 2 == 0)[:, None]
-            generator = torch.Generator(device=x.device).manual_seed(0)
-            weights = torch.randn(flat.shape, generator=generator, dtype=flat.dtype, device=flat.device)
-            for weighted, other in ((even, ~even), (~even, even)):
-                (grad,) = torch.autograd.grad(flat, x, weights * weighted, retain_graph=True, allow_unused=True)
-                if grad is None:
-                    return None
-                moved = ((grad != 0) & grad.isfinite() & other).any(1).nonzero()
-                if len(moved):
-                    return int(moved[0])
-    except DEVICE_ERRORS:
-        raise
-    except Exception:
+    probed = rows.probe(u, n, torch.enable_grad())
+    if probed is UNDECIDED:
         return UNDECIDED
+    x, out = probed
+    if not (out.requires_grad and out.is_floating_point()):
+        return None  # no path from the input to the output: nothing to couple
+    flat = out.reshape(n, -1)
+    even = (torch.arange(n, device=x.device) % 2 == 0)[:, None]
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    weights = torch.randn(flat.shape, generator=generator, dtype=flat.dtype, device=flat.device)
+    for weighted, other in ((even, ~even), (~even, even)):
+        try:
+            (grad,) = torch.autograd.grad(flat, x, weights * weighted, retain_graph=True, allow_unused=True)
+        except DEVICE_ERRORS:
+            raise
+        except Exception:  # a backward that fails (u's own, or refused by torch): raised by the engine call
+            return UNDECIDED
+        if grad is None:
+            return None
+        moved = ((grad != 0) & grad.isfinite() & other).any(1).nonzero()
+        if len(moved):
+            return int(moved[0])
     return None
 
 

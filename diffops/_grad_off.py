@@ -27,8 +27,8 @@ import weakref
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ._inputs import DEVICE_ERRORS, Rows
-from ._state import UNDECIDED, buffers_kept, preserved_rng, remembered
+from ._inputs import Rows
+from ._state import UNDECIDED, remembered
 
 PROBE_ROWS = 4
 
@@ -59,13 +59,6 @@ def runs_without_grad(rows: Rows, u: object) -> bool:
 
 
 def _probe(rows: Rows, u: object) -> bool | object:
-    n = min(rows.num_rows, PROBE_ROWS)
     calls = _GradOffCalls()
-    try:
-        with torch.enable_grad(), preserved_rng(rows.x.device), buffers_kept(u), calls:
-            rows.function(u, slice(0, n))(rows.x[:n].detach().requires_grad_(True))
-    except DEVICE_ERRORS:
-        raise
-    except Exception:
-        return UNDECIDED
-    return calls.found
+    probed = rows.probe(u, min(rows.num_rows, PROBE_ROWS), torch.enable_grad(), calls)
+    return UNDECIDED if probed is UNDECIDED else calls.found

@@ -8,6 +8,7 @@ concatenated into ``x: (N, d)``; engines differentiate the batched function
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 from torch.overrides import is_tensor_like
+
+from ._state import UNDECIDED, buffers_kept, preserved_rng
 
 # errors of the device itself, raised as they are: not an engine's failure, not u's own error
 DEVICE_ERRORS: tuple[type[Exception], ...] = (
@@ -97,6 +100,25 @@ class Rows:
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
             yield rows, self.x[rows], self.function(u, rows)
+
+    def probe(self, u: Callable, n: int, *contexts: Any, leaf: bool = True) -> Any:
+        """``(x, u's output)`` on the first ``n`` rows under ``contexts``; ``x`` a new leaf that requires grad.
+
+        A probe of ``u`` leaves no trace: its buffers and the random number generator
+        are put back.  :data:`UNDECIDED` where ``u`` raises: its own errors are raised,
+        with their context, by the engine call that follows.  ``leaf=False`` reads the
+        rows as they are (inside torch.func transforms, which forbid ``requires_grad_``).
+        """
+        x = self.x[:n].detach().requires_grad_(True) if leaf else self.x[:n]
+        try:
+            with contextlib.ExitStack() as stack:
+                for context in (preserved_rng(x.device), buffers_kept(u), *contexts):
+                    stack.enter_context(context)
+                return x, self.function(u, slice(0, n))(x)
+        except DEVICE_ERRORS:
+            raise
+        except Exception:
+            return UNDECIDED
 
     def evaluate_plainly(self, u: Callable, chunk_size: int | None) -> None:
         """Run ``u`` on the rows as a plain call would, raising an error of ``u`` itself with the inputs' shapes.

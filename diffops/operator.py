@@ -33,7 +33,7 @@ from ._coupling import coupled_row, coupling_message
 from ._empty import EMPTY_BATCH
 from ._grad_off import runs_without_grad
 from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
-from ._state import Snapshot, buffers_kept, preserved_rng, updating_buffers
+from ._state import UNDECIDED, Snapshot, buffers_kept, preserved_rng, updating_buffers
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
 from .engines.base import Combination
 from .engines.choice import too_close
@@ -225,13 +225,8 @@ class DifferentialOperator(nn.Module):
             return self._outputs
         if not rows.num_rows or ranked_alike(request, d):
             return 1
-        x = rows.x[:1]
-        try:
-            with torch.no_grad(), preserved_rng(x.device), buffers_kept(self.u):
-                out = rows.function(self.u, slice(0, 1))(x)
-        except Exception:  # u's own errors are raised, with their context, by the call that follows
-            return 1
-        return math.prod(out.shape[1:])
+        probed = rows.probe(self.u, 1, torch.no_grad(), leaf=False)
+        return 1 if probed is UNDECIDED else math.prod(probed[1].shape[1:])
 
     def _directional(
         self, inputs: tuple, make_directions: Callable[[torch.Tensor], torch.Tensor], order: int
