@@ -275,7 +275,8 @@ class DifferentialOperator(nn.Module):
         at once (see ``Rows.evaluate_plainly``), without trying other engines.  Of
         the other errors, ``EngineUnsupported``, ``RuntimeError`` and
         ``NotImplementedError`` are the engine's failures; the rest (a bad
-        request, say) are raised as they are.
+        request, say) are raised as they are.  A per-sample engine's answer on a
+        network that couples the rows counts as its refusal (:meth:`_coupled`).
         """
         self._check_chunks(rows)
         # without gradients, a grad-off part of u is seen only with them on (diffops._grad_off)
