@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from ._empty import EMPTY_BATCH
 from ._grad_off import runs_without_grad
 from ._inputs import DEVICE_ERRORS, Rows, check_argnums, flatten_inputs
 from ._state import UNDECIDED, Snapshot, buffers_kept, preserved_rng, updating_buffers
+from ._trainable import backward_failure
 from .engines import ENGINES, METHODS, EngineUnsupported, Request, candidates
 from .engines.base import Combination
 from .engines.choice import too_close
@@ -168,7 +169,7 @@ class DifferentialOperator(nn.Module):
         engines = self._engines(request, d, rows, work=work)
         if not rows.num_rows:
             return Computed(self._run_empty(rows, work), rows.batch_shape, d)
-        computed = Computed(self._run_engines(rows, engines, work), rows.batch_shape, d)
+        computed = Computed(self._run_engines(rows, engines, work, request.signature()), rows.batch_shape, d)
         outputs = math.prod(computed.out_shape)
         # a compiled call learns nothing: a change of state would fail the compiled graph's guards and recompile
         if outputs != self._outputs and not torch.compiler.is_compiling():
@@ -248,7 +249,7 @@ class DifferentialOperator(nn.Module):
         engines = self._engines(request, rows.num_coordinates, rows, directions.shape[0])
         if not rows.num_rows:
             return self._run_empty(rows, work)["directional"]
-        return self._run_engines(rows, engines, work)["directional"]
+        return self._run_engines(rows, engines, work, request.signature())["directional"]
 
     def _run_empty(self, rows: Rows, work: Callable) -> dict:
         """The results for a batch of no samples: empty tensors of the right shape, no engine run.
@@ -267,7 +268,7 @@ class DifferentialOperator(nn.Module):
             results = {key: value.detach() for key, value in results.items()}
         return {key: rows.unflatten(value) for key, value in results.items()}
 
-    def _run_engines(self, rows: Rows, engine_names: tuple[str, ...], work: Callable) -> dict:
+    def _run_engines(self, rows: Rows, engine_names: tuple[str, ...], work: Callable, request: Hashable) -> dict:
         """``work(engine, rows_slice, x_rows, fn) -> {key: (n, ...)}`` over chunks, with fallback.
 
         Returns the chunks' results concatenated and unflattened to ``(*batch, ...)``.
@@ -276,7 +277,9 @@ class DifferentialOperator(nn.Module):
         the other errors, ``EngineUnsupported``, ``RuntimeError`` and
         ``NotImplementedError`` are the engine's failures; the rest (a bad
         request, say) are raised as they are.  A per-sample engine's answer on a
-        network that couples the rows counts as its refusal (:meth:`_coupled`).
+        network that couples the rows counts as its refusal (:meth:`_coupled`), and so does
+        an answer whose parameters' gradients PyTorch cannot take (:mod:`diffops._trainable`;
+        once per network, engine and ``request``, the signature of the engine's request).
         """
         self._check_chunks(rows)
         # without gradients, a grad-off part of u is seen only with them on (diffops._grad_off)
@@ -292,6 +295,11 @@ class DifferentialOperator(nn.Module):
                     merged = self._run_chunks(rows, engine, work)
                 if (coupled := self._coupled(rows, engine_name)) is not None:
                     raise coupled
+                if (failure := backward_failure(self.u, engine_name, (request, rows.argnums), merged)) is not None:
+                    raise EngineUnsupported(
+                        f"method={engine_name!r} answered, but PyTorch cannot differentiate its answer once more (the "
+                        f"parameters' gradients of a training step): {failure}"
+                    )
             except DEVICE_ERRORS:  # the device is out of memory or broken: no other engine can help
                 raise
             except Exception as error:

@@ -161,12 +161,37 @@ FORWARD_MODE_FAILURES: dict[Callable, tuple[int, Callable]] = {
     F.glu: _from_order(1, _GLU, "F.glu"),
     torch.copysign: _from_order(2, _COPYSIGN, "torch.copysign"),
     torch.Tensor.copysign: _from_order(2, _COPYSIGN, "Tensor.copysign"),
+    # distances and similarities that reach aten::linalg_vector_norm inside aten, where the audit cannot see it
+    torch.pairwise_distance: _from_order(2, _NORM, "F.pairwise_distance"),
+    torch.cosine_similarity: _from_order(2, _NORM, "F.cosine_similarity"),
+    torch.dist: _from_order(2, _NORM, "torch.dist"),
+    torch.Tensor.dist: _from_order(2, _NORM, "Tensor.dist"),
+    F.triplet_margin_loss: _from_order(2, _NORM, "F.triplet_margin_loss"),
+    torch.triplet_margin_loss: _from_order(2, _NORM, "torch.triplet_margin_loss"),
+    F.cosine_embedding_loss: _from_order(2, _NORM, "F.cosine_embedding_loss"),
+    torch.cosine_embedding_loss: _from_order(2, _NORM, "torch.cosine_embedding_loss"),
 }
 
 _EIGH = Defect(
     "aten::_linalg_eigh",
     "the parameters' gradients of forward-mode derivatives are NaN (from the first derivative through the "
     "eigenvectors, the second through the eigenvalues alone), and the third derivative fails",
+)
+_EIG = Defect(
+    "aten::linalg_eig",
+    "forward mode: third derivatives of the eigenvalues are wrong (relative error 0.17), and the parameters' "
+    "gradients fail through the eigenvectors from the first derivative, through the eigenvalues from the second "
+    "('the eigenvectors in the complex case are specified up to multiplication by e^{i phi}')",
+)
+_CHOLESKY_INVERSE = Defect("aten::cholesky_inverse", "forward mode: its first derivative is wrong")
+_HOUSEHOLDER = Defect(
+    "aten::linalg_householder_product",
+    "forward mode: the parameters' gradients of its first derivative and its second derivative are wrong",
+)
+_COMPLEX_ABS = Defect(
+    "aten::abs (complex input)",
+    "the parameters' gradients of forward-mode third derivatives fail ('a variable needed for gradient computation "
+    "has been modified by an inplace operation')",
 )
 _PROD = Defect(
     "aten::prod",
@@ -176,6 +201,13 @@ _CUMPROD = Defect(
     "aten::cumprod",
     "at a factor that is exactly zero the parameters' gradients of forward-mode derivatives are NaN",
 )
+
+
+def _complex_abs(engine: str, func: Callable, args: tuple, kwargs: dict):
+    """``abs`` of a complex tensor (a spectrum's magnitude) refused; of a real one, run."""
+    if isinstance(args[0], torch.Tensor) and args[0].is_complex():
+        return _refuse(_COMPLEX_ABS, resolve_name(func) or "abs")(engine, func, args, kwargs)
+    return func(*args, **kwargs)
 
 
 def _custom_function(engine: str, func: Callable, args: tuple, kwargs: dict):
@@ -215,6 +247,14 @@ FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.sinc: _from_order(1, _SINC, "torch.sinc"),
     torch.Tensor.sinc: _from_order(1, _SINC, "Tensor.sinc"),
     torch.special.sinc: _from_order(1, _SINC, "torch.special.sinc"),
+    torch.linalg.eig: _from_order(1, _EIG, "torch.linalg.eig"),
+    torch.linalg.eigvals: _from_order(2, _EIG, "torch.linalg.eigvals"),
+    torch.cholesky_inverse: _from_order(1, _CHOLESKY_INVERSE, "torch.cholesky_inverse"),
+    torch.Tensor.cholesky_inverse: _from_order(1, _CHOLESKY_INVERSE, "Tensor.cholesky_inverse"),
+    torch.linalg.householder_product: _from_order(1, _HOUSEHOLDER, "torch.linalg.householder_product"),
+    torch.orgqr: _from_order(1, _HOUSEHOLDER, "torch.orgqr"),
+    torch.Tensor.orgqr: _from_order(1, _HOUSEHOLDER, "Tensor.orgqr"),
+    **{call: (3, _complex_abs) for call in (torch.abs, torch.Tensor.abs, torch.absolute, torch.Tensor.absolute)},
     torch.Tensor.data.__get__: (1, _refuse_because("Tensor.data", _DATA)),  # the property's getter
     custom_function_call: (1, _custom_function),  # what a custom Function's apply runs under torch.func
 }
