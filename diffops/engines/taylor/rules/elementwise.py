@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -248,11 +249,11 @@ def tanh(func: Callable, x: Jet) -> Jet:
     return elementwise(x, _tanh_derivatives, _tanh_series)
 
 
-def _tanh_derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
+def _tanh_derivatives(x0: torch.Tensor, precise: bool = False) -> Iterator[torch.Tensor]:
     # Written in f' = 1 - t^2, one fused kernel each, since these run on every layer of every step.
     t = torch.tanh(x0)
     yield t
-    f1 = torch.addcmul(scalar(1.0, t), t, t, value=-1)
+    f1 = sech_squared(x0, t) if precise else torch.addcmul(scalar(1.0, t), t, t, value=-1)
     yield f1
     yield torch.addcmul(scalar(0.0, t), t, f1, value=-2)  # -2 t f'
     yield torch.addcmul(4 * f1, f1, f1, value=-6)  # (6 t^2 - 2) f' = (4 - 6 f') f'
@@ -275,10 +276,24 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
 
 
 
-def _tanh_series(x: Jet) -> tuple[list, list]:
+def _tanh_series(x: Jet, precise: bool = False) -> tuple[list, list]:
     y0 = torch.tanh(x.primal)
-    d1, twice_first = 1 - y0 * y0, -2 * y0  # the first reused by every order of 1 - y^2
+    d1 = sech_squared(x.primal, y0) if precise else 1 - y0 * y0
+    twice_first = -2 * y0  # reused by every order of 1 - y^2
     return solve(x, y0, lambda k, y: d1 if k == 0 else series_product(y, y, k, -1.0, twice_first))
+
+
+def sech_squared(x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``1 - tanh(x0)^2`` to its last digits: for ``|x0| >= 1``, where ``1 - t^2`` cancels to an error of one unit
+    of 1, as ``4 e / (1 + e)^2`` with ``e = exp(-2 |x0|)``; below, ``1 - t^2`` (and no kink of ``abs``)."""
+    e = torch.exp(-2 * x0.abs())
+    return torch.where(x0.abs() < 1, 1 - t * t, 4 * e / (1 + e) ** 2)
+
+
+def precise_tanh(x: Jet) -> Jet:
+    """``tanh(x)`` with ``tanh'`` to its last digits where it is small: for a rule that multiplies it by large
+    factors (the tanh form of GELU), where ``1 - t^2``'s absolute error of one unit of 1 would show."""
+    return elementwise(x, partial(_tanh_derivatives, precise=True), partial(_tanh_series, precise=True))
 
 
 @rule(torch.sigmoid, T.sigmoid, F.sigmoid, torch.special.expit)
@@ -529,7 +544,7 @@ def mish(func: Callable, x: Jet, inplace: bool = False) -> Jet:
 def gelu(func: Callable, x: Jet, approximate: str = "none") -> Jet:
     if approximate == "tanh":
         inner = (x + 0.044715 * x * x * x) * math.sqrt(2 / math.pi)
-        return 0.5 * x * (1 + torch.tanh(inner))
+        return 0.5 * x * (1 + precise_tanh(inner))
 
     def derivatives(x0: torch.Tensor) -> Iterator[torch.Tensor]:
         cdf, density = 0.5 * (1 + torch.erf(x0 / math.sqrt(2))), torch.exp(-0.5 * x0 * x0) / math.sqrt(2 * math.pi)
