@@ -30,16 +30,31 @@ def updating_buffers(u: object) -> list[torch.Tensor]:
 
 
 class Snapshot:
-    """Copies of ``buffers``, written back by :meth:`restore` in place (the module keeps its tensors)."""
+    """Copies of ``buffers``, written back by :meth:`restore` in place (the module keeps its tensors).
+
+    Only the buffers updated since are written back: writing one bumps its version counter, and
+    a graph that saved it (``tanh(h) * buffer`` saves the buffer) would then fail in ``backward()``.
+    Updated: a new version, or new values (a batch norm's kernel updates its running statistics
+    without a new version).
+    """
 
     def __init__(self, buffers: list[torch.Tensor]) -> None:
         self.buffers = buffers
         self.copies = [buffer.detach().clone() for buffer in buffers]
+        self.versions = [buffer._version for buffer in buffers]
 
     def restore(self) -> None:
         with torch.no_grad():
-            for buffer, copy in zip(self.buffers, self.copies):
-                buffer.copy_(copy)
+            for buffer, copy, version in zip(self.buffers, self.copies, self.versions):
+                if buffer._version != version or not _same(buffer, copy):
+                    buffer.copy_(copy)
+
+
+def _same(buffer: torch.Tensor, copy: torch.Tensor) -> bool:
+    """Equal, NaN to NaN."""
+    if not buffer.is_floating_point():
+        return bool(torch.equal(buffer, copy))
+    return bool(((buffer == copy) | (buffer.isnan() & copy.isnan())).all())
 
 
 @contextlib.contextmanager

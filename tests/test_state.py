@@ -57,3 +57,36 @@ def test_networks_in_eval_mode_or_without_buffers_are_not_copied(monkeypatch):
     do.Laplacian(batch_norm_net(0.1).eval())(x)
     do.Laplacian(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double())(x)
     assert copied == []
+
+
+class BufferedFeatures(nn.Module):
+    """Fourier features and an output scale stored as buffers, in training mode (``nn.Module``'s default)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.register_buffer("frequencies", torch.randn(2, 4, dtype=torch.float64))
+        self.register_buffer("scale", torch.randn(8, dtype=torch.float64))
+        self.hidden = nn.Linear(8, 8).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x @ self.frequencies  # saves the buffer for the gradient in x
+        features = torch.cat([z.sin(), z.cos()], -1)
+        return (torch.tanh(self.hidden(features)) * self.scale).sum(-1, keepdim=True)  # saves it again
+
+
+@pytest.mark.parametrize("method", ["auto", "taylor", "func", "autograd"])
+def test_buffers_a_graph_saved_are_not_written_back(method):
+    """The probes put back the buffers of modules in training mode by writing into them, which bumped the
+    version of buffers nothing had changed: a graph that saved one then failed in ``backward()`` ("modified by
+    an inplace operation"), on the first call of each network."""
+    from . import reference as ref
+
+    u, x = BufferedFeatures(), torch.randn(5, 2, dtype=torch.float64)
+    versions = [buffer._version for buffer in u.buffers()]
+    actual = do.Laplacian(u, method=method)(x)
+    expected = ref.laplacian(u, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    assert [buffer._version for buffer in u.buffers()] == versions
