@@ -582,6 +582,40 @@ def test_gelu_tanh_keeps_its_digits_where_its_tanh_saturates(order):
     assert abs(gradient.item() - expected_gradient.item()) < 1e-6 * abs(expected_gradient.item())
 
 
+class RowByRow(nn.Module):
+    """``reduce`` of each sample's first feature, a 0-dim tensor indexed out of the batch, stacked again."""
+
+    def __init__(self, reduce):
+        super().__init__()
+        self.linear, self.reduce = nn.Linear(D, 3).double(), reduce
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return torch.stack([self.reduce(h[row, 0]) * h[row, 1] for row in range(x.shape[0])]).unsqueeze(-1)
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda s: torch.logsumexp(s, dim=(0,), keepdim=True),
+        lambda s: torch.amax(s.tanh()),
+        lambda s: torch.softmax(s, 0),
+        lambda s: s.norm(),
+    ],
+    ids=["logsumexp", "amax", "softmax", "norm"],
+)
+def test_reductions_of_a_0_dim_tensor_are_refused(reduce):
+    """A 0-dim tensor's dimension 0 named the direction axis of the coefficients: the Laplacian of
+    ``logsumexp(s, dim=(0,))``, the identity, came out -0.39 where it is 0, and amax's mixed partial failed."""
+    u, x = RowByRow(reduce), torch.randn(4, D, dtype=torch.float64)
+    with pytest.raises(EngineUnsupported, match="does not reduce a 0-dim tensor"):
+        do.Laplacian(u, method="taylor")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        actual = do.Laplacian(u)(x)
+    assert_close(actual, ref.laplacian(u, x))
+
+
 # -- singular points --------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...base import EngineUnsupported
 from ..jet import Jet, primal, rule, unsupported, valued
 from .products import power
 
@@ -41,7 +42,13 @@ def over(x: Jet, reduce: Callable[[torch.Tensor], torch.Tensor]) -> Jet:
 
 
 def trailing(dim: Any, ndim: int) -> tuple[int, ...]:
-    """``dim`` (an int, a sequence of ints, or None for all) as negative dimensions of an ``ndim``-dim sample."""
+    """``dim`` (an int, a sequence of ints, or None for all) as negative dimensions of an ``ndim``-dim sample.
+
+    A 0-dim tensor (one sample's entry, indexed out of the batch) is refused: its dimension 0 is no axis of
+    ``c_0`` but the direction axis of ``c_k``, and a reduction over ``()`` reduces every axis.
+    """
+    if ndim == 0:
+        raise EngineUnsupported("Taylor mode does not reduce a 0-dim tensor (an entry indexed out of the batch)")
     if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
         return tuple(range(-ndim, 0))
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
