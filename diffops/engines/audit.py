@@ -188,6 +188,9 @@ _HOUSEHOLDER = Defect(
     "aten::linalg_householder_product",
     "forward mode: the parameters' gradients of its first derivative and its second derivative are wrong",
 )
+_SCATTER_PROD = Defect(
+    "aten::scatter_reduce (reduce='prod')", "forward mode: its first derivative is wrong (0.37 off on a test network)"
+)
 _COMPLEX_ABS = Defect(
     "aten::abs (complex input)",
     "the parameters' gradients of forward-mode third derivatives fail ('a variable needed for gradient computation "
@@ -207,6 +210,13 @@ def _complex_abs(engine: str, func: Callable, args: tuple, kwargs: dict):
     """``abs`` of a complex tensor (a spectrum's magnitude) refused; of a real one, run."""
     if isinstance(args[0], torch.Tensor) and args[0].is_complex():
         return _refuse(_COMPLEX_ABS, resolve_name(func) or "abs")(engine, func, args, kwargs)
+    return func(*args, **kwargs)
+
+
+def _scatter_product(engine: str, func: Callable, args: tuple, kwargs: dict):
+    """``scatter_reduce`` refused for ``reduce="prod"``; its other reductions run."""
+    if _argument(args, kwargs, 4, "reduce", None) == "prod":
+        return _refuse(_SCATTER_PROD, resolve_name(func) or "scatter_reduce")(engine, func, args, kwargs)
     return func(*args, **kwargs)
 
 
@@ -255,6 +265,7 @@ FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.orgqr: _from_order(1, _HOUSEHOLDER, "torch.orgqr"),
     torch.Tensor.orgqr: _from_order(1, _HOUSEHOLDER, "Tensor.orgqr"),
     **{call: (3, _complex_abs) for call in (torch.abs, torch.Tensor.abs, torch.absolute, torch.Tensor.absolute)},
+    **{call: (1, _scatter_product) for call in (torch.scatter_reduce, torch.Tensor.scatter_reduce)},
     torch.Tensor.data.__get__: (1, _refuse_because("Tensor.data", _DATA)),  # the property's getter
     custom_function_call: (1, _custom_function),  # what a custom Function's apply runs under torch.func
 }

@@ -47,6 +47,11 @@ def square(h: torch.Tensor) -> torch.Tensor:
     return h.reshape(-1, 2, 2) + 3 * torch.eye(2, dtype=h.dtype)
 
 
+def scattered(h: torch.Tensor) -> torch.Tensor:
+    """Indices that multiply the six features of each row of ``h: (N, 6)`` into three products of two."""
+    return torch.tensor([0, 1, 0, 1, 2, 2], device=h.device).expand(h.shape[0], 6)
+
+
 def gram(h: torch.Tensor) -> torch.Tensor:
     """``(N, 2, 2)`` positive definite from ``h: (N, 4)``."""
     a = h.reshape(-1, 2, 2)
@@ -118,6 +123,12 @@ CASES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor | None, int, str]] 
         None,
         1,
         r"torch\.cholesky_inverse.*aten::cholesky_inverse",
+    ),
+    "scatter_reduce-prod": (
+        lambda: Net(lambda h: torch.ones_like(h[:, :3]).scatter_reduce(1, scattered(h), h, "prod"), 6, 3),
+        None,
+        1,
+        r"scatter_reduce.*aten::scatter_reduce \(reduce='prod'\)",
     ),
     "householder_product": (
         lambda: Net(lambda h: torch.linalg.householder_product(h.reshape(-1, 3, 2), h[:, :2]).flatten(1), 6, 6),
