@@ -26,6 +26,7 @@ import torch
 
 from ._inputs import DEVICE_ERRORS
 from ._state import remembered
+from .engines.base import graph_nodes
 
 # per network, per (engine, request): why the backward fails, or None; kept as long as the network lives
 _FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -64,14 +65,4 @@ def _probe(outputs: list[torch.Tensor]) -> str | None:
 
 def _leaves(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """The tensors the gradients of ``outputs`` accumulate into: the ``variable`` of each ``AccumulateGrad`` node."""
-    seen, stack, leaves = set(), [output.grad_fn for output in outputs], []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            leaves.append(variable)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return leaves
+    return [node.variable for node in graph_nodes(outputs) if getattr(node, "variable", None) is not None]

@@ -44,7 +44,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from . import decompositions
-from .base import EngineUnsupported, Request, grad_turned_off
+from .base import EngineUnsupported, Request, grad_turned_off, graph_nodes
 
 
 @dataclass(frozen=True)
@@ -482,16 +482,10 @@ def once_differentiable_function(output: torch.Tensor) -> str | None:
     Such a backward hands back a result cut off from the graph, whose own
     derivatives nested autograd would read as zeros.
     """
-    seen, stack = set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
+    for node in graph_nodes([output]):
         function = getattr(node, "_forward_cls", None)
         if getattr(getattr(function, "backward", None), "__code__", None) is _ONCE_DIFFERENTIABLE:
             return function.__name__
-        stack.extend(next_node for next_node, _ in node.next_functions)
     return None
 
 

@@ -24,7 +24,7 @@ with respect to whatever ``fn`` closes over (the network's parameters) and to
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -251,3 +251,15 @@ def grad_turned_off() -> bool:
     :mod:`diffops._grad_off`.)
     """
     return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and getattr(_entered, "grad", False)
+
+
+def graph_nodes(outputs: Iterable[torch.Tensor]) -> Iterator[Any]:
+    """Every node of the autograd graph behind ``outputs``, each once (depth first)."""
+    seen, stack = set(), [output.grad_fn for output in outputs]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(next_node for next_node, _ in node.next_functions)
