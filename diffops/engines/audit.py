@@ -191,6 +191,11 @@ _HOUSEHOLDER = Defect(
 _SCATTER_PROD = Defect(
     "aten::scatter_reduce (reduce='prod')", "forward mode: its first derivative is wrong (0.37 off on a test network)"
 )
+_CHUNKED_CROSS_ENTROPY = Defect(
+    "F.linear_cross_entropy's chunked path (options given)",
+    "its derivatives are not differentiated further: forward mode's first derivative is wrong (1.1 off on a test "
+    "network), reverse mode's second (0.26 off) and the parameters' gradients of its first (0.98 off)",
+)
 _COMPLEX_ABS = Defect(
     "aten::abs (complex input)",
     "the parameters' gradients of forward-mode third derivatives fail ('a variable needed for gradient computation "
@@ -217,6 +222,13 @@ def _scatter_product(engine: str, func: Callable, args: tuple, kwargs: dict):
     """``scatter_reduce`` refused for ``reduce="prod"``; its other reductions run."""
     if _argument(args, kwargs, 4, "reduce", None) == "prod":
         return _refuse(_SCATTER_PROD, resolve_name(func) or "scatter_reduce")(engine, func, args, kwargs)
+    return func(*args, **kwargs)
+
+
+def _chunked_cross_entropy(engine: str, func: Callable, args: tuple, kwargs: dict):
+    """``F.linear_cross_entropy`` refused with ``options`` (its chunked path); without, a composition that runs."""
+    if kwargs.get("options") is not None:
+        return _refuse(_CHUNKED_CROSS_ENTROPY, "F.linear_cross_entropy with options")(engine, func, args, kwargs)
     return func(*args, **kwargs)
 
 
@@ -266,6 +278,7 @@ FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.Tensor.orgqr: _from_order(1, _HOUSEHOLDER, "Tensor.orgqr"),
     **{call: (3, _complex_abs) for call in (torch.abs, torch.Tensor.abs, torch.absolute, torch.Tensor.absolute)},
     **{call: (1, _scatter_product) for call in (torch.scatter_reduce, torch.Tensor.scatter_reduce)},
+    F.linear_cross_entropy: (1, _chunked_cross_entropy),
     torch.Tensor.data.__get__: (1, _refuse_because("Tensor.data", _DATA)),  # the property's getter
     custom_function_call: (1, _custom_function),  # what a custom Function's apply runs under torch.func
 }
@@ -291,6 +304,7 @@ REVERSE_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     torch.sinc: _from_order(1, _SINC, "torch.sinc"),
     torch.Tensor.sinc: _from_order(1, _SINC, "Tensor.sinc"),
     torch.special.sinc: _from_order(1, _SINC, "torch.special.sinc"),
+    F.linear_cross_entropy: (1, _chunked_cross_entropy),
 }
 
 # hardsigmoid's backward has no derivative and celu's is inexact: any derivative trained on
