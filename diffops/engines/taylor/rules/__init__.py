@@ -9,7 +9,8 @@
 * :mod:`.reductions`: moments, norms, softmax, log-sum-exp and extrema along dimensions;
 * :mod:`.normalization`: layer, RMS, group and instance norm, batch norm in eval mode;
 * :mod:`.attention`: scaled dot-product and multi-head attention;
-* :mod:`.dropout`: dropout layers, the identity when off.
+* :mod:`.dropout`: dropout layers, the identity when off;
+* :mod:`.recurrent`: the recurrent cells (RNN, GRU, LSTM) as compositions of the rules above.
 
 The engine then imports the rules for stacked jets, which take over some of
 these and hand every other case back: :mod:`.fused` (``Linear`` + activation
@@ -27,6 +28,7 @@ from . import (  # noqa: F401
     normalization,
     piecewise,
     products,
+    recurrent,
     reductions,
 )
 
@@ -39,5 +41,6 @@ __all__ = [
     "normalization",
     "piecewise",
     "products",
+    "recurrent",
     "reductions",
 ]
