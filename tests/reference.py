@@ -32,10 +32,15 @@ class CompositeReference(TorchFunctionMode):
             x, shape, weight, bias = args[0], args[1], kwargs.get("weight"), kwargs.get("bias")
             y = _normalise(x, tuple(range(-len(shape), 0)), kwargs.get("eps", 1e-5))
             return y * weight + bias if weight is not None else y
-        if func is F.instance_norm:
+        if func is F.instance_norm and kwargs.get("use_input_stats", args[5] if len(args) > 5 else True):  # else exact
             x, weight, bias = args[0], kwargs.get("weight"), kwargs.get("bias")
             y = _normalise(x, tuple(range(2, x.dim())), kwargs.get("eps", 1e-5))
             return y * weight[:, None] + bias[:, None] if weight is not None else y
+        if func is F.batch_norm and (args[5] if len(args) > 5 else kwargs.get("training", False)):
+            x, weight, bias = args[0], kwargs.get("weight"), kwargs.get("bias")  # batch statistics, wrong at order 3
+            y = _normalise(x, (0, *range(2, x.dim())), kwargs.get("eps", 1e-5))
+            shape = (1, -1, *([1] * (x.dim() - 2)))
+            return y * weight.reshape(shape) + bias.reshape(shape) if weight is not None else y
         if func is F.hardsigmoid:  # no double backward upstream
             return F.relu6(args[0] + 3) / 6
         if func is F.celu:  # the upstream derivative scales by a float32 1/alpha
