@@ -3,8 +3,10 @@
 Written plainly, one output component and one row of partials at a time, and
 independent of the package's own autograd engine.  PyTorch's own rules are not
 exact everywhere: :func:`exact_layers` runs the layers whose fused derivative
-rules fail (normalisations beyond order 2, ``hardsigmoid``, ``celu``) as plain
-compositions and attention on the math kernel; ``partial`` uses it throughout.
+rules fail (normalisations beyond order 2, batch norm with batch statistics
+included, ``hardsigmoid``, ``celu``) as plain compositions and attention on the
+math kernel; ``partial`` uses it throughout.  Normalisations with running
+statistics are affine maps, exact, and run as they are.
 """
 
 from __future__ import annotations
