@@ -457,8 +457,11 @@ def exact_forward_mode(order: int) -> Iterator[None]:
     """The context the ``func`` engine runs the network in for derivatives up to ``order``.
 
     The network must run through :func:`.base.entered` for its ``torch.no_grad()`` sections to be refused.
+    Gradients are on (the operator detaches what a call without them returns): with them off, nested ``jvp``
+    through ``silu`` and ``mish`` fails from order 2 (no forward-mode rule for ``aten::silu_backward``).
     """
     with (
+        torch.enable_grad(),
         missing_rules_refused("torch.func"),
         math_attention(),
         batch_norm_training_refused("torch.func"),

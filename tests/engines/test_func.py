@@ -189,3 +189,18 @@ def test_known_zeros_stay_in_the_graph_as_with_nested_autograd(net, operator):
     torch.testing.assert_close(result, torch.zeros_like(result), rtol=0, atol=0)
     (result**2).mean().backward()
     assert all(p.grad is None or not p.grad.any() for p in u.parameters())  # as nested autograd's: none or zero
+
+
+@pytest.mark.parametrize("activation", [nn.SiLU, nn.Mish])
+def test_func_without_gradients_gives_the_values_with_them(activation):
+    """Under ``torch.no_grad()`` nested ``jvp`` through SiLU and Mish failed from order 2 ("cannot differentiate
+    aten::silu_backward"): the engine runs with gradients on and the operator detaches its results."""
+    torch.manual_seed(0)
+    u = nn.Sequential(nn.Linear(2, 8), activation(), nn.Linear(8, 1)).double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    for operator in (do.Laplacian(u, method="func"), do.Derivative(u, wrt=(0, 1, 1), method="func")):
+        with_gradients = operator(x)
+        with torch.no_grad():
+            without = operator(x)
+        assert not without.requires_grad
+        torch.testing.assert_close(without, with_gradients.detach(), rtol=0, atol=0)
