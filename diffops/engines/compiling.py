@@ -1,4 +1,4 @@
-"""Workarounds for three torch.compile defects that break compiled derivatives.
+"""Workarounds for four torch.compile defects that break compiled derivatives.
 
 * Forward-mode rules stand in ``aten::_efficientzerotensor`` for the tangent of a
   tensor that has none (a layer's weight under ``jvp``).  Inductor runs that op
@@ -23,6 +23,11 @@
   :func:`trace_object_matmul` adds the entry the others have, calling
   ``__matmul__`` (or the right operand's ``__rmatmul__``); tensors take
   dynamo's own path before that table is read.
+* Dynamo looks for arguments with a ``__torch_function__`` inside lists but not
+  inside tuples, so ``torch.cat((x, t), dim=1)`` on jets, the way PINN networks
+  of ``(x, t)`` join their inputs, was put in the graph as it is and failed with
+  "Failed to convert args/kwargs to proxy" (``torch.cat([x, t], 1)`` compiled).
+  :func:`open_tuples` has dynamo's flattening open tuples as it opens lists.
 """
 
 from __future__ import annotations
@@ -112,3 +117,44 @@ def trace_object_matmul() -> bool:
 
 
 trace_object_matmul._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _opening_tuples(flatten):
+    """``flatten`` (dynamo's ``_flatten_vts``) with the items of tuple variables put in their place first."""
+
+    def flatten_vts(vts):
+        from torch._dynamo.variables.lists import TupleVariable
+
+        pending, opened = list(vts), []
+        while pending:
+            vt = pending.pop(0)
+            if not vt.is_realized() and vt.peek_type() is tuple:
+                vt.realize()
+            if vt.is_realized() and isinstance(vt, TupleVariable):
+                pending[:0] = vt.unwrap().items
+                continue
+            opened.append(vt)
+        return flatten(opened)
+
+    flatten_vts.opens_tuples = True
+    return flatten_vts
+
+
+def open_tuples() -> bool:
+    """Have dynamo find jets inside tuple arguments, as inside lists (idempotent); ``True`` once it does.
+
+    Called, like :func:`dispatch_functionals`, while torch.compile traces the Taylor engine.
+    """
+    try:
+        from torch._dynamo.variables import torch_function
+    except ImportError:  # pragma: no cover - a build without dynamo compiles nothing
+        return False
+    flatten = getattr(torch_function, "_flatten_vts", None)
+    if flatten is None:  # pragma: no cover - a later torch that keeps it otherwise
+        return False
+    if not getattr(flatten, "opens_tuples", False):
+        torch_function._flatten_vts = _opening_tuples(flatten)
+    return True
+
+
+open_tuples._dynamo_marked_constant = True  # type: ignore[attr-defined]

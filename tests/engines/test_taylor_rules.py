@@ -862,3 +862,30 @@ def test_a_compiled_lstm_laplacian_runs_on_taylor_mode():
     assert_close(compiled, expected)
     for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
         assert_close(a, e)
+
+
+class JoinedInputs(nn.Module):
+    """``u(x, t)`` on ``torch.cat((x, t), dim=1)``: the inputs joined as a tuple, as PINN code writes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat((x, t), dim=1))
+
+
+@pytest.mark.parametrize("method", ["taylor", "auto"])
+def test_torch_compile_finds_jets_inside_a_tuple(method):
+    """Dynamo looks for ``__torch_function__`` inside lists but not tuples: ``torch.cat((x, t), 1)`` of jets
+    failed to compile ("Failed to convert args/kwargs to proxy"), under auto too."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    u, x, t = JoinedInputs(), torch.randn(5, 1, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    op = do.Laplacian(u, argnums=(0, 1), method=method)
+    compiled = torch.compile(lambda x, t: op(x, t), backend="aot_eager", fullgraph=True)(x, t)
+    joined = lambda z: u(z[:, :1], z[:, 1:])  # noqa: E731
+    expected = ref.laplacian(joined, torch.cat([x, t], 1))
+    assert_close(compiled, expected)
+    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
+        assert_close(a, e)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from ..base import BatchedFn, EngineUnsupported, MultiIndex, Request, compute_along, entered
-from ..compiling import dispatch_functionals, trace_object_matmul
+from ..compiling import dispatch_functionals, open_tuples, trace_object_matmul
 from . import rules  # noqa: F401 - register the jet rules
 from .folding import Collapse, FoldedPlan, collapse, fold, input_stack
 from .interpolation import Direction, Interpolation
@@ -98,6 +98,7 @@ def _run(fn: BatchedFn, jet: Jet):
     if torch.compiler.is_compiling():
         dispatch_functionals()  # F.tanh and three more reach the jet's rules, as they do eagerly
         trace_object_matmul()  # and jet @ jet
+        open_tuples()  # and torch.cat((x, t), 1) of jets
     try:
         return entered(fn)(jet)
     except (TypeError, AttributeError) as error:
