@@ -141,13 +141,18 @@ def std_mean(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> tuple[Jet, Je
 
 
 def vector_norm(func: Callable, x: Jet, ord: Any, dim: Any, keepdim: bool) -> Jet:
-    """The 2-norm (NaN above first order at zero, as autograd) or the 1-norm over ``dim``."""
+    """The p-norm over ``dim``: the 2-norm (NaN above first order at zero, as autograd), the 1-norm,
+    ``(sum |x|^p)^(1/p)`` for another ``p > 0``, and the maximum (minimum) of ``|x|`` for ``p = inf`` (``-inf``)."""
     dims = trailing(dim, x.ndim)
     if ord in (2, 2.0, "fro"):
         return masked_root(total(x * x, dims, keepdim), higher=math.nan)
     if ord in (1, 1.0):
         return total(torch.abs(x), dims, keepdim)
-    raise unsupported(func, f" with ord={ord!r} (only the 1- and 2-norms of vectors)")
+    if ord in (math.inf, -math.inf):
+        return (torch.amax if ord > 0 else torch.amin)(torch.abs(x), dim=dims, keepdim=keepdim)
+    if isinstance(ord, (int, float)) and ord > 0:
+        return total(torch.abs(x) ** ord, dims, keepdim) ** (1 / ord)
+    raise unsupported(func, f" with ord={ord!r} (only p-norms of vectors with p > 0)")
 
 
 @rule(torch.linalg.vector_norm)
