@@ -675,7 +675,7 @@ REFUSED = {
     "dropout": (lambda h: F.dropout(h, 0.1, training=True), "dropout"),
     "rrelu": (lambda h: F.rrelu(h, training=True), "rrelu"),
     "batch-norm": (lambda h: F.batch_norm(h, None, None, training=True), "batch_norm"),
-    "norm-ord-3": (lambda h: torch.linalg.vector_norm(h, ord=3, dim=-1, keepdim=True), "vector_norm"),
+    "norm-ord-0": (lambda h: torch.linalg.vector_norm(h, ord=0, dim=-1, keepdim=True), "vector_norm.*ord=0"),
     "sdpa-dropout": (
         lambda h: F.scaled_dot_product_attention(h[:, None], h[:, None], h[:, None], dropout_p=0.5),
         "attention",
@@ -683,7 +683,7 @@ REFUSED = {
     "inplace": (lambda h: F.elu(2.0 * h, inplace=True), "elu"),  # in place on an intermediate, as layers do
     "modulo-by-the-input": (lambda h: h % (h * h + 1), "__mod__ with a divisor that depends on the input"),
     "fill-by-the-input": (lambda h: h.masked_fill(h > 0, h.sum()), "masked_fill.*fill value that depends"),
-    "cdist-p3": (lambda h: torch.cdist(h, torch.ones(3, h.shape[-1], dtype=h.dtype), p=3.0), "cdist.*ord=3"),
+    "cdist-p0": (lambda h: torch.cdist(h, torch.ones(3, h.shape[-1], dtype=h.dtype), p=0.0), "cdist.*ord=0"),
 }
 
 
