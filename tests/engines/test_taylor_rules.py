@@ -804,15 +804,15 @@ class HandAttention(nn.Module):
 @pytest.mark.parametrize("method", ["taylor", "auto"])
 def test_torch_compile_traces_a_product_of_two_jets(method):
     """Before, dynamo failed on ``jet @ jet`` ("Failed to trace builtin operator `matmul`"), under auto too."""
-    torch._dynamo.reset()
     torch.manual_seed(0)
     u, x = HandAttention(), torch.randn(5, D, dtype=torch.float64)
-    op = do.Laplacian(u, method=method)
-    compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)
-    expected = ref.laplacian(u, x)
-    assert_close(compiled, expected)
-    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    assert_compiled_matches(do.Laplacian(u, method=method), (x,), u, ref.laplacian(u, x))
+
+
+def assert_compiled_matches(op: nn.Module, inputs: tuple, u: nn.Module, expected: torch.Tensor) -> None:
+    """``op`` compiled (``fullgraph=True``) on ``inputs``: ``expected``'s values and ``u``'s parameters' gradients."""
+    torch._dynamo.reset()
+    check(u, torch.compile(lambda *args: op(*args), backend="aot_eager", fullgraph=True)(*inputs), expected, u)
 
 
 class Recurrent(nn.Module):
@@ -846,22 +846,13 @@ def test_recurrent_cells_match_the_reference(kind, request_name):
     torch.manual_seed(0)
     u, x = Recurrent(kind), torch.randn(5, D, dtype=torch.float64)
     make, key = REQUESTS[request_name]
-    actual, expected = make(u)(x), reference(u, x, key)
-    assert_close(actual, expected)
-    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    check(u, make(u)(x), reference(u, x, key), u)
 
 
 def test_a_compiled_lstm_laplacian_runs_on_taylor_mode():
-    torch._dynamo.reset()
     torch.manual_seed(0)
     u, x = Recurrent("LSTMCell"), torch.randn(5, D, dtype=torch.float64)
-    op = do.Laplacian(u)
-    compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)
-    expected = ref.laplacian(u, x)
-    assert_close(compiled, expected)
-    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    assert_compiled_matches(do.Laplacian(u), (x,), u, ref.laplacian(u, x))
 
 
 class JoinedInputs(nn.Module):
@@ -879,16 +870,10 @@ class JoinedInputs(nn.Module):
 def test_torch_compile_finds_jets_inside_a_tuple(method):
     """Dynamo looks for ``__torch_function__`` inside lists but not tuples: ``torch.cat((x, t), 1)`` of jets
     failed to compile ("Failed to convert args/kwargs to proxy"), under auto too."""
-    torch._dynamo.reset()
     torch.manual_seed(0)
     u, x, t = JoinedInputs(), torch.randn(5, 1, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
-    op = do.Laplacian(u, argnums=(0, 1), method=method)
-    compiled = torch.compile(lambda x, t: op(x, t), backend="aot_eager", fullgraph=True)(x, t)
-    joined = lambda z: u(z[:, :1], z[:, 1:])  # noqa: E731
-    expected = ref.laplacian(joined, torch.cat([x, t], 1))
-    assert_close(compiled, expected)
-    for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, expected)):
-        assert_close(a, e)
+    expected = ref.laplacian(lambda z: u(z[:, :1], z[:, 1:]), torch.cat([x, t], 1))
+    assert_compiled_matches(do.Laplacian(u, argnums=(0, 1), method=method), (x, t), u, expected)
 
 
 class PNorm(nn.Module):
@@ -911,16 +896,10 @@ def test_p_norms_match_the_reference(p, request_name):
     torch.manual_seed(0)
     u, x = PNorm(p), torch.randn(5, D, dtype=torch.float64)
     make, key = REQUESTS[request_name]
-    actual, expected = make(u)(x), reference(u, x, key)
-    assert_close(actual, expected)
-    for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
-        assert_close(a, e, rtol=1e-8)
+    check(u, make(u)(x), reference(u, x, key), u)
 
 
 def test_a_compiled_p_norm_laplacian_runs():
-    torch._dynamo.reset()
     torch.manual_seed(0)
     u, x = PNorm(3), torch.randn(5, D, dtype=torch.float64)
-    op = do.Laplacian(u)
-    compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)
-    assert_close(compiled, ref.laplacian(u, x))
+    assert_compiled_matches(do.Laplacian(u), (x,), u, ref.laplacian(u, x))
