@@ -211,25 +211,30 @@ _CUMPROD = Defect(
 )
 
 
-def _complex_abs(engine: str, func: Callable, args: tuple, kwargs: dict):
-    """``abs`` of a complex tensor (a spectrum's magnitude) refused; of a real one, run."""
-    if isinstance(args[0], torch.Tensor) and args[0].is_complex():
-        return _refuse(_COMPLEX_ABS, resolve_name(func) or "abs")(engine, func, args, kwargs)
-    return func(*args, **kwargs)
+def _refuse_where(applies: Callable[[tuple, dict], bool], defect: Defect, call: str) -> Callable:
+    """A handler that refuses ``call`` where ``applies(args, kwargs)`` and runs it otherwise."""
+    refuse = _refuse(defect, call)
+
+    def handler(engine: str, func: Callable, args: tuple, kwargs: dict):
+        return refuse(engine, func, args, kwargs) if applies(args, kwargs) else func(*args, **kwargs)
+
+    return handler
 
 
-def _scatter_product(engine: str, func: Callable, args: tuple, kwargs: dict):
-    """``scatter_reduce`` refused for ``reduce="prod"``; its other reductions run."""
-    if _argument(args, kwargs, 4, "reduce", None) == "prod":
-        return _refuse(_SCATTER_PROD, resolve_name(func) or "scatter_reduce")(engine, func, args, kwargs)
-    return func(*args, **kwargs)
-
-
-def _chunked_cross_entropy(engine: str, func: Callable, args: tuple, kwargs: dict):
-    """``F.linear_cross_entropy`` refused with ``options`` (its chunked path); without, a composition that runs."""
-    if kwargs.get("options") is not None:
-        return _refuse(_CHUNKED_CROSS_ENTROPY, "F.linear_cross_entropy with options")(engine, func, args, kwargs)
-    return func(*args, **kwargs)
+# abs of a complex tensor (a spectrum's magnitude); of a real one it runs
+_complex_abs = _refuse_where(
+    lambda args, kwargs: torch.is_tensor(args[0]) and args[0].is_complex(), _COMPLEX_ABS, "abs"
+)
+# scatter_reduce with reduce="prod"; its other reductions run
+_scatter_product = _refuse_where(
+    lambda args, kwargs: _argument(args, kwargs, 4, "reduce", None) == "prod", _SCATTER_PROD, "scatter_reduce"
+)
+# F.linear_cross_entropy with options (its chunked path); without, a composition that runs
+_chunked_cross_entropy = _refuse_where(
+    lambda args, kwargs: kwargs.get("options") is not None,
+    _CHUNKED_CROSS_ENTROPY,
+    "F.linear_cross_entropy with options",
+)
 
 
 def _custom_function(engine: str, func: Callable, args: tuple, kwargs: dict):
