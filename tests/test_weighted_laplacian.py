@@ -1,7 +1,5 @@
 """``Laplacian(u, sigma=S)`` = tr(S S^T H) against a float64 nested-autograd reference, every method."""
 
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -9,6 +7,7 @@ from torch import nn
 import diffops as do
 from tests import reference
 from tests.nets import TwoInputs, mlp, networks
+from tests.strict import warnings_as_errors
 
 METHODS = ("taylor", "func", "autograd", "auto")
 D = 4
@@ -143,8 +142,7 @@ def test_compiles_to_one_graph(method):
         return (op(x) - 1.0).square().mean()
 
     eager = step(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         compiled = torch.compile(step, backend="aot_eager", fullgraph=True)(x)
     torch.testing.assert_close(compiled, eager)
     params = list(op.parameters())

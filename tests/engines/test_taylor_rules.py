@@ -26,6 +26,7 @@ import diffops as do
 from diffops.engines import ENGINES, EngineUnsupported, Request, candidates
 
 from .. import reference as ref
+from ..strict import warnings_as_errors
 
 RTOL, ATOL = 1e-9, 1e-12
 D = 2
@@ -752,8 +753,7 @@ def test_torch_compile_traces_the_new_rules_in_one_graph(net):
         return (op(x) - 1.0).square().mean()
 
     eager = loss_step(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         compiled = torch.compile(loss_step, backend="aot_eager", fullgraph=True)(x)
     assert_close(compiled, eager)
     for a, e in zip(ref.parameter_gradients(u, compiled), ref.parameter_gradients(u, eager)):

@@ -55,6 +55,43 @@ def linear_on_coordinates(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return total
 
 
+def traced() -> bool:
+    """Whether torch.compile is tracing, outside torch.func transforms (for which the traced layers are not written)."""
+    return torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+
+
+def features_first(stack: torch.Tensor) -> torch.Tensor:
+    """``(F, S * n)``, contiguous: the stack ``(S, *sample, F)`` features first (a view where it is stored so).
+
+    Contiguous because the CPU BLAS ran the products 2-4x slower on the
+    transposed view of a stack in rows (the coordinates the chain starts from).
+    """
+    return stack.movedim(-1, 0).reshape(stack.shape[-1], -1).contiguous()
+
+
+def product_columns(weight: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``weight @ cols``: ``(F_out, F_in) @ (F_in, M)``, over the coordinates as broadcast multiply-adds.
+
+    The compiler fuses those into the layer's kernel, reading the coordinates'
+    stack where it is built; the BLAS ran ``(64, 2) @ (2, 30,000)`` at 1.7 GFLOP/s,
+    4.5 ms of a 60 ms step (Burgers, 4 x 64, batch 10,000).
+    """
+    if weight.shape[0] == 1 and weight.shape[1] >= FEW_FEATURES:  # one output: its backward's product an outer one
+        return (weight.T * cols).sum(0, keepdim=True)
+    if weight.shape[1] >= FEW_FEATURES:
+        return weight @ cols
+    total = weight[:, :1] * cols[:1]
+    for i in range(1, weight.shape[1]):
+        total = total + weight[:, i : i + 1] * cols[i : i + 1]
+    return total
+
+
+def weight_grad_columns(grad: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``grad @ cols.T``: ``(F_out, M) @ (M, F_in)``, over the coordinates as one fused reduction each."""
+    if cols.shape[0] >= FEW_FEATURES:
+        return grad @ cols.T
+    return torch.stack([(grad * cols[i]).sum(1) for i in range(cols.shape[0])], dim=1)
+
 def columns(stack: torch.Tensor) -> torch.Tensor:
     """``(S, F, N)``: the stack ``(S, *sample, F)`` with the samples flattened and last, as a view."""
     return (stack.unsqueeze(1) if stack.dim() == 2 else stack.flatten(1, -2)).mT

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ...base import entered
+from ..collapsed import TracedCollapsed
 from ..jet import Jet, rule, unsupported, valued
 from .products import accumulate, convolution, reciprocal, series_product
 
@@ -95,6 +96,10 @@ def elementwise(
     ``composite()``: ``f(x)`` written with other jet rules, used instead of a
     series on collapsed jets (a series built from Cauchy products has no collapsed top).
     """
+    if isinstance(x, TracedCollapsed) and derivatives is not None:
+        layer = x.activated(derivatives)  # compiled, with the Linear before it
+        if layer is not None:
+            return layer
     plain = peek_interpreter_stack() is not None  # the custom functions are not written for torch.func transforms
     if derivatives is not None and x.order <= 2:
         if x.collapses(2) and not plain:

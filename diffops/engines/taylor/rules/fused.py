@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
 from ..jet import RULES, Jet
-from ..stacked import COLUMNS, ROWS, Stacked, columns, enters_columns, feature_major, pad_stack, split_slots
+from ..stacked import COLUMNS, ROWS, Stacked, columns, enters_columns, feature_major, pad_stack, split_slots, traced
 from ..workspace import buffer, recycled
 from .elementwise import scalar
 from .schedules import Builder, Schedule, Term
@@ -418,7 +418,7 @@ def _plain() -> bool:
     return peek_interpreter_stack() is not None or torch.compiler.is_compiling()
 
 
-from .traced import traced, traced_layer  # noqa: E402 - it builds on the series above
+from .traced import traced_layer  # noqa: E402 - it builds on the series above
 
 
 def activate(activation: Activation, x: Stacked) -> Stacked:

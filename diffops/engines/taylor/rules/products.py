@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch._C._functorch import peek_interpreter_stack
 
+from ..collapsed import TracedCollapsed, enters
 from ..jet import Jet, map_coefficients, primal, rule, unsupported, valued
 from ..stacked import linear_on_coordinates
 from .linear import align
@@ -113,6 +114,10 @@ def prod(func: Callable, x: Jet, dim: int | None = None, keepdim: bool = False, 
 @rule(F.linear)
 def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
     """``x @ weight.T + bias``; bilinear when the weight is a jet too."""
+    if isinstance(x, TracedCollapsed) and isinstance(weight, torch.Tensor) and not isinstance(bias, Jet):
+        return x.then_linear(weight, bias)
+    if enters(x, weight, bias):
+        return TracedCollapsed.entering(x, weight, bias)
     if isinstance(x, Jet) and not isinstance(weight, Jet) and not isinstance(bias, Jet):
         primal = linear_on_coordinates(x.primal, weight, bias)
         coefficients = [primal] + [

@@ -32,44 +32,8 @@ from __future__ import annotations
 
 import torch
 
-from ..stacked import FEW_FEATURES, Stacked, feature_major
+from ..stacked import Stacked, feature_major, features_first, product_columns, weight_grad_columns
 from .fused import Activation, _rows, _split, layer, series, slopes_from_value
-
-
-def traced() -> bool:
-    """Whether torch.compile is tracing, outside torch.func transforms (which :class:`TracedLayer` does not support)."""
-    return torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
-
-
-def features_first(stack: torch.Tensor) -> torch.Tensor:
-    """``(F, S * n)``, contiguous: the stack ``(S, *sample, F)`` features first (a view where it is stored so).
-
-    Contiguous because the CPU BLAS ran the products 2-4x slower on the
-    transposed view of a stack in rows (the coordinates the chain starts from).
-    """
-    return stack.movedim(-1, 0).reshape(stack.shape[-1], -1).contiguous()
-
-
-def _product(weight: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``weight @ cols``: ``(F_out, F_in) @ (F_in, M)``, over the coordinates as broadcast multiply-adds.
-
-    The compiler fuses those into the layer's kernel, reading the coordinates'
-    stack where it is built; the BLAS ran ``(64, 2) @ (2, 30,000)`` at 1.7 GFLOP/s,
-    4.5 ms of a 60 ms step (Burgers, 4 x 64, batch 10,000).
-    """
-    if weight.shape[1] >= FEW_FEATURES:
-        return weight @ cols
-    total = weight[:, :1] * cols[:1]
-    for i in range(1, weight.shape[1]):
-        total = total + weight[:, i : i + 1] * cols[i : i + 1]
-    return total
-
-
-def _weight_grad(grad: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``grad @ cols.T``: ``(F_out, M) @ (M, F_in)``, over the coordinates as one fused reduction each."""
-    if cols.shape[0] >= FEW_FEATURES:
-        return grad @ cols.T
-    return torch.stack([(grad * cols[i]).sum(1) for i in range(cols.shape[0])], dim=1)
 
 
 def _directions_first(cols: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
@@ -117,7 +81,7 @@ class TracedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, stack, weight, bias, activation: Activation, counts: tuple[int, ...], degree: int):
         cols = features_first(stack)
-        mapped = _directions_first(cols if weight is None else _product(weight, cols), stack)
+        mapped = _directions_first(cols if weight is None else product_columns(weight, cols), stack)
         a0 = mapped[0] if bias is None else mapped[0] + bias.view(-1, *[1] * (stack.dim() - 2))
         y, z = series(activation, _split(mapped, counts, degree, a0), counts, degree)
         out = _stored(y)
@@ -139,9 +103,9 @@ class TracedLayer(torch.autograd.Function):
         grad_stack = grad_weight = grad_bias = None
         flat = grad_mapped.view(grad_mapped.shape[0], -1)
         if ctx.needs_input_grad[0]:
-            grad_stack = _product(weight.T, flat).view(weight.shape[1], *grad_mapped.shape[1:]).movedim(0, -1)
+            grad_stack = product_columns(weight.T, flat).view(weight.shape[1], *grad_mapped.shape[1:]).movedim(0, -1)
         if ctx.needs_input_grad[1]:
-            grad_weight = _weight_grad(flat, features_first(stack))
+            grad_weight = weight_grad_columns(flat, features_first(stack))
         if bias is not None and ctx.needs_input_grad[2]:
             grad_bias = ga[0].flatten(1).sum(1)
         return grad_stack, grad_weight, grad_bias, None, None, None
