@@ -84,6 +84,24 @@ def test_a_pending_linear_read_by_another_rule_is_applied_first():
         assert_close(a, e)
 
 
+def test_a_first_layer_read_by_another_rule_is_the_ordinary_layer_in_rows():
+    """The layer on the coordinates keeps its features-first output for the next layer, and other rules read
+    it as the ordinary rules compute it in rows (the compiler drops the unread one); later layers have no such
+    copy."""
+    torch.manual_seed(0)
+    x = _collapsed_jet(2, (4,), 3, weighted=True)
+    weight, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    first = torch.tanh(TracedCollapsed.entering(x, weight, b))
+    expected = torch.tanh(F.linear(x, weight, b)).coefficients
+    assert first.in_rows is not None
+    stored = (first.store[:, 0], first.store[:, 1:-1], first.store[:, -1])
+    for a, e, features_first in zip(first.coefficients, expected, stored):
+        assert_close(a, e)
+        assert_close(features_first.movedim(0, -1), e)
+    second = torch.tanh(F.linear(first, torch.randn(5, 5, dtype=torch.float64)))
+    assert type(second) is TracedCollapsed and second.in_rows is None
+
+
 def test_only_a_compiled_jet_on_the_coordinates_enters():
     """Eagerly, or on a wide jet in rows that other rules left, the ordinary rules run."""
     x = _collapsed_jet(2, (4,), 3, weighted=False)
@@ -125,7 +143,7 @@ def test_compiled_laplacian_likes_run_the_layers_and_match_the_reference(net, ca
     u, x = NETS[net](3, outputs), torch.rand(6, 3, dtype=torch.float64)
     _LAYERS.clear()
     activated = TracedCollapsed.activated
-    monkeypatch.setattr(TracedCollapsed, "activated", lambda self, f: _LAYERS.append(1) or activated(self, f))
+    monkeypatch.setattr(TracedCollapsed, "activated", lambda self, *a: _LAYERS.append(1) or activated(self, *a))
     op = do.Derivatives(u, coords=("x", "y", "t"), method="taylor", **spec)
     torch._dynamo.reset()
     out = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=True)(x)

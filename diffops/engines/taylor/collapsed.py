@@ -29,6 +29,7 @@ from .jet import Jet
 from .stacked import FEW_FEATURES, product_columns, traced, weight_grad_columns
 
 Derivatives = Callable[[torch.Tensor], Iterator[torch.Tensor]]  # a_0 -> f, f', f'', f''' at a_0
+OrdinaryLayer = Callable[[Jet, torch.Tensor, "torch.Tensor | None"], Jet]  # jet, weight, bias -> f(Linear(jet))
 
 
 def enters(x: Jet, weight: object, bias: object) -> bool:
@@ -53,13 +54,15 @@ class TracedCollapsed(Jet):
 
     ``pending``: ``(weight, bias)`` of a ``Linear`` not yet applied to ``store``.
     ``coefficients`` are the ordinary jet's, ``[c_0: (*sample, F), c_1: (R, *sample, F),
-    c_2: (*sample, F)]``, views of the stored tensor (after the pending ``Linear``).
+    c_2: (*sample, F)]``, the stored tensor (after the pending ``Linear``) laid out in rows.
+    ``origin``: the ordinary jet a pending ``Linear`` on the coordinates maps.
+    ``in_rows``: for the first layer, the same jet by the ordinary rules in rows (see :meth:`activated`).
     """
 
-    __slots__ = ("store", "pending", "_plain")
+    __slots__ = ("store", "pending", "origin", "in_rows", "_plain")
 
     def __init__(self, store: torch.Tensor, weights: torch.Tensor | None, pending: tuple | None = None) -> None:
-        self.store, self.pending, self._plain = store, pending, None
+        self.store, self.pending, self.origin, self.in_rows, self._plain = store, pending, None, None, None
         self.form, self.degree, self.weights = Jet.COLLAPSED, 2, weights
 
     @classmethod
@@ -67,18 +70,30 @@ class TracedCollapsed(Jet):
         """``F.linear(x, weight, bias)`` of an ordinary collapsed jet, pending on its stored coefficients."""
         c0, c1, c2 = x.coefficients
         stack = torch.cat([c0[None], c1.expand(-1, *c0.shape), c2.expand(c0.shape)[None]])  # (S, *sample, F)
-        return cls(stack.movedim(-1, 0).contiguous(), x.weights, (weight, bias))
+        entered = cls(stack.movedim(-1, 0).contiguous(), x.weights, (weight, bias))
+        entered.origin = x
+        return entered
 
     def then_linear(self, weight: torch.Tensor, bias: torch.Tensor | None) -> TracedCollapsed:
         """``F.linear(self, weight, bias)``: pending, on this jet's output."""
         return TracedCollapsed(self.resolved_store(), self.weights, (weight, bias))
 
-    def activated(self, derivatives: Derivatives) -> TracedCollapsed | None:
-        """``f(self)`` with its pending ``Linear`` as one :class:`CollapsedLayer`; None without one."""
+    def activated(self, derivatives: Derivatives, ordinary: OrdinaryLayer) -> TracedCollapsed | None:
+        """``f(self)`` with its pending ``Linear`` as one :class:`CollapsedLayer`; None without one.
+
+        ``ordinary(jet, weight, bias)``: ``f(F.linear(jet, weight, bias))`` by the ordinary rules.  A first layer's
+        output read by another rule than a layer (the modified MLP's gates) is that,
+        in rows: read features first, the gradient coming back through the gates
+        in rows was transposed inside the layer's backward kernel, which took 43 of
+        that compiled step's 94 ms; the compiler drops whichever of the two nothing reads.
+        """
         if self.pending is None:
             return None
         weight, bias = self.pending
-        return TracedCollapsed(CollapsedLayer.apply(self.store, weight, bias, derivatives, self.weights), self.weights)
+        out = TracedCollapsed(CollapsedLayer.apply(self.store, weight, bias, derivatives, self.weights), self.weights)
+        if self.origin is not None:
+            out.in_rows = lambda: ordinary(self.origin, weight, bias)
+        return out
 
     def resolved_store(self) -> torch.Tensor:
         """``(F, S, *sample)``: the stored coefficients with the pending ``Linear`` applied."""
@@ -98,9 +113,11 @@ class TracedCollapsed(Jet):
 
     @property
     def coefficients(self) -> list[torch.Tensor]:  # type: ignore[override]
-        if self._plain is None:
-            store = self.resolved_store()
-            self._plain = [store[:, 0].movedim(0, -1), store[:, 1:-1].movedim(0, -1), store[:, -1].movedim(0, -1)]
+        if self._plain is None and self.in_rows is not None:
+            self._plain = self.in_rows().coefficients
+        elif self._plain is None:
+            rows = self.resolved_store().movedim(0, -1).contiguous()  # (S, *sample, F)
+            self._plain = [rows[0], rows[1:-1], rows[-1]]
         return self._plain
 
     @property

@@ -36,7 +36,7 @@ from torch._C._functorch import peek_interpreter_stack
 from ...base import entered
 from ..collapsed import TracedCollapsed
 from ..jet import Jet, rule, unsupported, valued
-from .products import accumulate, convolution, reciprocal, series_product
+from .products import accumulate, convolution, linear_by_coefficient, reciprocal, series_product
 
 T = torch.Tensor
 Slope = Callable[[int, list], torch.Tensor]
@@ -97,7 +97,8 @@ def elementwise(
     series on collapsed jets (a series built from Cauchy products has no collapsed top).
     """
     if isinstance(x, TracedCollapsed) and derivatives is not None:
-        layer = x.activated(derivatives)  # compiled, with the Linear before it
+        ordinary = lambda jet, weight, bias: elementwise(linear_by_coefficient(jet, weight, bias), derivatives)  # noqa: E731
+        layer = x.activated(derivatives, ordinary)  # compiled, with the Linear before it
         if layer is not None:
             return layer
     plain = peek_interpreter_stack() is not None  # the custom functions are not written for torch.func transforms

@@ -119,14 +119,19 @@ def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
     if enters(x, weight, bias):
         return TracedCollapsed.entering(x, weight, bias)
     if isinstance(x, Jet) and not isinstance(weight, Jet) and not isinstance(bias, Jet):
-        primal = linear_on_coordinates(x.primal, weight, bias)
-        coefficients = [primal] + [
-            _linear_rows(c, weight, batch_axis=0 if x.shared(k) else 1) if k <= x.degree else x.zero(k, primal.shape)
-            for k, c in enumerate(x.coefficients[1:], start=1)
-        ]
-        return x.like(coefficients, x.degree)
+        return linear_by_coefficient(x, weight, bias)
     out = product(F.linear, x, weight)
     return out if bias is None else out + bias
+
+
+def linear_by_coefficient(x: Jet, weight: torch.Tensor, bias: torch.Tensor | None) -> Jet:
+    """``F.linear(x, weight, bias)`` of an ordinary jet, each coefficient mapped in rows (the bias on ``c_0``)."""
+    primal = linear_on_coordinates(x.primal, weight, bias)
+    coefficients = [primal] + [
+        _linear_rows(c, weight, batch_axis=0 if x.shared(k) else 1) if k <= x.degree else x.zero(k, primal.shape)
+        for k, c in enumerate(x.coefficients[1:], start=1)
+    ]
+    return x.like(coefficients, x.degree)
 
 
 def _linear_rows(c: torch.Tensor, weight: torch.Tensor, batch_axis: int) -> torch.Tensor:
