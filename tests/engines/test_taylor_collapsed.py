@@ -91,7 +91,10 @@ def test_a_first_layer_read_by_another_rule_is_the_ordinary_layer_in_rows():
     torch.manual_seed(0)
     x = _collapsed_jet(2, (4,), 3, weighted=True)
     weight, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    first = torch.tanh(TracedCollapsed.entering(x, weight, b))
+    entered = TracedCollapsed.entering(x, weight, b, lambda: F.linear(x, weight, b))
+    for a, e in zip(entered.coefficients, F.linear(x, weight, b).coefficients):  # a Linear read by another rule
+        assert_close(a, e)
+    first = torch.tanh(TracedCollapsed.entering(x, weight, b, lambda: F.linear(x, weight, b)))
     expected = torch.tanh(F.linear(x, weight, b)).coefficients
     assert first.in_rows is not None
     stored = (first.store[:, 0], first.store[:, 1:-1], first.store[:, -1])

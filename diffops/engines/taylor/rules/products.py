@@ -117,7 +117,7 @@ def linear(func: Callable, x: Any, weight: Any, bias: Any = None) -> Jet:
     if isinstance(x, TracedCollapsed) and isinstance(weight, torch.Tensor) and not isinstance(bias, Jet):
         return x.then_linear(weight, bias)
     if enters(x, weight, bias):
-        return TracedCollapsed.entering(x, weight, bias)
+        return TracedCollapsed.entering(x, weight, bias, lambda: linear_by_coefficient(x, weight, bias))
     if isinstance(x, Jet) and not isinstance(weight, Jet) and not isinstance(bias, Jet):
         return linear_by_coefficient(x, weight, bias)
     out = product(F.linear, x, weight)
