@@ -137,22 +137,8 @@ class TracedCollapsed(Jet):
         return torch.Size((*self.store.shape[2:], features))
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.store.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.store.device
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def size(self, dim: int | None = None) -> object:
-        return self.shape if dim is None else self.shape[dim]
+    def _described(self) -> torch.Tensor:
+        return self.store
 
     def __len__(self) -> int:
         return self.shape[0]

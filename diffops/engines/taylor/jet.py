@@ -209,16 +209,21 @@ class Jet:
         return self.primal.shape
 
     @property
+    def _described(self) -> Any:
+        """What has this jet's dtype and device without computing it (a subclass may hold its coefficients lazily)."""
+        return self.primal
+
+    @property
     def dtype(self) -> torch.dtype:
-        return self.primal.dtype
+        return self._described.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.primal.device
+        return self._described.device
 
     @property
     def ndim(self) -> int:
-        return self.primal.dim()
+        return len(self.shape)
 
     @property
     def is_nested(self) -> bool:  # read by the checks for the fused paths of nn.MultiheadAttention and others
@@ -230,10 +235,10 @@ class Jet:
         return _dispatch(torch.Tensor.transpose, (self, -2, -1), {})
 
     def dim(self) -> int:
-        return self.primal.dim()
+        return len(self.shape)
 
     def size(self, dim: int | None = None) -> Any:
-        return self.primal.size() if dim is None else self.primal.size(dim)
+        return self.shape if dim is None else self.shape[dim]
 
     def __len__(self) -> int:
         return len(self.primal)

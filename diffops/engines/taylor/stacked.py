@@ -362,24 +362,6 @@ class Stacked(Jet):
             return torch.Size((*shape[1:-1], self.pending[0].shape[0]))
         return shape[1:]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._described.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._described.device
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def size(self, dim: int | None = None) -> Any:
-        return self.shape if dim is None else self.shape[dim]
-
     def __len__(self) -> int:
         return self.shape[0]
 
