@@ -161,6 +161,18 @@ def test_compiled_laplacian_likes_run_the_layers_and_match_the_reference(net, ca
         assert_close(a, e)
 
 
+def test_in_float32_the_ordinary_rules_run(monkeypatch):
+    """In float32 the products in rows ran as fast as features first, and the compiled steps faster."""
+    u, x = mlp(2, 1, width=12).float(), torch.rand(6, 2)
+    _LAYERS.clear()
+    activated = TracedCollapsed.activated
+    monkeypatch.setattr(TracedCollapsed, "activated", lambda self, *a: _LAYERS.append(1) or activated(self, *a))
+    torch._dynamo.reset()
+    out = torch.compile(do.Laplacian(u, method="taylor"), backend="aot_eager", fullgraph=True)(x)
+    assert not _LAYERS
+    torch.testing.assert_close(out, ref.laplacian(u.double(), x.double()).float(), rtol=1e-4, atol=1e-5)
+
+
 def test_inductor_compiles_the_laplacian_exactly():
     """The same through inductor, the backend users compile with: a training step's loss and gradients."""
     torch.manual_seed(0)

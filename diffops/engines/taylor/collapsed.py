@@ -8,8 +8,9 @@ products in rows, ``x @ W.T`` of ``c_0``, of the R rows of ``c_1`` and of
 those at 24 GFLOP/s in float64 where one ``W @ cols`` on all R + 2 with the
 samples last ran at 37 (64 x 64 x 8,000, one core).
 
-So under ``torch.compile`` a collapsed jet leaving the coordinates is kept as
-:class:`TracedCollapsed`: its coefficients in one ``(F, S, *sample)`` tensor,
+So under ``torch.compile``, in float64 on the CPU (:func:`enters`), a collapsed
+jet leaving the coordinates is kept as :class:`TracedCollapsed`: its
+coefficients in one ``(F, S, *sample)`` tensor,
 ``S = R + 2`` (``c_0``, the R rows of ``c_1``, ``c_2``), and a ``Linear``
 pending until an activation with derivatives (tanh, sigmoid, sin, softplus,
 ...) takes both as one :class:`CollapsedLayer`: a product, the rule of
@@ -41,12 +42,17 @@ def enters(x: Jet, weight: object, bias: object) -> bool:
     """Whether ``F.linear(x, weight, bias)`` starts a :class:`TracedCollapsed`: compiled, on the coordinates.
 
     A wide collapsed jet that other rules left in rows stays in rows: entering
-    the features-first layout would copy it.
+    the features-first layout would copy it.  Float64 on the CPU only, where
+    the products in rows are slow: in float32 the BLAS ran them as fast as
+    ``W @ cols`` (77 against 73 GFLOP/s), and the compiled 4 x 64 heat and
+    Poisson steps took 1.08-1.10x as long features first (paired, 3 runs each).
     """
     return (
         type(x) is Jet
         and x.form == Jet.COLLAPSED
         and x.order == 2
+        and x.dtype == torch.float64
+        and x.device.type == "cpu"
         and isinstance(weight, torch.Tensor)
         and weight.shape[1] < FEW_FEATURES
         and (bias is None or isinstance(bias, torch.Tensor))
