@@ -54,9 +54,19 @@ def coupled_row(rows: Rows, u: object) -> int | None:
     if torch.compiler.is_compiling():  # the inputs have no values here: probe on points of its own
         if not all(isinstance(a, torch.Tensor) for a in rows.args):
             return None
-        described = tuple((tuple(a.shape[1:]), a.dtype) for a in rows.args)
+        described = tuple((tuple(_specialised(size) for size in a.shape[1:]), a.dtype) for a in rows.args)
         return _probed_alone(u, rows.argnums, described, rows.x.device)
     return _known(u, rows)
+
+
+def _specialised(size: int) -> int:
+    """``size`` as a Python int while dynamo traces, where ``dynamic=True`` makes every size symbolic.
+
+    :func:`_probed_alone` takes constants only, and dynamo keeps ``int(size)``
+    symbolic; a list of that length makes it guard on the value (the feature
+    sizes, not the batch's: a graph is compiled again only if they change).
+    """
+    return len([0] * size)
 
 
 def _known(u: object, rows: Rows) -> int | None:

@@ -175,6 +175,21 @@ def test_a_compiled_row_wise_network_runs_on_the_taylor_engine():
     torch.testing.assert_close(compiled, ref.laplacian(u, x), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("mix", ["centred over the batch", "normalised over the features"])
+def test_compiled_with_dynamic_shapes_is_checked_too(mix):
+    """``dynamic=True`` makes the feature sizes symbolic too; the probe failed to compile on them (any network)."""
+    torch._dynamo.reset()
+    u = Mixing({**COUPLED, **ROW_WISE}[mix])
+    op = do.Laplacian(u, method="taylor")
+    compiled = torch.compile(lambda x: op(x), backend="aot_eager", fullgraph=mix in ROW_WISE, dynamic=True)
+    for x in (points(), points(9)):
+        if mix in COUPLED:
+            with pytest.raises(EngineUnsupported, match="u couples the samples of its batch"):
+                compiled(x)
+        else:
+            torch.testing.assert_close(compiled(x), ref.laplacian(u, x), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", ["autograd", "auto"])
 def test_chunks_of_a_coupled_batch_are_refused(method):
     """Each chunk would be normalised by its own statistics: the number would depend on the split."""
