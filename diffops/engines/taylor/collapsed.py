@@ -178,8 +178,8 @@ class CollapsedLayer(torch.autograd.Function):
 
     whose backward is ``ga_0 = g_0 f' + f'' sum_r g_1r a_1r + g_2 (f'' a_2 + f'''/2 sum_r w_r a_1r^2)``,
     ``ga_1 = g_1 f' + w g_2 f'' a_1``, ``ga_2 = g_2 f'``, plus the ``Linear``'s two products.
-    Only the input, the parameters and the product are saved; the derivatives at
-    ``a_0`` are computed again in the backward, where the compiler fuses them.  Not
+    Saved: the input, the parameters, the product and the derivatives at ``a_0``
+    (which the compiler's partitioner may compute again instead).  Not
     differentiable again, which needs no guard: AOTAutograd refuses double backward
     through a compiled graph.
     """
