@@ -126,8 +126,9 @@ def _probe(rows: Rows, u: object) -> int | None | object:
 def coupling_message(engine: str, row: int) -> str:
     """Why ``engine`` refuses a network whose input row ``row`` moves other rows' outputs."""
     return (
-        f"u couples the samples of its batch (the input of row {row} moves the output of another row: a mean, "
-        f"maximum or normalisation over the batch dimension does this), so it has no derivative per sample; "
+        f"u couples the samples of its batch (the input of row {row} moves the output of another row, in the rows "
+        "it was checked on: the first call's, or points of its own when compiled; a mean, maximum or "
+        "normalisation over the batch dimension does this), so it has no derivative per sample; "
         f"method={engine!r} differentiates each sample alone, where nested autograd (method='autograd') differentiates "
         "the summed output as torch.autograd.grad(u(x).sum(), x) does"
     )
