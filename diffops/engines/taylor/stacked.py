@@ -76,14 +76,14 @@ def product_columns(weight: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     stack where it is built; the BLAS ran ``(64, 2) @ (2, 30,000)`` at 1.7 GFLOP/s,
     4.5 ms of a 60 ms step (Burgers, 4 x 64, batch 10,000).
     """
-    if weight.shape[0] == 1 and weight.shape[1] >= FEW_FEATURES:  # one output: its backward's product an outer one
+    if weight.shape[1] < FEW_FEATURES:
+        total = weight[:, :1] * cols[:1]
+        for i in range(1, weight.shape[1]):
+            total = total + weight[:, i : i + 1] * cols[i : i + 1]
+        return total
+    if weight.shape[0] == 1:  # one output: a broadcast sum, whose backward is no outer product in the BLAS
         return (weight.T * cols).sum(0, keepdim=True)
-    if weight.shape[1] >= FEW_FEATURES:
-        return weight @ cols
-    total = weight[:, :1] * cols[:1]
-    for i in range(1, weight.shape[1]):
-        total = total + weight[:, i : i + 1] * cols[i : i + 1]
-    return total
+    return weight @ cols
 
 
 def weight_grad_columns(grad: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -91,6 +91,7 @@ def weight_grad_columns(grad: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     if cols.shape[0] >= FEW_FEATURES:
         return grad @ cols.T
     return torch.stack([(grad * cols[i]).sum(1) for i in range(cols.shape[0])], dim=1)
+
 
 def columns(stack: torch.Tensor) -> torch.Tensor:
     """``(S, F, N)``: the stack ``(S, *sample, F)`` with the samples flattened and last, as a view."""
