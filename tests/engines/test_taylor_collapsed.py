@@ -113,6 +113,20 @@ def test_only_a_compiled_jet_on_the_coordinates_enters():
     assert type(F.linear(x, weight)) is Jet
 
 
+class Attention(nn.Module):
+    """Features split into two tokens that attend to each other (scaled dot-product), between tanh layers."""
+
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.first, self.qkv, self.out = nn.Linear(d, 10), nn.Linear(10, 30), nn.Linear(10, m)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.first(x))
+        q, k, v = (t.unflatten(-1, (2, 5)) for t in torch.tanh(self.qkv(h)).chunk(3, dim=-1))
+        return self.out(F.scaled_dot_product_attention(q, k, v).flatten(-2))
+
+
 NETS = {
     "tanh, width 7 (multiply-adds)": lambda d, m: mlp(d, m, width=7, depth=3),
     "tanh, width 12": lambda d, m: mlp(d, m, width=12, depth=3),
@@ -120,6 +134,11 @@ NETS = {
     "silu": lambda d, m: mlp(d, m, width=10, activation="silu"),
     "residual": lambda d, m: Residual(d, m),
     "modified MLP": lambda d, m: Gated(d, m, width=10),
+    "attention": lambda d, m: Attention(d, m),
+    "every activation with derivatives": lambda d, m: nn.Sequential(
+        nn.Linear(d, 10), nn.Sigmoid(), nn.Linear(10, 10), nn.Softplus(), nn.Linear(10, 10), nn.SiLU(),
+        nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, m)
+    ).double(),
     "layer norm": lambda d, m: nn.Sequential(
         nn.Linear(d, 10), nn.Tanh(), nn.Linear(10, 10), nn.LayerNorm(10), nn.Tanh(), nn.Linear(10, m)
     ).double(),
@@ -127,7 +146,7 @@ NETS = {
 # Layers that run as one: those from the coordinates on, until a rule other than a Linear + activation reads a
 # layer's output (the residual's sum, the modified MLP's products, the layer norm)
 LAYERS = {"tanh, width 7 (multiply-adds)": 3, "tanh, width 12": 3, "sin": 2, "silu": 2, "residual": 2,
-          "modified MLP": 3, "layer norm": 1}  # fmt: skip
+          "modified MLP": 3, "attention": 2, "every activation with derivatives": 4, "layer norm": 1}  # fmt: skip
 _LAYERS: list = []  # module-level: compiled, dynamo dropped appends to a test's local list from a patched method
 
 COMBINATIONS = {
