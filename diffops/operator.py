@@ -291,6 +291,8 @@ class DifferentialOperator(nn.Module):
         for position, engine_name in enumerate(tried):
             engine = ENGINES[engine_name]
             try:
+                if torch.compiler.is_compiling() and (refused := engine.compiled_refusal(self.u)) is not None:
+                    raise refused
                 with torch.enable_grad() if grad_on else contextlib.nullcontext():
                     merged = self._run_chunks(rows, engine, work)
                 if (coupled := self._coupled(rows, engine_name)) is not None:
@@ -367,7 +369,15 @@ class DifferentialOperator(nn.Module):
                 else ""
             )
             return kind(f"{name}: method={self.method!r} cannot differentiate this network: {last}{advice}")
-        return kind(f"{name}: method='auto' found no method that can differentiate this network: {_reasons(failures)}")
+        compiled = (
+            "; compiled, nested autograd cannot run either (torch.compile cannot take its double backward): call "
+            "the operator outside torch.compile for it"
+            if torch.compiler.is_compiling()
+            else ""
+        )
+        return kind(
+            f"{name}: method='auto' found no method that can differentiate this network: {_reasons(failures)}{compiled}"
+        )
 
     # -- expressions ------------------------------------------------------------------
 

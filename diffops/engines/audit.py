@@ -77,13 +77,21 @@ def _argument(args: tuple, kwargs: dict, position: int, name: str, default):
 
 def _refuse_because(call: str, why: str) -> Callable:
     def handler(engine: str, func: Callable, args: tuple, kwargs: dict):
-        raise EngineUnsupported(f"{engine} cannot differentiate {call} exactly: {why}")
+        raise _inexact(engine, call, why)
 
     return handler
 
 
+def _inexact(engine: str, call: str, why: str) -> EngineUnsupported:
+    return EngineUnsupported(f"{engine} cannot differentiate {call} exactly: {why}")
+
+
 def _refuse(defect: Defect, call: str) -> Callable:
-    return _refuse_because(call, f"PyTorch's derivative rule for {defect.aten} is wrong ({defect.wrong})")
+    return _refuse_because(call, _wrong_rule(defect))
+
+
+def _wrong_rule(defect: Defect) -> str:
+    return f"PyTorch's derivative rule for {defect.aten} is wrong ({defect.wrong})"
 
 
 def _instance_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
@@ -428,6 +436,20 @@ def request_order(request: Request) -> int:
     orders = [len(index) for index in request.partials]
     orders += [2 if name in ("hessian", "laplacian") else 1 for name in request.full]
     return max(orders) if orders else 0
+
+
+def training_batch_norm(engine: str, u: object) -> EngineUnsupported | None:
+    """The refusal of :func:`batch_norm_training_refused` read from ``u``'s modules, for ``torch.compile``.
+
+    Compiled, the hook cannot be registered, and ``jvp`` rejected the batch count's
+    ``add_`` with a bare error of the compiler that named neither the module nor
+    the reason.  A module that ``u`` holds but does not call is refused too.
+    """
+    modules = u.modules() if isinstance(u, torch.nn.Module) else ()
+    for module in modules:
+        if isinstance(module, _BatchNorm) and module.training:
+            return _inexact(engine, f"{type(module).__name__} in training mode", _wrong_rule(BATCH_NORM))
+    return None
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .audit import exact_reverse_mode, refuse_once_differentiable, request_order
-from .base import BatchedFn, Request, compute_along, compute_combined
+from .base import BatchedFn, EngineUnsupported, Request, compute_along, compute_combined
 
 
 def _grad(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +53,9 @@ class AutogradEngine:
 
     name = "autograd"
     per_sample = False
+
+    def compiled_refusal(self, u: object) -> EngineUnsupported | None:
+        return None
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if request.combinations:  # summed from their partials

@@ -165,7 +165,6 @@ class Engine(Protocol):
     # whether it reads each row's output as a function of that row's input alone; such an
     # engine is not run on a network that couples the rows (see diffops._coupling)
     per_sample: bool
-
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         """``x``: ``(N, d)``. Returns the dict described in the module docstring."""
         ...
@@ -182,6 +181,10 @@ class Engine(Protocol):
         self, fn: BatchedFn, x: torch.Tensor, directions: torch.Tensor, order: int, summed: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(value, derivative)``: ``fn(x)`` and the result of :class:`Along` (directions held fixed)."""
+        ...
+
+    def compiled_refusal(self, u: object) -> EngineUnsupported | None:
+        """Under torch.compile, what it refuses in ``u`` that its run checks eagerly but cannot compiled."""
         ...
 
 

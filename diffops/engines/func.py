@@ -21,8 +21,8 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
-from .audit import exact_forward_mode, request_order
-from .base import BatchedFn, MultiIndex, Request, basis, compute_along, compute_combined, entered
+from .audit import exact_forward_mode, request_order, training_batch_norm
+from .base import BatchedFn, EngineUnsupported, MultiIndex, Request, basis, compute_along, compute_combined, entered
 from .compiling import materialise_zero_tensors
 
 
@@ -84,6 +84,9 @@ class FuncEngine:
 
     name = "func"
     per_sample = True
+
+    def compiled_refusal(self, u: object) -> EngineUnsupported | None:
+        return training_batch_norm("torch.func", u)  # the hook of exact_forward_mode cannot be registered
 
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if request.combinations:  # summed from their partials

@@ -223,6 +223,9 @@ class TaylorEngine:
     name = "taylor"
     per_sample = True
 
+    def compiled_refusal(self, u: object) -> EngineUnsupported | None:
+        return None  # its rules refuse, compiled too
+
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         if request.along:
             return compute_along(self, fn, x, request)
