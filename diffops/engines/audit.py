@@ -270,6 +270,47 @@ _SINC = Defect(
     "at exactly 0 its backward masks the slope to 0, so the second derivative there comes out 0 (forward "
     "mode) or NaN (reverse mode) instead of -pi^2/3: wrong from the parameters' gradients of a first derivative",
 )
+_AS_STRIDED_SCATTER = Defect(
+    "aten::as_strided_scatter",
+    "its backward gives the input the gradient of the elements the source overwrites, and the source none of "
+    "theirs: first derivatives are wrong",
+)
+_MAX_UNPOOL = Defect(
+    "aten::max_unpool1d/2d/3d",
+    "where an index repeats within a plane (pools that overlap), its backward credits every input sharing the "
+    "index, where the forward kept one: first derivatives are wrong",
+)
+
+
+def _repeats_an_index(args: tuple, kwargs: dict, dims: int) -> bool:
+    """Whether the ``indices`` of ``F.max_unpool{dims}d`` repeat one within a plane (its last ``dims`` axes)."""
+    indices = _argument(args, kwargs, 1, "indices", None)
+    if not torch.is_tensor(indices) or indices.numel() == 0:
+        return False
+    ordered = indices.flatten(-dims).sort(dim=-1).values
+    return bool((ordered[..., 1:] == ordered[..., :-1]).any())
+
+
+def _unpool(dims: int) -> tuple[Callable, tuple[int, Callable], tuple[int, Callable]]:
+    """``F.max_unpool{dims}d`` and its refusals: nested autograd's where an index repeats; torch.func's always.
+
+    Under ``vmap`` the indices cannot be tested, and the parameters' gradients of a
+    forward-mode answer go through the same backward.
+    """
+    call = f"F.max_unpool{dims}d"
+    reverse = _refuse_where(lambda args, kwargs: _repeats_an_index(args, kwargs, dims), _MAX_UNPOOL, call)
+    forward = _refuse_because(
+        call, f"{_wrong_rule(_MAX_UNPOOL)}, and under vmap it cannot be told whether an index repeats"
+    )
+    return getattr(F, f"max_unpool{dims}d"), (1, reverse), (1, forward)
+
+
+_UNPOOLS = [_unpool(dims) for dims in (1, 2, 3)]
+_AS_STRIDED_SCATTERS = {
+    torch.as_strided_scatter: _from_order(1, _AS_STRIDED_SCATTER, "torch.as_strided_scatter"),
+    torch.Tensor.as_strided_scatter: _from_order(1, _AS_STRIDED_SCATTER, "Tensor.as_strided_scatter"),
+}
+
 # wrong numbers from the order given (NaNs, or values torch.func cannot see), refused from it.  prod, cumprod
 # and sinc are refused whatever their arguments: a test for a zero would branch on data, which vmap cannot
 FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
@@ -294,6 +335,8 @@ FORWARD_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     F.linear_cross_entropy: (1, _chunked_cross_entropy),
     torch.Tensor.data.__get__: (1, _refuse_because("Tensor.data", _DATA)),  # the property's getter
     custom_function_call: (1, _custom_function),  # what a custom Function's apply runs under torch.func
+    **{call: forward for call, _, forward in _UNPOOLS},
+    **_AS_STRIDED_SCATTERS,  # its backward: of the engine's vjp, and of any answer's parameters' gradients
 }
 
 
@@ -312,6 +355,8 @@ _LOGCUMSUMEXP = Defect(
 )
 # wrong numbers of reverse mode from the order given, refused from it
 REVERSE_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
+    **_AS_STRIDED_SCATTERS,
+    **{call: reverse for call, reverse, _ in _UNPOOLS},
     torch.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "torch.logcumsumexp"),
     torch.Tensor.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "Tensor.logcumsumexp"),
     torch.sinc: _from_order(1, _SINC, "torch.sinc"),

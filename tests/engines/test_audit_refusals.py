@@ -468,3 +468,85 @@ def test_the_chunked_linear_cross_entropy_is_refused_by_every_engine(method):
     with pytest.raises(EngineUnsupported, match=r"linear_cross_entropy"):
         do.Derivative(ChunkedCrossEntropy(chunked=True), wrt=0, method=method)(x)
     assert_exact(ChunkedCrossEntropy(chunked=False), x, 2, method)  # the composition runs
+
+
+# -- reverse-mode rules that PyTorch gets wrong at first order --------------------------------------------
+
+
+class StridedScatter(nn.Module):
+    """``tanh(W x)`` with every other feature overwritten by the square of another (a strided write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.linear(x))
+        return torch.as_strided_scatter(h, h[:, :3] ** 2, (h.shape[0], 3), (6, 2), 1).sum(-1)
+
+
+class Unpooled(nn.Module):
+    """``tanh(W x)`` pooled in windows of two and put back (``MaxUnpool1d``), with ``stride`` between windows."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 8)
+        self.pool = nn.MaxPool1d(2, stride=stride, return_indices=True)
+        self.unpool = nn.MaxUnpool1d(2, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.linear(x)).unsqueeze(1)  # (N, 1, 8)
+        pooled, indices = self.pool(h)
+        return (self.unpool(pooled, indices, output_size=h.shape) * torch.arange(1.0, 9.0, dtype=h.dtype)).sum((1, 2))
+
+
+def finite_difference_gradient(u: nn.Module, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(N, d)``: central differences of ``u``, one coordinate at a time (no derivative rule involved)."""
+    columns = []
+    for i in range(x.shape[1]):
+        step = torch.zeros_like(x)
+        step[:, i] = eps
+        columns.append((u(x + step) - u(x - step)) / (2 * eps))
+    return torch.stack(columns, dim=-1)
+
+
+@pytest.mark.parametrize("make", [StridedScatter, lambda: Unpooled(stride=1)], ids=["as_strided_scatter", "unpool"])
+def test_the_reverse_mode_rule_is_still_wrong_upstream(make):
+    """Why the refusals below exist: PyTorch's own gradient against finite differences.  If this
+    fails after a PyTorch upgrade, the rule was fixed there and the refusal can go."""
+    torch.manual_seed(0)
+    u, x = make().double(), torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    (autograd,) = torch.autograd.grad(u(x).sum(), x)
+    assert not torch.allclose(autograd, finite_difference_gradient(u, x.detach()), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (StridedScatter, r"torch.as_strided_scatter exactly.*aten::as_strided_scatter"),
+        (lambda: Unpooled(stride=1), r"F.max_unpool1d exactly.*where an index repeats"),  # overlapping windows
+    ],
+    ids=["as_strided_scatter", "unpool with a repeated index"],
+)
+def test_wrong_reverse_mode_rules_are_refused_and_auto_returns_no_number(make, named):
+    torch.manual_seed(0)
+    u, x = make().double(), torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(EngineUnsupported, match=named):
+        do.Gradient(u, method="autograd")(x)
+    with pytest.raises(RuntimeError, match="found no method.*" + named):  # no engine left that is exact
+        do.Gradient(u)(x)
+    torch.testing.assert_close(do.Derivative(u, wrt=0, order=0)(x), u(x))  # the value alone: no rule involved
+
+
+def test_unpooling_without_a_repeated_index_keeps_nested_autograd():
+    """Windows that do not overlap put each value back at an index of its own: the rule is right there, and
+    auto answers through nested autograd (torch.func, which cannot test the indices under vmap, refuses)."""
+    torch.manual_seed(0)
+    u, x = Unpooled(stride=2).double(), torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(EngineUnsupported, match=r"under vmap it cannot be told whether an index repeats"):
+        do.Gradient(u, method="func")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # auto announces the engine it falls back to
+        gradient = do.Gradient(u)(x)
+    torch.testing.assert_close(gradient, finite_difference_gradient(u, x), rtol=1e-6, atol=1e-8)
+    assert_exact(u, x, 1, "auto")
