@@ -76,6 +76,25 @@ class SelfAttention(nn.Module):
         return self.attention(t, t, t, need_weights=self.weights)[0]
 
 
+class Padded(nn.Module):
+    """Self-attention with keys padded: every key of the first sample, the last key of the others.
+
+    The first sample's rows are blocked entirely, which PyTorch's attention
+    kernels answer with weights 0 (``_safe_softmax``), not NaN.
+    """
+
+    def __init__(self, layer: nn.Module, encoder: bool):
+        super().__init__()
+        self.layer, self.encoder = layer, encoder
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        padded = torch.zeros(t.shape[:2], dtype=torch.bool, device=t.device)
+        padded[0], padded[:, -1] = True, True
+        if self.encoder:
+            return self.layer(t, src_key_padding_mask=padded)
+        return self.layer(t, t, t, key_padding_mask=padded, need_weights=False)[0]
+
+
 class Conditioned(nn.Module):
     """An embedding of a class label (fixed per row) added to the features."""
 
@@ -122,6 +141,13 @@ def _celu_at_zero(x: torch.Tensor) -> torch.Tensor:
 def _attention(h: torch.Tensor) -> torch.Tensor:
     q = h.reshape(h.shape[0], 2, 3)
     return F.scaled_dot_product_attention(q, q.sin(), q.cos()).flatten(1)
+
+
+def _blocked_attention(h: torch.Tensor) -> torch.Tensor:
+    """Attention whose boolean mask blocks the second query's every key: its output is 0, not NaN."""
+    q = h.reshape(h.shape[0], 2, 3)
+    mask = torch.tensor([[True, False], [False, False]], device=h.device)
+    return (F.scaled_dot_product_attention(q, q.sin(), q.cos(), attn_mask=mask) + q).flatten(1)
 
 
 class Cast(nn.Module):
@@ -194,6 +220,17 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
         ("attention", "layer_norm"),
     ),
     "scaled_dot_product_attention": (lambda: Block(_attention), ("attention",)),
+    "scaled_dot_product_attention-blocked-row": (lambda: Block(_blocked_attention), ("attention",)),
+    "MultiheadAttention-padded": (
+        lambda: Block(Tokens(Padded(nn.MultiheadAttention(4, 2, batch_first=True), encoder=False))),
+        ("attention",),
+    ),
+    "TransformerEncoderLayer-padded": (
+        lambda: Block(
+            Tokens(Padded(nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True).eval(), encoder=True))
+        ),
+        ("attention", "layer_norm"),
+    ),
     "logsumexp": (lambda: Block(lambda h: torch.logsumexp(h, -1, keepdim=True) * h), ("logsumexp",)),
     "pow2": (lambda: Block(lambda h: h**2), ("pow",)),
     "pow3": (lambda: Block(lambda h: h**3), ("pow",)),

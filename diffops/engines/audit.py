@@ -121,6 +121,24 @@ def _celu(engine: str, func: Callable, args: tuple, kwargs: dict):
     return alpha * F.elu(x / alpha)
 
 
+def _masked_attention(engine: str, func: Callable, args: tuple, kwargs: dict):
+    """Masked attention as its composition: ``aten::_safe_softmax`` gave NaN parameter gradients (below)."""
+    masked = _argument(args, kwargs, 3, "attn_mask", None) is not None
+    if not masked or _argument(args, kwargs, 4, "dropout_p", 0.0) > 0:  # dropout: the kernel's random mask
+        return func(*args, **kwargs)
+    return decompositions.scaled_dot_product_attention(*args, **kwargs)
+
+
+def _multi_head_attention(engine: str, func: Callable, args: tuple, kwargs: dict):
+    """Multi-head attention as its composition, whose attention :func:`_masked_attention` is (the audit
+    does not see the calls inside a function it hands on)."""
+    call = decompositions.multi_head_attention_call(args, kwargs)
+    masked = call.get("key_padding_mask") is not None or call.get("attn_mask") is not None
+    if not masked or not decompositions.multi_head_attention_supported(call):
+        return func(*args, **kwargs)
+    return decompositions.multi_head_attention_forward(*args, **kwargs)
+
+
 def _layer_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
     kwargs = {key: value for key, value in kwargs.items() if key != "cudnn_enable"}
     return decompositions.layer_norm(*args[:5], **kwargs)
@@ -383,6 +401,8 @@ FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
     torch.linalg.solve_ex: _refuse(SOLVE, "torch.linalg.solve_ex"),
     torch.linalg.tensorsolve: _refuse(SOLVE, "torch.linalg.tensorsolve"),
     torch.linalg.lu_solve: _refuse(LU_SOLVE, "torch.linalg.lu_solve"),
+    F.scaled_dot_product_attention: _masked_attention,
+    F.multi_head_attention_forward: _multi_head_attention,
 }
 
 
