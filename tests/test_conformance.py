@@ -206,6 +206,32 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     "LayerNorm": (lambda: Block(nn.Sequential(nn.Tanh(), nn.LayerNorm(WIDTH))), ("layer_norm",)),
     "RMSNorm": (lambda: Block(nn.Sequential(nn.Tanh(), nn.RMSNorm(WIDTH))), ("rms_norm",)),
     "GroupNorm": (lambda: Block(nn.Sequential(nn.Tanh(), nn.GroupNorm(2, WIDTH))), ("group_norm",)),
+    **{
+        name: (lambda layers=layers: Block(nn.Sequential(*layers(), nn.Tanh(), nn.Flatten())), ops)
+        for name, (layers, ops) in {  # on the features as a signal (N, 1, 6) or an image (N, 1, 2, 3)
+            "Conv1d": (lambda: [nn.Unflatten(1, (1, WIDTH)), nn.Conv1d(1, 2, 3, padding=1)], ("conv1d",)),
+            "Conv1d-circular": (
+                lambda: [nn.Unflatten(1, (1, WIDTH)), nn.Conv1d(1, 2, 3, padding=1, padding_mode="circular")],
+                ("conv1d", "pad"),
+            ),
+            "Conv2d": (lambda: [nn.Unflatten(1, (1, 2, 3)), nn.Conv2d(1, 2, 2)], ("conv2d",)),
+            "ConvTranspose1d": (
+                lambda: [nn.Unflatten(1, (1, WIDTH)), nn.ConvTranspose1d(1, 2, 3, stride=2)], ("conv_transpose1d",)
+            ),
+            "AvgPool1d": (lambda: [nn.Unflatten(1, (1, WIDTH)), nn.AvgPool1d(3, stride=2, padding=1)], ("avg_pool1d",)),
+            "AdaptiveAvgPool2d": (lambda: [nn.Unflatten(1, (1, 2, 3)), nn.AdaptiveAvgPool2d((2, 2))], ("adaptive",)),
+            "Upsample-linear": (lambda: [nn.Unflatten(1, (1, WIDTH)), nn.Upsample(9, mode="linear")], ("interpolate",)),
+            "Upsample-bicubic": (
+                lambda: [nn.Unflatten(1, (1, 2, 3)), nn.Upsample((3, 4), mode="bicubic", align_corners=True)],
+                ("interpolate",),
+            ),
+            "Upsample-nearest": (lambda: [nn.Unflatten(1, (1, 2, 3)), nn.Upsample(scale_factor=2)], ("interpolate",)),
+        }.items()
+    },
+    "Softmax2d": (  # the softmax over the channels of (N, C, H, W)
+        lambda: Block(nn.Sequential(nn.Unflatten(1, (3, 2, 1)), nn.Softmax2d(), nn.Flatten())),
+        ("softmax",),
+    ),
     "InstanceNorm": (
         lambda: Block(nn.Sequential(nn.Unflatten(1, (2, 3)), nn.InstanceNorm1d(2, affine=True), nn.Flatten())),
         ("instance_norm", "batch_norm"),

@@ -139,3 +139,43 @@ def broadcast(jet: Jet, k: int, coefficient: torch.Tensor, shape: torch.Size) ->
     coefficient = align(jet, k, coefficient, len(shape))
     target = shape if jet.shared(k) else (coefficient.shape[0], *shape)
     return coefficient if coefficient.shape == target else coefficient.expand(target)
+
+
+CONVOLUTIONS = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+POOLS = (
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+)  # fmt: skip
+
+
+def _mapped(x: Jet, function: Any, value: torch.Tensor) -> Jet:
+    """``x`` through ``function``, linear, on ``(N, *f)`` tensors, with ``value`` as ``c_0``.
+
+    A coefficient with a direction axis ``(R, N, *f)`` runs under ``vmap``, which
+    folds the directions into the batch of a convolution or a pool.
+    """
+    coefficients = [value]
+    for k in range(1, x.order + 1):
+        coefficient = x.coefficients[k]
+        coefficients.append(function(coefficient) if x.shared(k) else torch.vmap(function)(coefficient))
+    return x.like(coefficients, x.degree)
+
+
+@rule(*CONVOLUTIONS)
+def convolution(func, x: Jet, weight: Any, bias: Any = None, *args: Any, **kwargs: Any) -> Jet:
+    """A convolution with a constant kernel: linear in ``x``, its bias on ``c_0`` only."""
+    if not isinstance(x, Jet) or isinstance(weight, Jet) or isinstance(bias, Jet):
+        raise unsupported(func, " with a kernel or bias that depends on the input")
+    value = func(x.primal, weight, bias, *args, **kwargs)
+    return _mapped(x, lambda c: func(c, weight, None, *args, **kwargs), value)
+
+
+@rule(*POOLS)
+def average_pool(func, x: Jet, *args: Any, **kwargs: Any) -> Jet:
+    """Average pooling: a fixed weighted sum of each window, linear."""
+    return _mapped(x, lambda c: func(c, *args, **kwargs), func(x.primal, *args, **kwargs))
+
+
+@rule(F.interpolate)
+def interpolate(func, x: Jet, *args: Any, **kwargs: Any) -> Jet:
+    """``F.interpolate``: each of its modes weighs the input by weights of the grid alone, linear."""
+    return _mapped(x, lambda c: func(c, *args, **kwargs), func(x.primal, *args, **kwargs))
