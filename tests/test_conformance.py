@@ -226,8 +226,16 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
                 ("interpolate",),
             ),
             "Upsample-nearest": (lambda: [nn.Unflatten(1, (1, 2, 3)), nn.Upsample(scale_factor=2)], ("interpolate",)),
+            "MaxPool1d": (lambda: [nn.Unflatten(1, (1, WIDTH)), nn.MaxPool1d(3, stride=2, padding=1)], ("max_pool1d",)),
+            "MaxPool2d": (lambda: [nn.Unflatten(1, (1, 2, 3)), nn.MaxPool2d(2, stride=1)], ("max_pool2d",)),
         }.items()
     },
+    "MaxPool1d-indices": (  # the values of a pool that also returns its indices
+        lambda: Block(lambda h: torch.tanh(F.max_pool1d(h.unsqueeze(1), 2, return_indices=True)[0]).flatten(1)),
+        ("max_pool1d",),
+    ),
+    "sort": (lambda: Block(lambda h: torch.tanh(h).sort(dim=-1).values * h), ("sort",)),
+    "topk": (lambda: Block(lambda h: torch.topk(torch.tanh(h), 3).values), ("topk",)),
     "Softmax2d": (  # the softmax over the channels of (N, C, H, W)
         lambda: Block(nn.Sequential(nn.Unflatten(1, (3, 2, 1)), nn.Softmax2d(), nn.Flatten())),
         ("softmax",),

@@ -1,4 +1,5 @@
-"""Jet rules of reductions along dimensions: moments, norms and distances, softmax, log-sum-exp and extrema.
+"""Jet rules of reductions along dimensions: moments, norms and distances, softmax, log-sum-exp, extrema
+and selections (``sort``, ``topk``, max pools).
 
 Each is written with other jet rules (sums, products, ``exp``, ``log``,
 powers), so it is exact at any order, works on collapsed jets, and runs
@@ -301,3 +302,55 @@ def amax(func: Callable, x: Jet, dim: Any = (), keepdim: bool = False) -> Jet:
 @rule(torch.amin, T.amin)
 def amin(func: Callable, x: Jet, dim: Any = (), keepdim: bool = False) -> Jet:
     return extreme_values(torch.amin, x, dim, keepdim)
+
+
+# -- selections: the coefficients at the indices torch picks for c_0, as autograd's backward takes them -----
+
+
+def _picked(x: Jet, axis: int, indices: torch.Tensor, values: torch.Tensor) -> Jet:
+    """The coefficients of ``x`` at ``indices`` along ``axis`` (negative), with torch's ``values`` as ``c_0``."""
+    return valued(torch.gather(x, axis, indices), values)
+
+
+@rule(torch.sort, T.sort)
+def sort(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> Any:
+    """``sort``: each coefficient in the order of ``c_0`` (at ties, the order torch returns)."""
+    values, indices = func(x.primal, *args, **kwargs)
+    dim = kwargs.get("dim", next((a for a in args if isinstance(a, int) and not isinstance(a, bool)), -1))
+    axis = trailing(dim, x.ndim)[0]
+    return torch.return_types.sort((_picked(x, axis, indices, values), indices))
+
+
+@rule(torch.topk, T.topk)
+def topk(func: Callable, x: Jet, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> Any:  # noqa: A002
+    """``topk``: the coefficients at the ``k`` entries torch picks for ``c_0``."""
+    values, indices = func(x.primal, k, dim, largest, sorted)
+    axis = trailing(dim, x.ndim)[0]
+    return torch.return_types.topk((_picked(x, axis, indices, values), indices))
+
+
+_MAX_POOLS = {
+    F.max_pool1d: (1, F.max_pool1d_with_indices),
+    F.max_pool2d: (2, F.max_pool2d_with_indices),
+    F.max_pool3d: (3, F.max_pool3d_with_indices),
+    F.max_pool1d_with_indices: (1, F.max_pool1d_with_indices),
+    F.max_pool2d_with_indices: (2, F.max_pool2d_with_indices),
+    F.max_pool3d_with_indices: (3, F.max_pool3d_with_indices),
+}
+
+
+@rule(*_MAX_POOLS)
+def max_pool(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> Any:
+    """Max pooling: each window's coefficients at the element torch picks for ``c_0``.
+
+    ``return_indices`` (by name or in place 6) as the call gives it; the indices are
+    into each plane's flattened input, as ``max_unpool`` reads them.
+    """
+    dims, with_indices = _MAX_POOLS[func]
+    call = dict(zip(("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"), args))
+    call.update(kwargs)
+    wanted = call.pop("return_indices", False) or func is with_indices
+    values, indices = with_indices(x.primal, **call)
+    picked = torch.gather(torch.flatten(x, -dims), -1, indices.flatten(-dims))
+    pooled = valued(torch.unflatten(picked, -1, indices.shape[-dims:]), values)
+    return (pooled, indices) if wanted else pooled
