@@ -95,6 +95,17 @@ class Padded(nn.Module):
         return self.layer(t, t, t, key_padding_mask=padded, need_weights=False)[0]
 
 
+class Paired(nn.Module):
+    """``layer(h, tanh(h))``: a layer of two inputs, each depending on the network's input."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layer(h, torch.tanh(h))
+
+
 class Conditioned(nn.Module):
     """An embedding of a class label (fixed per row) added to the features."""
 
@@ -235,6 +246,7 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
         ("max_pool1d",),
     ),
     "sort": (lambda: Block(lambda h: torch.tanh(h).sort(dim=-1).values * h), ("sort",)),
+    "Bilinear": (lambda: Block(Paired(nn.Bilinear(WIDTH, WIDTH, 4))), ("bilinear",)),
     "topk": (lambda: Block(lambda h: torch.topk(torch.tanh(h), 3).values), ("topk",)),
     "Softmax2d": (  # the softmax over the channels of (N, C, H, W)
         lambda: Block(nn.Sequential(nn.Unflatten(1, (3, 2, 1)), nn.Softmax2d(), nn.Flatten())),

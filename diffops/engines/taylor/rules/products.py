@@ -216,6 +216,17 @@ def einsum(func: Callable, equation: str, *operands: Any) -> Jet:
     raise unsupported(func, " of three or more operands with several depending on the input")
 
 
+@rule(F.bilinear)
+def bilinear(func: Callable, x1: Any, x2: Any, weight: Any, bias: Any = None) -> Jet:
+    """``x1^T W_k x2 + b_k``: linear in each input, a Cauchy product where both depend on the input."""
+    if isinstance(weight, Jet) or isinstance(bias, Jet):
+        raise unsupported(func, " with a weight or bias that depends on the input")
+    mapped = torch.einsum("...i,kij->...kj", x1, weight)  # (..., out, in2)
+    out = torch.einsum("...kj,...j->...k", mapped, x2)
+    out = out if bias is None else out + bias
+    return valued(out, func(primal(x1), primal(x2), weight, bias))
+
+
 def reciprocal(x: Jet) -> Jet:
     """``1 / x``: ``r_k = -r_0 sum_(j=1..k) x_j r_(k-j)``."""
     r0 = torch.reciprocal(x.primal)
