@@ -154,6 +154,13 @@ def _attention(h: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, q.sin(), q.cos()).flatten(1)
 
 
+def _grouped_query_attention(h: torch.Tensor) -> torch.Tensor:
+    """Two query heads sharing one key and value head (``enable_gqa``), 3 tokens of width 1."""
+    q = h.reshape(h.shape[0], 2, 3, 1)
+    k, v = h.sin().reshape(h.shape[0], 2, 3, 1)[:, :1], h.cos().reshape(h.shape[0], 2, 3, 1)[:, 1:]
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True).flatten(1)
+
+
 def _blocked_attention(h: torch.Tensor) -> torch.Tensor:
     """Attention whose boolean mask blocks the second query's every key: its output is 0, not NaN."""
     q = h.reshape(h.shape[0], 2, 3)
@@ -267,6 +274,7 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     ),
     "scaled_dot_product_attention": (lambda: Block(_attention), ("attention",)),
     "scaled_dot_product_attention-blocked-row": (lambda: Block(_blocked_attention), ("attention",)),
+    "scaled_dot_product_attention-gqa": (lambda: Block(_grouped_query_attention), ("attention",)),
     "MultiheadAttention-padded": (
         lambda: Block(Tokens(Padded(nn.MultiheadAttention(4, 2, batch_first=True), encoder=False))),
         ("attention",),
