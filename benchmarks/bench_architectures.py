@@ -1,4 +1,5 @@
-"""Training-step benchmark on the architectures beyond tanh MLPs: a LayerNorm residual MLP and a transformer encoder.
+"""Training-step benchmark on the architectures beyond tanh MLPs: a LayerNorm residual MLP, a transformer
+encoder and a 1-D convolutional network.
 
 A training step is the Laplacian's forward pass, an MSE loss and the backward
 pass to the parameters (:func:`bench_taylor.training_step`).  For each case
@@ -21,7 +22,9 @@ Networks (float32, scalar output):
 * ``layernorm-mlp``: Linear(d, 128), tanh, three residual blocks ``h + tanh(Linear(LayerNorm(h)))``,
   LayerNorm, Linear(128, 1): 4 x 128, batch 256, d = 2 and 16;
 * ``transformer``: Linear(2, 8 x 32), tanh, 8 tokens of 32 through one ``nn.TransformerEncoderLayer``
-  (4 heads, feed-forward 64, dropout 0, batch_first, eval mode), Linear(8 x 32, 1): d = 2, batch 256.
+  (4 heads, feed-forward 64, dropout 0, batch_first, eval mode), Linear(8 x 32, 1): d = 2, batch 256;
+* ``conv1d``: Linear(2, 32), tanh, as a signal of 32 through Conv1d(1, 8, 5), tanh, Conv1d(8, 8, 5), tanh,
+  AvgPool1d(2), Conv1d(8, 4, 3), tanh (zero padding keeping the length), Linear(4 x 16, 1): d = 2, batch 256.
 
 Usage::
 
@@ -62,10 +65,11 @@ class Sizes:
     tokens: int = 8
     embed: int = 32
     heads: int = 4
+    signal: int = 32
     repeats: int = 7
 
 
-QUICK = Sizes(width=16, depth=2, batch=8, mlp_dims=(2,), tokens=2, embed=8, heads=2, repeats=1)
+QUICK = Sizes(width=16, depth=2, batch=8, mlp_dims=(2,), tokens=2, embed=8, heads=2, signal=8, repeats=1)
 
 
 # -- the networks -------------------------------------------------------------------------------
@@ -101,6 +105,22 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.inp(x)).reshape(x.shape[0], self.tokens, self.embed)
         return self.out(self.layer(h).reshape(x.shape[0], -1))
+
+
+class ConvNet(nn.Module):
+    """x lifted to a signal of ``length`` by a Linear, three tanh convolutions and a pool, a Linear read-out."""
+
+    def __init__(self, d: int, length: int):
+        super().__init__()
+        self.inp = nn.Linear(d, length)
+        self.convs = nn.Sequential(
+            nn.Conv1d(1, 8, 5, padding=2), nn.Tanh(), nn.Conv1d(8, 8, 5, padding=2), nn.Tanh(),
+            nn.AvgPool1d(2), nn.Conv1d(8, 4, 3, padding=1), nn.Tanh(),
+        )  # fmt: skip
+        self.out = nn.Linear(4 * (length // 2), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.convs(torch.tanh(self.inp(x)).unsqueeze(1)).flatten(1))
 
 
 # -- the Laplacian by each method: (B, d) -> (B, 1) ------------------------------------------------
@@ -142,6 +162,7 @@ def cases(sizes: Sizes) -> dict[str, Callable[[], tuple[nn.Module, int]]]:
         f"layernorm-mlp d={d}": (lambda d=d: (LayerNormMLP(d, sizes.width, sizes.depth), d)) for d in sizes.mlp_dims
     }
     built["transformer d=2"] = lambda: (Encoder(2, sizes.tokens, sizes.embed, sizes.heads).eval(), 2)
+    built["conv1d d=2"] = lambda: (ConvNet(2, sizes.signal), 2)
     return built
 
 

@@ -154,6 +154,12 @@ def _attention(h: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, q.sin(), q.cos()).flatten(1)
 
 
+def _gamma_family(h: torch.Tensor) -> torch.Tensor:
+    """``lgamma``, ``digamma`` and ``polygamma`` of positive features (a likelihood's terms)."""
+    s = h * h + 1
+    return torch.cat([torch.lgamma(s), torch.digamma(s), torch.polygamma(1, s), s.polygamma(2)], dim=-1)
+
+
 def _grouped_query_attention(h: torch.Tensor) -> torch.Tensor:
     """Two query heads sharing one key and value head (``enable_gqa``), 3 tokens of width 1."""
     q = h.reshape(h.shape[0], 2, 3, 1)
@@ -253,6 +259,7 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
         ("max_pool1d",),
     ),
     "sort": (lambda: Block(lambda h: torch.tanh(h).sort(dim=-1).values * h), ("sort",)),
+    "gamma-family": (lambda: Block(_gamma_family), ("lgamma", "digamma", "polygamma")),
     "Bilinear": (lambda: Block(Paired(nn.Bilinear(WIDTH, WIDTH, 4))), ("bilinear",)),
     "topk": (lambda: Block(lambda h: torch.topk(torch.tanh(h), 3).values), ("topk",)),
     "Softmax2d": (  # the softmax over the channels of (N, C, H, W)

@@ -676,3 +676,49 @@ def glu(func: Callable, x: Jet, dim: int = -1) -> Jet:
         raise ValueError(f"glu: the dimension {dim} of the input must have an even size, got shape {tuple(x.shape)}")
     a, b = x.chunk(2, dim)
     return a * torch.sigmoid(b)
+
+
+# -- functions known by their derivatives at c_0: the gamma family ----------------------------------------
+
+
+def from_derivatives(x: Jet, derivatives: list[torch.Tensor]) -> Jet:
+    """``f(x)`` from ``[f, f', .., f^(K)]`` at ``c_0``: ``sum_j f^(j)(c_0) / j! (x - c_0)^j``, in jet products.
+
+    For functions whose derivatives torch computes directly (``polygamma``) but
+    that satisfy no short differential equation in themselves.  O(K) products.
+    """
+    step = x - x.primal  # c_0 = 0: the powers of the step start at its own order
+    total, power = None, None
+    for j in range(1, x.order + 1):
+        power = step if power is None else power * step
+        term = power * (derivatives[j] / math.factorial(j))
+        total = term if total is None else total + term
+    return valued(total, derivatives[0])
+
+
+def _polygamma_from(n: int, x: Jet, value: torch.Tensor) -> Jet:
+    """``psi^(n)``'s antiderivative chain: the function whose derivative at order j is ``polygamma(n + j - 1)``,
+    with ``value`` its own value (``lgamma`` for n = 0, ``polygamma(n - 1)`` else)."""
+    c0 = x.primal
+    return from_derivatives(x, [value, *(torch.polygamma(n + j, c0) for j in range(x.order))])
+
+
+@rule(torch.lgamma, T.lgamma, torch.special.gammaln)
+def lgamma(func: Callable, x: Jet) -> Jet:
+    """``log |Gamma(x)|``: its derivatives are ``digamma``, ``polygamma(1)``, ..."""
+    return _polygamma_from(0, x, torch.lgamma(x.primal))
+
+
+@rule(torch.digamma, T.digamma, torch.special.digamma, torch.special.psi)
+def digamma(func: Callable, x: Jet) -> Jet:
+    return _polygamma_from(1, x, torch.digamma(x.primal))
+
+
+@rule(torch.polygamma, torch.special.polygamma)
+def polygamma(func: Callable, n: int, x: Jet) -> Jet:
+    return _polygamma_from(n + 1, x, torch.polygamma(n, x.primal))
+
+
+@rule(T.polygamma)
+def tensor_polygamma(func: Callable, x: Jet, n: int) -> Jet:
+    return polygamma(torch.polygamma, n, x)
