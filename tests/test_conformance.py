@@ -260,6 +260,16 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     ),
     "sort": (lambda: Block(lambda h: torch.tanh(h).sort(dim=-1).values * h), ("sort",)),
     "gamma-family": (lambda: Block(_gamma_family), ("lgamma", "digamma", "polygamma")),
+    **{
+        name: (lambda layers=layers: Block(nn.Sequential(*layers, nn.Tanh(), nn.Flatten()), width=16), ops)
+        for name, (layers, ops) in {  # rearrangements and patches of a grid of 16 features
+            "PixelShuffle": ((nn.Unflatten(1, (4, 2, 2)), nn.PixelShuffle(2)), ("pixel_shuffle",)),
+            "PixelUnshuffle": ((nn.Unflatten(1, (1, 4, 4)), nn.PixelUnshuffle(2)), ("pixel_unshuffle",)),
+            "ChannelShuffle": ((nn.Unflatten(1, (4, 2, 2)), nn.ChannelShuffle(2)), ("channel_shuffle",)),
+            "Unfold": ((nn.Unflatten(1, (1, 4, 4)), nn.Unfold(2)), ("unfold",)),
+            "Fold": ((nn.Unflatten(1, (4, 4)), nn.Fold((3, 3), 2)), ("fold",)),
+        }.items()
+    },
     "Bilinear": (lambda: Block(Paired(nn.Bilinear(WIDTH, WIDTH, 4))), ("bilinear",)),
     "topk": (lambda: Block(lambda h: torch.topk(torch.tanh(h), 3).values), ("topk",)),
     "Softmax2d": (  # the softmax over the channels of (N, C, H, W)

@@ -142,8 +142,11 @@ def broadcast(jet: Jet, k: int, coefficient: torch.Tensor, shape: torch.Size) ->
 
 
 CONVOLUTIONS = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
-POOLS = (
+# linear in their first argument, with no other tensor that scales it: average pools (fixed window weights),
+# interpolation (weights of the grid alone), patches and rearrangements of a grid
+GRID_MAPS = (
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.interpolate, F.unfold, F.fold, F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle,
 )  # fmt: skip
 
 
@@ -169,13 +172,7 @@ def convolution(func, x: Jet, weight: Any, bias: Any = None, *args: Any, **kwarg
     return _mapped(x, lambda c: func(c, weight, None, *args, **kwargs), value)
 
 
-@rule(*POOLS)
-def average_pool(func, x: Jet, *args: Any, **kwargs: Any) -> Jet:
-    """Average pooling: a fixed weighted sum of each window, linear."""
-    return _mapped(x, lambda c: func(c, *args, **kwargs), func(x.primal, *args, **kwargs))
-
-
-@rule(F.interpolate)
-def interpolate(func, x: Jet, *args: Any, **kwargs: Any) -> Jet:
-    """``F.interpolate``: each of its modes weighs the input by weights of the grid alone, linear."""
+@rule(*GRID_MAPS)
+def grid_map(func, x: Jet, *args: Any, **kwargs: Any) -> Jet:
+    """Average pools, ``F.interpolate`` (every mode), ``unfold``/``fold``, pixel and channel shuffles: linear."""
     return _mapped(x, lambda c: func(c, *args, **kwargs), func(x.primal, *args, **kwargs))
