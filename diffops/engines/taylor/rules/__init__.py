@@ -7,6 +7,7 @@
 * :mod:`.binary`: elementwise functions of two tensors (atan2, hypot, maximum, logaddexp, lerp);
 * :mod:`.piecewise`: piecewise-linear and piecewise-quadratic activations, clamp;
 * :mod:`.reductions`: moments, norms, softmax, log-sum-exp and extrema along dimensions;
+* :mod:`.linalg`: inverse, solve, determinant and its logarithms of square matrices;
 * :mod:`.normalization`: layer, RMS, group and instance norm, batch norm in eval mode;
 * :mod:`.attention`: scaled dot-product and multi-head attention;
 * :mod:`.dropout`: dropout layers, the identity when off;
@@ -24,6 +25,7 @@ from . import (  # noqa: F401
     binary,
     dropout,
     elementwise,
+    linalg,
     linear,
     normalization,
     piecewise,
@@ -37,6 +39,7 @@ __all__ = [
     "binary",
     "dropout",
     "elementwise",
+    "linalg",
     "linear",
     "normalization",
     "piecewise",
