@@ -4,7 +4,7 @@ Written plainly, one output component and one row of partials at a time, and
 independent of the package's own autograd engine.  PyTorch's own rules are not
 exact everywhere: :func:`exact_layers` runs the layers whose fused derivative
 rules fail (normalisations beyond order 2, batch norm with batch statistics
-included, ``hardsigmoid``, ``celu``) as plain compositions and attention on the
+included, ``hardsigmoid``, ``celu``, ``logcumsumexp``) as plain compositions and attention on the
 math kernel; ``partial`` uses it throughout.  Normalisations with running
 statistics are affine maps, exact, and run as they are.
 """
@@ -45,6 +45,10 @@ class CompositeReference(TorchFunctionMode):
             return y * weight.reshape(shape) + bias.reshape(shape) if weight is not None else y
         if func is F.hardsigmoid:  # no double backward upstream
             return F.relu6(args[0] + 3) / 6
+        if func in (torch.logcumsumexp, torch.Tensor.logcumsumexp):  # its double backward is NaN upstream
+            x, dim = args[0], args[1] if len(args) > 1 else kwargs["dim"]
+            shift = x.detach().amax(dim, keepdim=True)  # a constant: no exp overflows, the derivatives unchanged
+            return torch.log(torch.cumsum(torch.exp(x - shift), dim)) + shift
         if func is F.celu:  # the upstream derivative scales by a float32 1/alpha
             alpha = args[1] if len(args) > 1 else kwargs.get("alpha", 1.0)
             return alpha * F.elu(args[0] / alpha)  # F.celu's own branches, its derivatives at 0 included

@@ -354,3 +354,30 @@ def max_pool(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> Any:
     picked = torch.gather(torch.flatten(x, -dims), -1, indices.flatten(-dims))
     pooled = valued(torch.unflatten(picked, -1, indices.shape[-dims:]), values)
     return (pooled, indices) if wanted else pooled
+
+
+# -- cumulative products and log-sum-exps: a running product or logaddexp of jets along the dimension -------
+
+
+def _running(combine: Callable, x: Jet, dim: int) -> Jet:
+    """``[x_0, combine(., x_1), ..]`` along ``dim``: L - 1 applications of a jet rule."""
+    axis = trailing(dim, x.ndim)[0]
+    running = x.select(axis, 0)
+    out = [running]
+    for i in range(1, x.shape[axis]):
+        running = combine(running, x.select(axis, i))
+        out.append(running)
+    return torch.stack(out, dim=axis)
+
+
+@rule(torch.cumprod, T.cumprod)
+def cumprod(func: Callable, x: Jet, dim: int, *, dtype: Any = None) -> Jet:
+    """Products of jets, exact at a factor that is 0 (where torch.func's rule is NaN)."""
+    x = x if dtype is None else x.to(dtype)
+    return valued(_running(torch.mul, x, dim), torch.cumprod(x.primal, dim))
+
+
+@rule(torch.logcumsumexp, T.logcumsumexp)
+def logcumsumexp(func: Callable, x: Jet, dim: int) -> Jet:
+    """``logaddexp`` of jets, stable (nested autograd's double backward of it is NaN)."""
+    return valued(_running(torch.logaddexp, x, dim), torch.logcumsumexp(x.primal, dim))
