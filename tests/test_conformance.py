@@ -95,6 +95,21 @@ class Padded(nn.Module):
         return self.layer(t, t, t, key_padding_mask=padded, need_weights=False)[0]
 
 
+class Unpooled(nn.Module):
+    """Max pooling in windows of 2 with ``stride``, put back by ``MaxUnpool1d``: with stride 1 the windows
+    overlap and an index repeats, where PyTorch's backward is wrong (every engine refuses)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.pool = nn.MaxPool1d(2, stride, return_indices=True)
+        self.unpool = nn.MaxUnpool1d(2, stride)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.unsqueeze(1)
+        pooled, indices = self.pool(h)
+        return self.unpool(pooled, indices, output_size=h.shape).flatten(1) + h.flatten(1)
+
+
 class Paired(nn.Module):
     """``layer(h, tanh(h))``: a layer of two inputs, each depending on the network's input."""
 
@@ -264,6 +279,8 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
         ("max_pool1d",),
     ),
     "sort": (lambda: Block(lambda h: torch.tanh(h).sort(dim=-1).values * h), ("sort",)),
+    "MaxUnpool1d": (lambda: Block(Unpooled(stride=2)), ("max_unpool1d",)),
+    "MaxUnpool1d-overlapping": (lambda: Block(Unpooled(stride=1)), ("max_unpool1d", "max_pool1d")),  # refused
     "cumprod": (  # with a factor that is exactly 0 (h times 0), where torch.func's rule gives NaN
         lambda: Block(lambda h: torch.cumprod(torch.cat([h[:, :2], 0 * h[:, 2:3], torch.tanh(h[:, 3:])], -1), -1)),
         ("cumprod",),

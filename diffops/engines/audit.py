@@ -300,13 +300,17 @@ _MAX_UNPOOL = Defect(
 )
 
 
-def _repeats_an_index(args: tuple, kwargs: dict, dims: int) -> bool:
-    """Whether the ``indices`` of ``F.max_unpool{dims}d`` repeat one within a plane (its last ``dims`` axes)."""
-    indices = _argument(args, kwargs, 1, "indices", None)
+def repeats_an_index(indices: object, dims: int) -> bool:
+    """Whether the ``indices`` of ``F.max_unpool{dims}d`` repeat one within a plane (their last ``dims`` axes)."""
     if not torch.is_tensor(indices) or indices.numel() == 0:
         return False
     ordered = indices.flatten(-dims).sort(dim=-1).values
     return bool((ordered[..., 1:] == ordered[..., :-1]).any())
+
+
+def unpool_refusal(engine: str, call: str) -> EngineUnsupported:
+    """The refusal of ``call`` (``F.max_unpool*d``) where an index repeats."""
+    return _inexact(engine, call, _wrong_rule(_MAX_UNPOOL))
 
 
 def _unpool(dims: int) -> tuple[Callable, tuple[int, Callable], tuple[int, Callable]]:
@@ -316,7 +320,8 @@ def _unpool(dims: int) -> tuple[Callable, tuple[int, Callable], tuple[int, Calla
     forward-mode answer go through the same backward.
     """
     call = f"F.max_unpool{dims}d"
-    reverse = _refuse_where(lambda args, kwargs: _repeats_an_index(args, kwargs, dims), _MAX_UNPOOL, call)
+    repeated = lambda args, kwargs: repeats_an_index(_argument(args, kwargs, 1, "indices", None), dims)  # noqa: E731
+    reverse = _refuse_where(repeated, _MAX_UNPOOL, call)
     forward = _refuse_because(
         call, f"{_wrong_rule(_MAX_UNPOOL)}, and under vmap it cannot be told whether an index repeats"
     )

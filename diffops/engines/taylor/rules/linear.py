@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...audit import repeats_an_index, unpool_refusal
 from ..jet import Jet, jets_in, map_coefficients, primal, rule, unsupported, valued
 
 T = torch.Tensor
@@ -176,3 +177,36 @@ def convolution(func, x: Jet, weight: Any, bias: Any = None, *args: Any, **kwarg
 def grid_map(func, x: Jet, *args: Any, **kwargs: Any) -> Jet:
     """Average pools, ``F.interpolate`` (every mode), ``unfold``/``fold``, pixel and channel shuffles: linear."""
     return _mapped(x, lambda c: func(c, *args, **kwargs), func(x.primal, *args, **kwargs))
+
+
+_UNPOOLS = {F.max_unpool1d: 1, F.max_unpool2d: 2, F.max_unpool3d: 3}
+
+
+@rule(*_UNPOOLS)
+def max_unpool(func, x: Jet, indices: torch.Tensor, *args: Any, **kwargs: Any) -> Jet:
+    """Max unpooling: each coefficient put back at the indices, linear; refused where an index repeats.
+
+    There the forward keeps one input and PyTorch's backward credits all, so the parameters'
+    gradients would be wrong (:data:`..audit.REVERSE_MODE_WRONG`); whether one repeats is a test of
+    the data, which the compiler cannot branch on.  The direction axis is folded into the batch:
+    ``max_unpool`` has no batching rule for ``vmap``.
+    """
+    dims = _UNPOOLS[func]
+    name = f"F.max_unpool{dims}d"
+    if torch.compiler.is_compiling():
+        raise unsupported(func, " under torch.compile, where it cannot be told whether an index repeats")
+    if repeats_an_index(indices, dims):
+        raise unpool_refusal("Taylor mode", name)
+    unpool = lambda c, i: func(c, i, *args, **kwargs)  # noqa: E731
+    coefficients = [unpool(x.primal, indices)]
+    for k in range(1, x.order + 1):
+        c = x.coefficients[k]
+        if x.shared(k):
+            coefficients.append(unpool(c, indices))
+            continue
+        directions, batched = c.shape[0], x.primal.dim() == dims + 2
+        folded = c.flatten(0, 1) if batched else c
+        index = indices.expand(directions, *indices.shape)
+        out = unpool(folded, index.flatten(0, 1) if batched else index)
+        coefficients.append(out.unflatten(0, (directions, -1)) if batched else out)
+    return x.like(coefficients, x.degree)
