@@ -514,9 +514,9 @@ def test_cell(block, method, request_):
         torch.testing.assert_close(actual, wanted, **tolerance)
 
 
-# blocks that Taylor mode refused until it had rules for them: a refusal passes test_cell, so that they run
+# blocks that Taylor mode refused until it had rules for them (2026-12-04): a refusal passes test_cell, so that they run
 # is asserted here
-TAYLOR_RULES_SINCE_0_2 = (
+TAYLOR_RULES_ADDED = (
     "Conv1d", "Conv1d-circular", "Conv2d", "ConvTranspose1d", "AvgPool1d", "AdaptiveAvgPool2d", "Upsample-linear",
     "Upsample-bicubic", "Upsample-nearest", "MaxPool1d", "MaxPool2d", "MaxPool1d-indices", "MaxUnpool1d", "sort",
     "topk", "Bilinear", "gamma-family", "scaled_dot_product_attention-gqa", "cumprod", "logcumsumexp",
@@ -524,7 +524,7 @@ TAYLOR_RULES_SINCE_0_2 = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("block", TAYLOR_RULES_SINCE_0_2)
+@pytest.mark.parametrize("block", TAYLOR_RULES_ADDED)
 def test_taylor_mode_runs(block):
     u, x = make(block)
     for request in ("laplacian", "d3"):
