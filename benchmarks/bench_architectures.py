@@ -1,5 +1,5 @@
 """Training-step benchmark on the architectures beyond tanh MLPs: a LayerNorm residual MLP, a transformer
-encoder and a 1-D convolutional network.
+encoder, a 1-D convolutional network and a determinant of orbitals.
 
 A training step is the Laplacian's forward pass, an MSE loss and the backward
 pass to the parameters (:func:`bench_taylor.training_step`).  For each case
@@ -24,7 +24,10 @@ Networks (float32, scalar output):
 * ``transformer``: Linear(2, 8 x 32), tanh, 8 tokens of 32 through one ``nn.TransformerEncoderLayer``
   (4 heads, feed-forward 64, dropout 0, batch_first, eval mode), Linear(8 x 32, 1): d = 2, batch 256;
 * ``conv1d``: Linear(2, 32), tanh, as a signal of 32 through Conv1d(1, 8, 5), tanh, Conv1d(8, 8, 5), tanh,
-  AvgPool1d(2), Conv1d(8, 4, 3), tanh (zero padding keeping the length), Linear(4 x 16, 1): d = 2, batch 256.
+  AvgPool1d(2), Conv1d(8, 4, 3), tanh (zero padding keeping the length), Linear(4 x 16, 1): d = 2, batch 256;
+* ``determinant``: ``log |det A(x)|`` of the ``n x n`` orbitals ``A = MLP(x) + 2 I`` of n = 8 particles in
+  3-D (MLP: Linear(24, 64), tanh, Linear(64, 64), tanh, Linear(64, 64)): d = 24, batch 256 (a
+  wavefunction's Laplacian, the kinetic energy of quantum Monte Carlo).
 
 Usage::
 
@@ -66,10 +69,11 @@ class Sizes:
     embed: int = 32
     heads: int = 4
     signal: int = 32
+    particles: int = 8
     repeats: int = 7
 
 
-QUICK = Sizes(width=16, depth=2, batch=8, mlp_dims=(2,), tokens=2, embed=8, heads=2, signal=8, repeats=1)
+QUICK = Sizes(width=16, depth=2, batch=8, mlp_dims=(2,), tokens=2, embed=8, heads=2, signal=8, particles=2, repeats=1)
 
 
 # -- the networks -------------------------------------------------------------------------------
@@ -123,6 +127,23 @@ class ConvNet(nn.Module):
         return self.out(self.convs(torch.tanh(self.inp(x)).unsqueeze(1)).flatten(1))
 
 
+class Determinant(nn.Module):
+    """``log |det A(x)|`` of ``particles x particles`` orbitals from an MLP of the ``3 particles`` coordinates."""
+
+    def __init__(self, particles: int, width: int = 64):
+        super().__init__()
+        self.particles = particles
+        self.orbitals = nn.Sequential(
+            nn.Linear(3 * particles, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
+            nn.Linear(width, particles * particles),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.orbitals(x).reshape(-1, self.particles, self.particles)
+        a = a + 2 * torch.eye(self.particles, dtype=x.dtype, device=x.device)
+        return torch.linalg.slogdet(a).logabsdet.unsqueeze(-1)
+
+
 # -- the Laplacian by each method: (B, d) -> (B, 1) ------------------------------------------------
 
 
@@ -163,17 +184,18 @@ def cases(sizes: Sizes) -> dict[str, Callable[[], tuple[nn.Module, int]]]:
     }
     built["transformer d=2"] = lambda: (Encoder(2, sizes.tokens, sizes.embed, sizes.heads).eval(), 2)
     built["conv1d d=2"] = lambda: (ConvNet(2, sizes.signal), 2)
+    built[f"determinant d={3 * sizes.particles}"] = lambda: (Determinant(sizes.particles), 3 * sizes.particles)
     return built
 
 
 # -- measuring -------------------------------------------------------------------------------------
 
 
-def check_agreement(laplacians: dict[str, Callable], x: torch.Tensor) -> float:
-    """The largest relative difference of the methods' Laplacians from nested autograd's (float32)."""
+def check_agreement(laplacians: dict[str, Callable], x: torch.Tensor) -> dict[str, float]:
+    """Each method's largest relative difference from nested autograd's Laplacian (float32)."""
     expected = laplacians["autograd"](x).detach()
     scale = expected.abs().max().clamp_min(1e-30)
-    return max(float((laplacians[m](x).detach() - expected).abs().max() / scale) for m in METHODS)
+    return {m: float((laplacians[m](x).detach() - expected).abs().max() / scale) for m in METHODS if m != "autograd"}
 
 
 def measure(name: str, build: Callable, sizes: Sizes) -> dict:
@@ -210,7 +232,8 @@ def print_rows(rows: list[dict]) -> None:
         line += " " + " ".join(f"{_mib(row['memory'][m]):>12}" for m in METHODS)
         print(line)
     for row in rows:
-        note = f"  {row['case']}: max relative difference from nested autograd {row['agreement']:.1e}"
+        differences = ", ".join(f"{m} {difference:.1e}" for m, difference in row["agreement"].items())
+        note = f"  {row['case']}: largest relative difference from nested autograd: {differences}"
         print(note + (f"; auto fell back: {row['fallback']}" if row["fallback"] else "; auto ran the Taylor engine"))
 
 

@@ -16,7 +16,7 @@ def test_quick_mode_prints_every_case_and_method():
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "CPU:" in out
-    for case in ("layernorm-mlp d=2", "transformer d=2", "conv1d d=2"):
+    for case in ("layernorm-mlp d=2", "transformer d=2", "conv1d d=2", "determinant d=6"):
         rows = [line.split() for line in out.splitlines() if line.split()[:2] == case.split()]
         assert len(rows) == 1 and len(rows[0]) == 2 + 4 + 3 + 4  # the case, four times, three ratios, four memories
-    assert out.count("auto ran the Taylor engine") == 3
+    assert out.count("auto ran the Taylor engine") == 4
