@@ -286,6 +286,11 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
         ("cumprod",),
     ),
     "logcumsumexp": (lambda: Block(lambda h: torch.logcumsumexp(h, dim=1)), ("logcumsumexp",)),
+    "xlogy": (lambda: Block(lambda h: torch.xlogy(h * h + 0.1, torch.sigmoid(h) + 0.5)), ("xlogy",)),
+    "xlogy-at-zero": (  # x exactly 0 in one feature: torch masks the derivative there (Taylor mode refuses)
+        lambda: Block(lambda h: torch.xlogy(torch.cat([0 * h[:, :1], h[:, 1:] ** 2], -1), torch.sigmoid(h) + 0.5)),
+        ("xlogy",),
+    ),
     "gamma-family": (lambda: Block(_gamma_family), ("lgamma", "digamma", "polygamma")),
     **{
         name: (lambda layers=layers: Block(nn.Sequential(*layers, nn.Tanh(), nn.Flatten()), width=16), ops)
@@ -521,6 +526,7 @@ TAYLOR_RULES_ADDED = (
     "Upsample-bicubic", "Upsample-nearest", "MaxPool1d", "MaxPool2d", "MaxPool1d-indices", "MaxUnpool1d", "sort",
     "topk", "Bilinear", "gamma-family", "scaled_dot_product_attention-gqa", "cumprod", "logcumsumexp",
     "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unfold", "Fold", "det", "inv", "logdet", "slogdet", "solve",
+    "xlogy",
 )  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 """Jet rules of elementwise functions of two tensors: atan2, hypot, maximum and minimum, logaddexp,
-lerp, addcmul and addcdiv.
+lerp, addcmul, addcdiv and xlogy.
 
 Each is written with other jet rules and takes its value, ``c_0``, from torch's
 own function, so the value and its parameter gradients are torch's to the last
@@ -13,12 +13,13 @@ autograd splits the gradient.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import torch
 
-from ..jet import Jet, primal, rule, valued
+from ..jet import Jet, primal, rule, unsupported, valued
 from .reductions import extremum
 
 T = torch.Tensor
@@ -86,3 +87,21 @@ def addcmul(func: Any, base: Any, a: Any, b: Any, *, value: numbers.Number = 1) 
 def addcdiv(func: Any, base: Any, a: Any, b: Any, *, value: numbers.Number = 1) -> Jet:
     """``base + value a / b``."""
     return valued(base + value * (a / b), torch.addcdiv(primal(base), primal(a), primal(b), value=value))
+
+
+@rule(torch.xlogy, T.xlogy, torch.special.xlogy)
+def xlogy(func: Any, x: Any, y: Any) -> Jet:
+    """``x log y``, where no ``x`` is 0 at ``c_0``; refused where one is.
+
+    At ``x = 0`` torch's value is 0 and its backward masks the ``log y`` factor of the
+    derivative in ``x``, so nested autograd's mixed partials there are not symmetric (the
+    derivative in ``x`` then ``y`` is 0, in ``y`` then ``x`` is ``1 / y``): no series of a
+    function has them.  Whether an ``x`` is 0 is a test of the data, which the compiler
+    cannot branch on.
+    """
+    if torch.compiler.is_compiling():
+        raise unsupported(func, " under torch.compile, where it cannot be told whether an x is 0")
+    if bool((torch.as_tensor(primal(x)) == 0).any()):
+        raise unsupported(func, " where x is 0: torch masks the derivative there, and its mixed partials differ")
+    log = math.log(y) if isinstance(y, numbers.Number) else torch.log(y)
+    return valued(x * log, torch.xlogy(primal(x), primal(y)))
