@@ -174,6 +174,12 @@ def _attention(h: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, q.sin(), q.cos()).flatten(1)
 
 
+def _signed(h: torch.Tensor) -> torch.Tensor:
+    """Positive features but the first, negative."""
+    y = torch.sigmoid(h) + 0.5
+    return torch.cat([-y[:, :1], y[:, 1:]], -1)
+
+
 def _gamma_family(h: torch.Tensor) -> torch.Tensor:
     """``lgamma``, ``digamma`` and ``polygamma`` of positive features (a likelihood's terms)."""
     s = h * h + 1
@@ -287,8 +293,12 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     ),
     "logcumsumexp": (lambda: Block(lambda h: torch.logcumsumexp(h, dim=1)), ("logcumsumexp",)),
     "xlogy": (lambda: Block(lambda h: torch.xlogy(h * h + 0.1, torch.sigmoid(h) + 0.5)), ("xlogy",)),
-    "xlogy-at-zero": (  # x exactly 0 in one feature: torch masks the derivative there (Taylor mode refuses)
+    "xlogy-at-zero": (  # x exactly 0 in one feature: x log y's derivatives still (y > 0)
         lambda: Block(lambda h: torch.xlogy(torch.cat([0 * h[:, :1], h[:, 1:] ** 2], -1), torch.sigmoid(h) + 0.5)),
+        ("xlogy",),
+    ),
+    "xlogy-nonpositive": (  # y < 0 where x is 0: torch masks the derivative in x there (Taylor mode refuses)
+        lambda: Block(lambda h: torch.xlogy(torch.cat([0 * h[:, :1], h[:, 1:] ** 2], -1), _signed(h)) + h),
         ("xlogy",),
     ),
     "gamma-family": (lambda: Block(_gamma_family), ("lgamma", "digamma", "polygamma")),
@@ -526,7 +536,7 @@ TAYLOR_RULES_ADDED = (
     "Upsample-bicubic", "Upsample-nearest", "MaxPool1d", "MaxPool2d", "MaxPool1d-indices", "MaxUnpool1d", "sort",
     "topk", "Bilinear", "gamma-family", "scaled_dot_product_attention-gqa", "cumprod", "logcumsumexp",
     "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unfold", "Fold", "det", "inv", "logdet", "slogdet", "solve",
-    "xlogy",
+    "xlogy", "xlogy-at-zero",
 )  # fmt: skip
 
 

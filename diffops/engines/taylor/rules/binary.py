@@ -91,17 +91,14 @@ def addcdiv(func: Any, base: Any, a: Any, b: Any, *, value: numbers.Number = 1) 
 
 @rule(torch.xlogy, T.xlogy, torch.special.xlogy)
 def xlogy(func: Any, x: Any, y: Any) -> Jet:
-    """``x log y``, where no ``x`` is 0 at ``c_0``; refused where one is.
+    """``x log y`` where every ``y`` is positive at ``c_0``, as torch differentiates it (at ``x = 0`` too).
 
-    At ``x = 0`` torch's value is 0 and its backward masks the ``log y`` factor of the
-    derivative in ``x``, so nested autograd's mixed partials there are not symmetric (the
-    derivative in ``x`` then ``y`` is 0, in ``y`` then ``x`` is ``1 / y``): no series of a
-    function has them.  Whether an ``x`` is 0 is a test of the data, which the compiler
-    cannot branch on.
+    Where ``y <= 0`` torch's value is 0 at ``x = 0`` and its backward masks the derivative in
+    ``x`` (NaN elsewhere): refused, as under the compiler, which cannot test the data.
     """
     if torch.compiler.is_compiling():
-        raise unsupported(func, " under torch.compile, where it cannot be told whether an x is 0")
-    if bool((torch.as_tensor(primal(x)) == 0).any()):
-        raise unsupported(func, " where x is 0: torch masks the derivative there, and its mixed partials differ")
+        raise unsupported(func, " under torch.compile, where it cannot be told whether a y is positive")
+    if bool((torch.as_tensor(primal(y)) <= 0).any()):
+        raise unsupported(func, " where y <= 0: torch masks the derivative there")
     log = math.log(y) if isinstance(y, numbers.Number) else torch.log(y)
     return valued(x * log, torch.xlogy(primal(x), primal(y)))
