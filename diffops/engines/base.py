@@ -165,6 +165,7 @@ class Engine(Protocol):
     # whether it reads each row's output as a function of that row's input alone; such an
     # engine is not run on a network that couples the rows (see diffops._coupling)
     per_sample: bool
+
     def compute(self, fn: BatchedFn, x: torch.Tensor, request: Request) -> dict:
         """``x``: ``(N, d)``. Returns the dict described in the module docstring."""
         ...

@@ -22,11 +22,14 @@ SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, suppress_h
 
 
 class OnGrid(nn.Module):
-    """``x -> Linear(d, C * prod(shape)) -> tanh -> layer on (N, C, *shape) -> tanh -> Linear(., 1)``."""
+    """``x -> Linear(d, C * prod(shape)) -> [tanh] -> layer on (N, C, *shape) -> tanh -> Linear(., 1)``.
 
-    def __init__(self, d: int, channels: int, shape: tuple[int, ...], layer: nn.Module):
+    Without the first tanh the layer reads a jet of degree one (its coefficients above the first are zero).
+    """
+
+    def __init__(self, d: int, channels: int, shape: tuple[int, ...], layer: nn.Module, smooth: bool = True):
         super().__init__()
-        self.channels, self.shape = channels, shape
+        self.channels, self.shape, self.smooth = channels, shape, smooth
         self.lift = nn.Linear(d, channels * torch.Size(shape).numel())
         self.layer = layer
         with torch.no_grad():
@@ -35,7 +38,8 @@ class OnGrid(nn.Module):
         self.double()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(self.lift(x)).reshape(x.shape[0], self.channels, *self.shape)
+        h = self.lift(x)
+        h = (torch.tanh(h) if self.smooth else h).reshape(x.shape[0], self.channels, *self.shape)
         return self.read(torch.tanh(self.layer(h)).flatten(1))
 
 
@@ -98,7 +102,7 @@ def check(problem, data) -> None:
     channels, shape, layer = problem
     d = data.draw(st.integers(1, 3))
     torch.manual_seed(data.draw(st.integers(0, 2**16)))
-    net, x = OnGrid(d, channels, shape, layer), torch.randn(4, d, dtype=torch.float64)
+    net, x = OnGrid(d, channels, shape, layer, data.draw(st.booleans())), torch.randn(4, d, dtype=torch.float64)
     index = tuple(sorted(data.draw(st.lists(st.integers(0, d - 1), min_size=1, max_size=3))))
     actual = do.Derivative(net, wrt=index, method="taylor")(x)
     expected = ref.partial(net, x, index)

@@ -155,12 +155,16 @@ def _mapped(x: Jet, function: Any, value: torch.Tensor) -> Jet:
     """``x`` through ``function``, linear, on ``(N, *f)`` tensors, with ``value`` as ``c_0``.
 
     A coefficient with a direction axis ``(R, N, *f)`` runs under ``vmap``, which
-    folds the directions into the batch of a convolution or a pool.
+    folds the directions into the batch of a convolution or a pool; one above the
+    jet's degree is a known zero, and stays one without a call.
     """
     coefficients = [value]
     for k in range(1, x.order + 1):
         coefficient = x.coefficients[k]
-        coefficients.append(function(coefficient) if x.shared(k) else torch.vmap(function)(coefficient))
+        if k > x.degree:
+            coefficients.append(x.zero(k, value.shape))
+        else:
+            coefficients.append(function(coefficient) if x.shared(k) else torch.vmap(function)(coefficient))
     return x.like(coefficients, x.degree)
 
 

@@ -316,7 +316,7 @@ def _picked(x: Jet, axis: int, indices: torch.Tensor, values: torch.Tensor) -> J
 def sort(func: Callable, x: Jet, *args: Any, **kwargs: Any) -> Any:
     """``sort``: each coefficient in the order of ``c_0`` (at ties, the order torch returns)."""
     values, indices = func(x.primal, *args, **kwargs)
-    dim = kwargs.get("dim", next((a for a in args if isinstance(a, int) and not isinstance(a, bool)), -1))
+    dim = kwargs.get("dim", args[0] if args else -1)  # torch's first positional argument after the input
     axis = trailing(dim, x.ndim)[0]
     return torch.return_types.sort((_picked(x, axis, indices, values), indices))
 
