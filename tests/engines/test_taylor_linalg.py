@@ -118,3 +118,15 @@ def test_compiled():
     u, x = Orbitals(lambda a: torch.linalg.slogdet(a).logabsdet, 1.5), torch.randn(5, 2, dtype=torch.float64)
     actual = torch.compile(do.Laplacian(u, method="taylor"), backend="aot_eager", fullgraph=True)(x)
     torch.testing.assert_close(actual, ref.laplacian(u, x), rtol=1e-9, atol=1e-11)
+
+
+def test_logdet_where_det_is_negative_follows_nested_autograd():
+    """There torch's value is NaN and nested autograd's derivatives are 0, at every order."""
+    torch.manual_seed(3)
+    u, x = Orbitals(torch.logdet, 0.0), torch.randn(8, 2, dtype=torch.float64)
+    assert (torch.linalg.det(torch.tanh(u.layer(x)).reshape(-1, 3, 3)) < 0).any()
+    for index in [(0,), (0, 1), (1, 1, 0), (0, 0, 0, 0)]:
+        actual, expected = do.Derivative(u, wrt=index, method="taylor")(x), ref.partial(u, x, index)
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11)
+        for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected), strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-10)

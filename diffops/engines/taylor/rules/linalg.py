@@ -95,11 +95,11 @@ def slogdet(func: Callable, a: Jet) -> Any:
 
 @rule(torch.logdet, T.logdet)
 def logdet(func: Callable, a: Jet) -> Jet:
-    """``log det A``: NaN where det A < 0, as torch's value (and every coefficient)."""
-    sign, value = torch.linalg.slogdet(a.primal)
+    """``log det A``; where det A < 0 its value is NaN, as torch's, and every coefficient above it 0,
+    as nested autograd's derivatives there."""
     log = _log_abs_det(a, func, torch.logdet(a.primal))
-    negative = sign < 0
-    return log.like([log.primal, *(torch.where(negative, torch.nan, c) for c in log.coefficients[1:])], log.degree)
+    negative = torch.linalg.slogdet(a.primal).sign < 0
+    return log.like([log.primal, *(torch.where(negative, 0.0, c) for c in log.coefficients[1:])], log.degree)
 
 
 @rule(torch.linalg.det, torch.det, T.det)
