@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import onednn
 from .jet import Jet
 
 FEW_FEATURES = 8
@@ -74,7 +75,8 @@ def product_columns(weight: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 
     The compiler fuses those into the layer's kernel, reading the coordinates'
     stack where it is built; the BLAS ran ``(64, 2) @ (2, 30,000)`` at 1.7 GFLOP/s,
-    4.5 ms of a 60 ms step (Burgers, 4 x 64, batch 10,000).
+    4.5 ms of a 60 ms step (Burgers, 4 x 64, batch 10,000). Large float32
+    products on the CPU go through oneDNN (:mod:`.onednn`).
     """
     if weight.shape[1] < FEW_FEATURES:
         total = weight[:, :1] * cols[:1]
@@ -83,11 +85,18 @@ def product_columns(weight: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return total
     if weight.shape[0] == 1:  # one output: a broadcast sum, whose backward is no outer product in the BLAS
         return (weight.T * cols).sum(0, keepdim=True)
+    if onednn.pays(*weight.shape, cols.shape[1], cols):
+        return onednn.columns_product(weight, cols)
     return weight @ cols
 
 
 def weight_grad_columns(grad: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``grad @ cols.T``: ``(F_out, M) @ (M, F_in)``, over the coordinates as one fused reduction each."""
+    """``grad @ cols.T``: ``(F_out, M) @ (M, F_in)``, over the coordinates as one fused reduction each.
+
+    Large float32 products on the CPU go through oneDNN (:mod:`.onednn`).
+    """
+    if onednn.pays(grad.shape[0], grad.shape[1], cols.shape[0], cols):
+        return onednn.samples_product(grad, cols)
     if cols.shape[0] >= FEW_FEATURES:
         return grad @ cols.T
     return torch.stack([(grad * cols[i]).sum(1) for i in range(cols.shape[0])], dim=1)
