@@ -67,6 +67,7 @@ def convolutions(draw):
 @st.composite
 def pools(draw):
     dims = draw(st.integers(1, 2))
+    shape = _shape(draw, dims)
     kind = draw(st.sampled_from(["avg", "max", "adaptive"]))
     kernel = draw(st.integers(2, 3))
     stride, padding, ceil = draw(st.integers(1, 2)), draw(st.integers(0, 1)), draw(st.booleans())
@@ -76,9 +77,10 @@ def pools(draw):
         count = draw(st.booleans())
         layer = (nn.AvgPool1d, nn.AvgPool2d)[dims - 1](kernel, stride, padding, ceil, count_include_pad=count)
     else:
-        dilation = draw(st.integers(1, 2))
+        fits = (2 * (kernel - 1) + 1 <= min(shape) + 2 * padding) + 1  # the dilated window within the padded input
+        dilation = draw(st.integers(1, fits))
         layer = (nn.MaxPool1d, nn.MaxPool2d)[dims - 1](kernel, stride, padding, dilation, ceil_mode=ceil)
-    return 1, _shape(draw, dims), layer
+    return 1, shape, layer
 
 
 class Interpolated(nn.Module):
