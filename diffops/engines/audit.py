@@ -17,8 +17,9 @@ every torch call (:class:`Audit`, a ``TorchFunctionMode``, so it works under
 The double-backward rules of the fused normalisations are right, but not their
 third derivatives, which the parameters' gradients of a second derivative
 need: nested autograd runs them through the same compositions for requests of
-order 2 and more (:func:`exact_reverse_mode`), and refuses ``logcumsumexp``, whose double backward gives
-NaN, from order 2, and ``sinc``, whose backward is wrong at 0, from order 1 (as the func engine does).
+order 2 and more (:func:`exact_reverse_mode`), and ``logcumsumexp``, whose double backward gives NaN (the
+func engine runs it composed at every order: its forward-mode rule loses digits where the values spread), and
+refuses ``sinc``, whose backward is wrong at 0, from order 1 (as the func engine does).
 ``hardsigmoid``'s backward has no derivative, so both engines run it as ``relu6(x + 3) / 6``; ``celu``'s is
 inexact (a float32 ``1/alpha``), so both run it as ``alpha elu(x / alpha)``.  Both run
 attention through PyTorch's math kernel (:func:`math_attention`): the fused CPU
@@ -112,6 +113,16 @@ def _batch_norm(engine: str, func: Callable, args: tuple, kwargs: dict):
 
 def _hardsigmoid(engine: str, func: Callable, args: tuple, kwargs: dict):
     return F.relu6(args[0] + 3.0) / 6.0  # aten::hardsigmoid_backward has no derivative upstream
+
+
+def _logcumsumexp(engine: str, func: Callable, args: tuple, kwargs: dict):
+    x, dim = args[0], _argument(args, kwargs, 1, "dim", None)
+    if x.dim() == 0 or not x.is_floating_point() or "out" in kwargs:  # nothing to spread over, or not ours
+        return func(*args, **kwargs)
+    return decompositions.logcumsumexp(x, dim)
+
+
+_LOGCUMSUMEXPS = {torch.logcumsumexp: _logcumsumexp, torch.Tensor.logcumsumexp: _logcumsumexp}
 
 
 def _celu(engine: str, func: Callable, args: tuple, kwargs: dict):
@@ -370,18 +381,17 @@ def _batch_norm_composed(engine: str, func: Callable, args: tuple, kwargs: dict)
 
 
 # nested autograd differentiates batch statistics fine through the composition (func cannot: vmap)
-REVERSE_MODE_HANDLERS: dict[Callable, Callable] = {**NORMALISATION_HANDLERS, F.batch_norm: _batch_norm_composed}
+# logcumsumexp's double backward gives NaN (third derivatives, the parameters' gradients of second ones)
+REVERSE_MODE_HANDLERS: dict[Callable, Callable] = {
+    **NORMALISATION_HANDLERS,
+    F.batch_norm: _batch_norm_composed,
+    **_LOGCUMSUMEXPS,
+}
 
-_LOGCUMSUMEXP = Defect(
-    "aten::logcumsumexp",
-    "its double backward gives NaN: third derivatives and the parameters' gradients of second derivatives are NaN",
-)
 # wrong numbers of reverse mode from the order given, refused from it
 REVERSE_MODE_WRONG: dict[Callable, tuple[int, Callable]] = {
     **_AS_STRIDED_SCATTERS,
     **{call: reverse for call, reverse, _ in _UNPOOLS},
-    torch.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "torch.logcumsumexp"),
-    torch.Tensor.logcumsumexp: _from_order(2, _LOGCUMSUMEXP, "Tensor.logcumsumexp"),
     torch.sinc: _from_order(1, _SINC, "torch.sinc"),
     torch.Tensor.sinc: _from_order(1, _SINC, "Tensor.sinc"),
     torch.special.sinc: _from_order(1, _SINC, "torch.special.sinc"),
@@ -394,6 +404,7 @@ MISSING_RULE_HANDLERS: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid, 
 FORWARD_MODE_HANDLERS: dict[Callable, Callable] = {
     **NORMALISATION_HANDLERS,
     **MISSING_RULE_HANDLERS,
+    **_LOGCUMSUMEXPS,  # its forward-mode rule loses digits where the values spread (decompositions.logcumsumexp)
     torch.linalg.det: _refuse(DET, "torch.linalg.det"),
     torch.det: _refuse(DET, "torch.det"),
     torch.Tensor.det: _refuse(DET, "Tensor.det"),

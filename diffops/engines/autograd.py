@@ -4,8 +4,8 @@ It handles what ``vmap`` and forward mode cannot (BatchNorm in training mode,
 in-place updates of captured buffers, data-dependent control flow).  Attention
 runs through PyTorch's math kernel: the fused CPU kernels have no double
 backward, and requests of order 2 and more run the fused normalisations
-through exact compositions and refuse ``logcumsumexp``, whose double backward
-gives NaN (:func:`.audit.exact_reverse_mode`).  Every
+through exact compositions, and ``logcumsumexp``, whose double backward
+gives NaN, as masked ``logsumexp`` (:func:`.audit.exact_reverse_mode`).  Every
 derivative is a gradient of a lower one, memoised by (component, multi-index),
 so a Hessian, a Laplacian and the partials of one request share their work.
 """

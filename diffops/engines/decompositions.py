@@ -9,6 +9,7 @@ these layers as the compositions below.  Masked attention runs
 gradients of derivatives under torch.func; its composition gives such rows
 weights 0 as the kernel does (:func:`blocked_rows`).  They take the arguments of
 their ``torch.nn.functional`` namesakes and return the same values up to rounding.
+``logcumsumexp``, whose forward-mode rule loses digits, runs as masked ``logsumexp``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,23 @@ def batch_norm(
             running_mean.mul_(1 - momentum).add_(momentum * input.detach().mean(dims))
             running_var.mul_(1 - momentum).add_(momentum * variance)
     return _per_channel_affine(y, weight, bias)
+
+
+def logcumsumexp(input: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.logcumsumexp``: each prefix's ``logsumexp``, one masked ``logsumexp`` over an ``(.., L, L)`` tensor.
+
+    PyTorch's forward-mode rule for ``aten::logcumsumexp`` loses digits as about
+    ``1e-13 e^s`` where the largest value of a prefix lies ``s`` below the
+    largest of the whole dimension (measured: 3e-7 of the derivative at
+    ``s = 15``, 0.28 at ``s = 29``), and its double backward gives NaN;
+    ``logsumexp``'s rules are right at every order and any spread.  Memory:
+    ``L`` times the input's, ``L`` the length along ``dim``.
+    """
+    x = input.movedim(dim, -1)
+    length = x.shape[-1]
+    later = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)  # (i, j): j not in prefix i
+    prefixes = x.unsqueeze(-2).masked_fill(later, -math.inf)
+    return torch.logsumexp(prefixes, -1).movedim(-1, dim)
 
 
 def blocked_rows(bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

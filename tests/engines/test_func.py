@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -204,3 +205,48 @@ def test_func_without_gradients_gives_the_values_with_them(activation):
             without = operator(x)
         assert not without.requires_grad
         torch.testing.assert_close(without, with_gradients.detach(), rtol=0, atol=0)
+
+
+class RisingLogCumSumExp(nn.Module):
+    """``logcumsumexp`` of features that rise by about 12 each: every prefix lies 12-48 below the next ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Linear(2, 5).double(), nn.Linear(5, 1).double()
+        with torch.no_grad():
+            self.stem.bias.copy_(12.0 * torch.arange(5.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.logcumsumexp(self.stem(x), -1))
+
+    def composed(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)  # logsumexp's rules are right at every order
+        return self.head(torch.stack([h[:, : k + 1].logsumexp(-1) for k in range(h.shape[1])], dim=-1))
+
+
+def test_upstream_forward_mode_rule_of_logcumsumexp_loses_digits_where_values_spread():
+    """If this fails, PyTorch fixed ``logcumsumexp``'s ``jvp``; the composition can then go."""
+    x, tangent = torch.tensor([0.0, 1.0, 29.0], dtype=torch.float64), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    _, upstream = torch.func.jvp(lambda x: torch.logcumsumexp(x, 0), (x,), (tangent,))
+    _, composed = torch.func.jvp(lambda x: decompositions.logcumsumexp(x, 0), (x,), (tangent,))
+    exact = torch.tensor([1.0, 1 / (1 + math.e), 1 / (1 + math.e + math.exp(29.0))], dtype=torch.float64)
+    assert (upstream - exact).abs().max() > 0.1  # d L_0 / d x_0 = 1, upstream 0.72
+    torch.testing.assert_close(composed, exact, rtol=1e-14, atol=0)
+    values = torch.randn(3, 7, 4, dtype=torch.float64) * 30
+    composed_values = decompositions.logcumsumexp(values, 1)
+    torch.testing.assert_close(composed_values, torch.logcumsumexp(values, 1), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("method", ["func", "auto", "taylor", "autograd"])
+def test_logcumsumexp_is_exact_where_its_values_spread(method):
+    """Values and parameter gradients of derivatives to order 3 against the composition, on every engine."""
+    torch.manual_seed(0)
+    u, x = RisingLogCumSumExp(), torch.randn(4, 2, dtype=torch.float64)
+    for order in (1, 2, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # auto may announce a fallback
+            actual = do.Derivative(u, wrt=0, order=order, method=method)(x)
+        expected = ref.partial(u.composed, x, (0,) * order)
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11)
+        for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+            torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
