@@ -537,6 +537,33 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, toleranc
     torch.testing.assert_close(actual, expected, rtol=tolerance["rtol"], atol=atol)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("request_", ["laplacian", "d3"])
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_compiled_auto_cell(block, request_):
+    """``torch.compile`` of ``auto`` (``aot_eager``): values and gradients against the reference, or eager's refusal.
+
+    About 7 minutes for the grid on one core (2026-12-04: every block exact but the overlapping unpool, which
+    no engine differentiates).
+    """
+    u, x = make(block)
+    operator, kwargs, _ = REQUESTS[request_]
+    op = operator(u, method="auto", **kwargs)
+    torch._dynamo.reset()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = torch.compile(lambda x: op(x), backend="aot_eager")(x)
+    except RuntimeError as error:  # dynamo re-raises auto's refusal as a RuntimeError
+        assert isinstance(outcome(u, x, request_, "auto"), EngineUnsupported), error
+        assert_refusal_names_the_op(error, block)
+        return
+    expected, expected_gradients = reference(block, request_)
+    assert_close_to_scale(result.double(), expected.double(), tolerances(result.dtype))
+    for actual, wanted in zip(gradients(u, result), expected_gradients):
+        assert_close_to_scale(actual, wanted, tolerances(result.dtype))
+
+
 # blocks that Taylor mode refused until it had rules for them (2026-12-04): a refusal passes test_cell, so that they run
 # is asserted here
 TAYLOR_RULES_ADDED = (
