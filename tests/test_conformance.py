@@ -292,6 +292,7 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
         ("cumprod",),
     ),
     "logcumsumexp": (lambda: Block(lambda h: torch.logcumsumexp(h, dim=1)), ("logcumsumexp",)),
+    "Tensor.T": (lambda: Block(lambda h: torch.tanh(h.T).T), ("Tensor.T",)),  # as in W @ x.T of hand-written layers
     "xlogy": (lambda: Block(lambda h: torch.xlogy(h * h + 0.1, torch.sigmoid(h) + 0.5)), ("xlogy",)),
     "xlogy-at-zero": (  # x exactly 0 in one feature: x log y's derivatives still (y > 0)
         lambda: Block(lambda h: torch.xlogy(torch.cat([0 * h[:, :1], h[:, 1:] ** 2], -1), torch.sigmoid(h) + 0.5)),
@@ -571,7 +572,7 @@ TAYLOR_RULES_ADDED = (
     "Upsample-bicubic", "Upsample-nearest", "MaxPool1d", "MaxPool2d", "MaxPool1d-indices", "MaxUnpool1d", "sort",
     "topk", "Bilinear", "gamma-family", "scaled_dot_product_attention-gqa", "cumprod", "logcumsumexp",
     "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unfold", "Fold", "det", "inv", "logdet", "slogdet", "solve",
-    "xlogy", "xlogy-at-zero",
+    "xlogy", "xlogy-at-zero", "Tensor.T",
 )  # fmt: skip
 
 

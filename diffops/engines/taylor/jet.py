@@ -234,6 +234,11 @@ class Jet:
         """The last two dimensions swapped, as ``Tensor.mT``."""
         return _dispatch(torch.Tensor.transpose, (self, -2, -1), {})
 
+    @property
+    def T(self) -> Jet:  # noqa: N802 - torch's name
+        """The dimensions reversed, as ``Tensor.T`` (``W @ x.T`` in hand-written layers)."""
+        return _dispatch(torch.Tensor.permute, (self, *reversed(range(self.ndim))), {})
+
     def dim(self) -> int:
         return len(self.shape)
 
