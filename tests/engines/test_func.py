@@ -16,6 +16,7 @@ from diffops.engines import EngineUnsupported, decompositions
 from diffops.engines.audit import FORWARD_MODE_FAILURES, FORWARD_MODE_HANDLERS, NORMALISATION_HANDLERS
 
 from .. import reference as ref
+from .test_autograd import _CumulativeLogSumExp as CumulativeLogSumExp
 
 LAYER_NORM_NET = lambda: nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 1)).double()  # noqa: E731
 
@@ -207,21 +208,13 @@ def test_func_without_gradients_gives_the_values_with_them(activation):
         torch.testing.assert_close(without, with_gradients.detach(), rtol=0, atol=0)
 
 
-class RisingLogCumSumExp(nn.Module):
+class RisingLogCumSumExp(CumulativeLogSumExp):
     """``logcumsumexp`` of features that rise by about 12 each: every prefix lies 12-48 below the next ones."""
 
     def __init__(self):
         super().__init__()
-        self.stem, self.head = nn.Linear(2, 5).double(), nn.Linear(5, 1).double()
         with torch.no_grad():
             self.stem.bias.copy_(12.0 * torch.arange(5.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.logcumsumexp(self.stem(x), -1))
-
-    def composed(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)  # logsumexp's rules are right at every order
-        return self.head(torch.stack([h[:, : k + 1].logsumexp(-1) for k in range(h.shape[1])], dim=-1))
 
 
 def test_upstream_forward_mode_rule_of_logcumsumexp_loses_digits_where_values_spread():
