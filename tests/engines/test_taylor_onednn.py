@@ -81,22 +81,28 @@ def _burgers_by_reference(u: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @needs_onednn
 @pytest.mark.slow
 def test_a_compiled_float32_step_through_onednn_matches_the_float64_reference_with_inductor():
-    assert _compiled_step_calls("inductor") == {"columns_product": 4, "samples_product": 2}
+    assert _compiled_step_calls("inductor", nn.Tanh) == {"columns_product": 4, "samples_product": 2}
+
+
+class Sin(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sin(h)
 
 
 @needs_onednn
-def test_a_compiled_float32_step_through_onednn_matches_the_float64_reference():
+@pytest.mark.parametrize("activation", [nn.Tanh, nn.Sigmoid, Sin])  # the activations of the traced layers
+def test_a_compiled_float32_step_through_onednn_matches_the_float64_reference(activation):
     """Two hidden layers, each a forward product, an input gradient and a weight gradient through oneDNN."""
-    assert _compiled_step_calls("aot_eager") == {"columns_product": 4, "samples_product": 2}
+    assert _compiled_step_calls("aot_eager", activation) == {"columns_product": 4, "samples_product": 2}
 
 
-def _compiled_step_calls(backend: str) -> dict[str, int]:
-    """A 64-wide tanh net's compiled Burgers loss and parameter gradients, float32 against the float64 reference.
+def _compiled_step_calls(backend: str, activation: type[nn.Module]) -> dict[str, int]:
+    """A 64-wide net's compiled Burgers loss and parameter gradients, float32 against the float64 reference.
 
     Returns how many times each oneDNN product ran in the step.
     """
     torch.manual_seed(0)
-    u = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+    u = nn.Sequential(nn.Linear(2, 64), activation(), nn.Linear(64, 64), activation(), nn.Linear(64, 64), activation())
     u.append(nn.Linear(64, 1))
     x = torch.rand(3000, 2)  # three coefficients of 3,000 samples: (64, 64) @ (64, 9,000) takes oneDNN
     torch._dynamo.reset()
