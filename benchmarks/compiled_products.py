@@ -1,4 +1,4 @@
-"""The compiled Taylor step's matrix products on the CPU: the BLAS against oneDNN.
+"""The compiled Taylor step on the CPU: its matrix products (the BLAS against oneDNN) and its kernels.
 
 Compiled, a float32 ``Linear`` + activation of the Taylor engine runs its
 products features first: ``W @ cols`` forward, ``W.T @ grad`` and
@@ -7,8 +7,10 @@ Large ones go through oneDNN (``diffops/engines/taylor/onednn.py``).  Two tables
 
 1. each product alone, in GFLOP/s, through ``torch.mm`` (the BLAS) and through
    diffops' oneDNN ops, best of ``--repeats`` runs;
-2. the compiled training step of ``residuals.py`` (residual, MSE, backward) with
-   oneDNN and with the BLAS for every product (``onednn.LARGE`` raised), and
+2. the compiled training step of ``residuals.py`` (residual, MSE, backward) as
+   diffops runs it and with one of its choices undone (:data:`VARIANTS`): every
+   product through the BLAS (``onednn.LARGE`` raised), ``tanh``'s own kernel
+   (``fused.TANH_BY_SIGMOID`` off), the coordinates' stack built in rows; and
    eager nested autograd, in interleaved rounds; ratios are medians [range] over
    the rounds of the ratio within a round.  MiB: growth of the resident set in
    one compiled step (``VmHWM``, in a fresh interpreter whose glibc maps and returns
@@ -37,9 +39,18 @@ from _measure import cpu_model  # noqa: E402
 from bench_taylor import step_memory, time_rounds  # noqa: E402
 from residuals import NETS, RESIDUALS, Residual, nested, ratio_cell, training_step  # noqa: E402
 
-from diffops.engines.taylor import onednn  # noqa: E402
+from diffops.engines.taylor import folding, onednn  # noqa: E402
+from diffops.engines.taylor.rules import fused  # noqa: E402
 
 BLAS_ONLY = 2**62  # onednn.LARGE that no product reaches
+
+VARIANTS: dict[str, list[tuple[object, str, object]]] = {  # name: the (module, attribute, value) it sets
+    "diffops": [],
+    "BLAS": [(onednn, "LARGE", BLAS_ONLY)],
+    "tanh kernel": [(fused, "TANH_BY_SIGMOID", False)],
+    "stack in rows": [(folding, "traced", lambda: False)],  # input_stack as it was built before
+}
+SHIPPED = {(module, name): getattr(module, name) for settings in VARIANTS.values() for module, name, _ in settings}
 
 
 def gflops(product, operands: tuple, flops: float, repeats: int) -> float:
@@ -79,8 +90,8 @@ def step_mib(case: str, net_name: str, batch: int, method: str) -> float:
 
 
 def probe(case: str, net_name: str, batch: int, method: str) -> None:
-    """Print ``step_memory`` of one compiled step (``method``: oneDNN or BLAS)."""
-    onednn.LARGE = BLAS_ONLY if method == "BLAS" else onednn.LARGE
+    """Print ``step_memory`` of one compiled step (``method``: a name of :data:`VARIANTS`)."""
+    use(method)
     coords, outputs, _, _ = RESIDUALS[case]
     torch.manual_seed(0)
     net = NETS[net_name](len(coords), outputs)
@@ -88,21 +99,31 @@ def probe(case: str, net_name: str, batch: int, method: str) -> None:
     print(step_memory(step, "cpu"))
 
 
-def with_large(large: int, step):
-    """``step`` with ``onednn.LARGE`` set: the compiled graphs guard on it, so each setting keeps its own."""
+def use(variant: str) -> None:
+    """Set what ``variant`` sets, and the rest as diffops ships it."""
+    for (module, name), value in SHIPPED.items():
+        setattr(module, name, value)
+    for module, name, value in VARIANTS[variant]:
+        setattr(module, name, value)
+
+
+def with_variant(variant: str, step):
+    """``step`` run with ``variant`` set: the compiled graphs guard on the settings, so each keeps its own."""
 
     def run() -> None:
-        onednn.LARGE = large
+        use(variant)
         step()
 
     return run
 
 
 def steps_table(args: argparse.Namespace) -> None:
-    print("| residual | net | batch | oneDNN ms | BLAS ms | nested ms | BLAS / oneDNN | nested / oneDNN"
-          " | nested / BLAS | oneDNN MiB | BLAS MiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    default = onednn.LARGE
+    others = [name for name in VARIANTS if name != "diffops"]
+    header = "| residual | net | batch | " + " | ".join(f"{name} ms" for name in [*VARIANTS, "nested"])
+    header += " | " + " | ".join(f"{name} / diffops" for name in [*others, "nested"])
+    header += " | nested / BLAS | diffops MiB | BLAS MiB |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
     for net_name in args.nets:
         for batch in args.batches:
             for case in args.residuals:
@@ -112,16 +133,16 @@ def steps_table(args: argparse.Namespace) -> None:
                 x = torch.rand(batch, len(coords))
                 torch._dynamo.reset()
                 steps = {
-                    "oneDNN": with_large(default, training_step(net, Residual(net, case), x, compile=True)),
-                    "BLAS": with_large(BLAS_ONLY, training_step(net, Residual(net, case), x, compile=True)),
-                    "nested": training_step(net, nested(net, case), x),
+                    name: with_variant(name, training_step(net, Residual(net, case), x, compile=True))
+                    for name in VARIANTS
                 }
+                steps["nested"] = training_step(net, nested(net, case), x)
                 rounds = time_rounds(steps, args.repeats, "cpu")
+                use("diffops")
                 ms = {name: statistics.median(times) * 1e3 for name, times in rounds.items()}
-                memory = {name: step_mib(case, net_name, batch, name) for name in ("oneDNN", "BLAS")}
-                onednn.LARGE = default
+                memory = {name: step_mib(case, net_name, batch, name) for name in ("diffops", "BLAS")}
                 cells = [case, net_name, f"{batch:,}", *(f"{ms[m]:.2f}" for m in steps)]
-                cells += [ratio_cell(rounds, "BLAS", "oneDNN"), ratio_cell(rounds, "nested", "oneDNN")]
+                cells += [ratio_cell(rounds, name, "diffops") for name in [*others, "nested"]]
                 cells += [ratio_cell(rounds, "nested", "BLAS"), *(f"{memory[m]:.1f}" for m in memory)]
                 print("| " + " | ".join(cells) + " |", flush=True)
 

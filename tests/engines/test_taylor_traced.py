@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch._dynamo.backends.common import aot_autograd
 
 from diffops.engines import Request
+from diffops.engines.base import Combination
+from diffops.engines.taylor import folding
+from diffops.engines.taylor.engine import readout
+from diffops.engines.taylor.folding import fold, input_stack
 from diffops.engines.taylor.rules import fused, traced
 from diffops.engines.taylor.rules.traced import TracedLayer
 from diffops.engines.taylor.stacked import FEW_FEATURES, Stacked, feature_major, linear_on_coordinates
@@ -116,7 +123,8 @@ def test_other_rules_read_a_chain_start_in_rows_as_the_plain_series_computes_it(
     any other rule reads the layer computed again in rows (the compiler drops the unread one)."""
     torch.manual_seed(0)
     x = Stacked(torch.randn(3, 5, 2, dtype=torch.float64), (2, 1), degree=1)
-    weight, bias = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    wide = FEW_FEATURES  # the hidden layers' width: fewer are read as coordinates
+    weight, bias = torch.randn(wide, 2, dtype=torch.float64), torch.randn(wide, dtype=torch.float64)
     act = fused.ACTIVATIONS["tanh"]
     out = traced.traced_layer(act, x, weight, bias)
     assert feature_major(out.stack)
@@ -124,7 +132,8 @@ def test_other_rules_read_a_chain_start_in_rows_as_the_plain_series_computes_it(
     assert rows.is_contiguous() and not feature_major(rows)
     assert_close(rows, fused.layer(act, x.counts, x.degree, x.stack, weight, bias))
     assert_close(out.stack, rows)
-    inner = traced.traced_layer(act, Stacked(out.stack, out.counts, out.degree), torch.randn(4, 4).double(), None)
+    inner_weight = torch.randn(wide, wide, dtype=torch.float64)
+    inner = traced.traced_layer(act, Stacked(out.stack, out.counts, out.degree), inner_weight, None)
     assert feature_major(inner.stack) and type(inner) is Stacked  # inside a chain: read through the usual transpose
 
 
@@ -144,3 +153,53 @@ def test_a_linear_on_the_coordinates_compiled_equals_f_linear(features, with_bia
     cotangent = torch.randn_like(expected)
     for a, e in zip(torch.autograd.grad(actual, inputs, cotangent), torch.autograd.grad(expected, inputs, cotangent)):
         assert_close(a, e)
+
+
+def _graph_ops(fn, *args) -> set:
+    """The ops of ``fn``'s graph as AOTAutograd traces it (forward), and the compiled result."""
+    ops = set()
+
+    def backend(gm, inputs):
+        def record(graph, _inputs):
+            ops.update(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+            return graph
+
+        return aot_autograd(fw_compiler=record)(gm, inputs)
+
+    torch._dynamo.reset()
+    return ops, torch.compile(fn, backend=backend, fullgraph=True)(*args)
+
+
+@pytest.mark.parametrize("by_sigmoid", [True, False])
+def test_compiled_tanh_on_the_cpu_is_the_sigmoid_form_within_float32_roundoff(by_sigmoid, monkeypatch):
+    """Compiled on the CPU, ``tanh_value`` runs ``2 sigmoid(2a) - 1`` (the switch off: ``tanh``), within
+    2.4e-7 of tanh in float32; saturated, infinite and NaN inputs give tanh's ``+-1`` and NaN."""
+    monkeypatch.setattr(fused, "TANH_BY_SIGMOID", by_sigmoid)
+    a = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([-1e30, 1e30, -math.inf, math.inf, 0.0])])
+    ops, value = _graph_ops(fused.tanh_value, a)
+    assert ("aten.sigmoid.default" in ops) == by_sigmoid and ("aten.tanh.default" in ops) != by_sigmoid
+    expected = torch.tanh(a.double())
+    assert (value.double() - expected).abs().max() <= 2.4e-7
+    assert value[-5:-1].tolist() == [-1.0, 1.0, -1.0, 1.0] and value[-1] == 0
+    assert torch.isnan(torch.compile(fused.tanh_value, backend="aot_eager")(torch.tensor([math.nan]))).all()
+    assert torch.equal(fused.tanh_value(a), torch.tanh(a))  # eagerly tanh itself
+
+
+def test_compiled_the_coordinates_stack_is_stored_features_first(monkeypatch):
+    """Traced, the input stack is stored ``(d, S, N)``, the layout of the compiled layers, with the same values;
+    its first fused layer is still a chain start, which other rules read in rows."""
+    burgers = Combination.of({(1,): 1.0, (0, 0): -0.01})  # u_t - nu u_xx: u_t rides on a top coefficient
+    plan = fold(frozenset({(0,)}), frozenset({burgers}), 2)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    directions, _ = readout(plan.truncation.interpolation, x)
+    rows = input_stack(plan, x, directions)
+    assert plan.tops and rows.shape == (1 + sum(plan.truncation.counts[: plan.degree]), 5, 2)
+    monkeypatch.setattr(folding, "traced", lambda: True)
+    stored = input_stack(plan, x, directions)
+    assert not feature_major(rows) and feature_major(stored) and stored.movedim(-1, 0).is_contiguous()
+    assert torch.equal(stored, rows)
+    weight = torch.randn(4, 2, dtype=torch.float64)
+    counts, degree, tanh = plan.truncation.counts, plan.degree, fused.ACTIVATIONS["tanh"]
+    out = traced.traced_layer(tanh, Stacked(stored, counts, degree=degree), weight, None)
+    assert type(out) is not Stacked and feature_major(out.stack)
+    assert_close(out.resolved().stack, fused.layer(tanh, counts, degree, rows, weight, None))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ..stacked import Stacked, feature_major, features_first, product_columns, weight_grad_columns
+from ..stacked import FEW_FEATURES, Stacked, feature_major, features_first, product_columns, weight_grad_columns
 from .fused import Activation, _rows, _split, layer, series, slopes_from_value
 
 
@@ -133,7 +133,7 @@ class _ChainStart(Stacked):
 def traced_layer(activation: Activation, x: Stacked, weight, bias) -> Stacked:
     """``f(x)`` of a stacked jet with its pending ``Linear`` (or None), under torch.compile."""
     out = TracedLayer.apply(x.stack, weight, bias, activation, x.counts, x.degree)
-    if feature_major(x.stack):
+    if feature_major(x.stack) and x.stack.shape[-1] >= FEW_FEATURES:  # the coordinates are stored so too
         return Stacked(out, x.counts, x.order)
     start = _ChainStart(out, x.counts, x.order)
     start.source = (activation, x, weight, bias)
