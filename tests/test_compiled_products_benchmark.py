@@ -1,4 +1,4 @@
-"""``benchmarks/compiled_products.py`` runs and prints both tables (every variant of the step); timings never asserted."""
+"""``benchmarks/compiled_products.py`` prints both tables, every variant of the step; timings never asserted."""
 
 from __future__ import annotations
 
