@@ -224,7 +224,7 @@ def input_stack(plan: FoldedPlan, x: torch.Tensor, directions: torch.Tensor) -> 
     compiled layers lay out their stacks: the first layer's kernel then reads
     each coordinate contiguous, where it gathered them from rows of ``d``
     again for every feature (0.27 against 0.42 ms, Allen-Cahn, 4 x 64, batch
-    2,000; 1.00-1.05x the compiled step, ``benchmarks/compiled_products.py``).
+    2,000; 1.00-1.09x the compiled step, ``benchmarks/compiled_products.py``).
     """
     n, d = x.shape
     slots = [x[None], directions[:, None, :].expand(len(directions), n, d)]

@@ -123,7 +123,7 @@ def tanh_value(a: torch.Tensor) -> torch.Tensor:
     """``tanh(a)``, of any shape; compiled on the CPU as ``2 sigmoid(2a) - 1`` (:data:`TANH_BY_SIGMOID`).
 
     The compiler's vectorised ``tanh`` on the CPU took 3-4x its ``sigmoid``, and
-    the arithmetic around fuses into the same kernel: 1.06-1.12x a compiled
+    the arithmetic around fuses into the same kernel: 1.04-1.12x a compiled
     training step (4 x 64 and 8 x 20 tanh, ``benchmarks/compiled_products.py``).
     Within 2.4e-7 of ``tanh`` in float32, absolute, as the eager chain computes
     it (:func:`_tanh_start`).  Only the fused layers take it: through the

@@ -112,7 +112,7 @@ class TracedLayer(torch.autograd.Function):
 
 
 class _ChainStart(Stacked):
-    """The output of a traced layer fed in rows, which other rules read as the plain series computes it.
+    """The output of a traced layer fed by the coordinates or in rows: other rules read it as the plain series has it.
 
     Features first pays where the next fused layer reads the stack; where another
     rule does (the products of the modified MLP), the transpose back to rows cost
@@ -133,7 +133,7 @@ class _ChainStart(Stacked):
 def traced_layer(activation: Activation, x: Stacked, weight, bias) -> Stacked:
     """``f(x)`` of a stacked jet with its pending ``Linear`` (or None), under torch.compile."""
     out = TracedLayer.apply(x.stack, weight, bias, activation, x.counts, x.degree)
-    if feature_major(x.stack) and x.stack.shape[-1] >= FEW_FEATURES:  # the coordinates are stored so too
+    if feature_major(x.stack) and x.stack.shape[-1] >= FEW_FEATURES:  # inside a chain (the coordinates: stored so too)
         return Stacked(out, x.counts, x.order)
     start = _ChainStart(out, x.counts, x.order)
     start.source = (activation, x, weight, bias)
