@@ -56,13 +56,16 @@ def linear_combination(name: str, spec: Mapping[Any, Any], coords: tuple[str, ..
         raise ValueError(f"{name}: a linear combination needs at least one term, e.g. {{'t': 1.0, ('x', 'x'): -0.1}}")
     weights: dict[tuple[int, ...], float] = {}
     for key, weight in spec.items():
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+        # Compiled with dynamic=True, a float read from an attribute arrives symbolic, which neither
+        # math.isfinite nor the plan's cache can read; __float__ (not float()) specialises the graph on it.
+        value = weight.__float__() if isinstance(weight, numbers.Real) and not isinstance(weight, bool) else None
+        if value is None or not math.isfinite(value):
             raise TypeError(
                 f"{name}: the weight of {key!r} in a linear combination must be a finite real number, got {weight!r} "
                 "(for a learnable coefficient, ask for the partial and multiply it)"
             )
         index = multi_index(name, key, coords)
-        weights[index] = weights.get(index, 0.0) + float(weight)
+        weights[index] = weights.get(index, 0.0) + value
     return Combination.of(weights)
 
 

@@ -327,3 +327,33 @@ def test_an_error_of_the_device_is_raised_as_it_is_not_as_an_engine_failure(monk
     with pytest.raises(torch.AcceleratorError) as raised:
         op(torch.randn(3, D, dtype=torch.float64))
     assert raised.value is broken and op._failed_engines == set()
+
+
+class _BurgersWithViscosity(do.DifferentialOperator):
+    """Burgers with ``nu`` an attribute, read inside ``forward`` as users write it."""
+
+    def __init__(self, u: nn.Module, nu: float) -> None:
+        super().__init__(u, coords=("x", "t"))
+        self.nu = nu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.derivatives(x, u=(), u_x="x", r={"t": 1.0, ("x", "x"): -self.nu})
+        return d["r"] + d["u"] * d["u_x"]
+
+
+def test_a_combination_weighted_by_an_attribute_compiles_with_dynamic_shapes():
+    """With ``dynamic=True`` dynamo reads a float attribute as a symbol, which the weight check could not
+    read (the graph broke); the weight is a constant of the graph, and a new ``nu`` recompiles."""
+    torch.manual_seed(0)
+    u = mlp(2)
+    op = _BurgersWithViscosity(u, 0.01)
+    torch._dynamo.reset()
+    compiled = torch.compile(op, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n, nu in [(5, 0.01), (9, 0.01), (9, 0.2)]:
+        op.nu = nu
+        x = torch.randn(n, 2, dtype=torch.float64)
+        expected = ref.partial(u, x, (1,)) - nu * ref.partial(u, x, (0, 0)) + u(x) * ref.partial(u, x, (0,))
+        actual = compiled(x)
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+        for a, e in zip(ref.parameter_gradients(u, actual), ref.parameter_gradients(u, expected)):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
