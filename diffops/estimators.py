@@ -49,6 +49,8 @@ def rademacher(
     shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Independent ±1 entries."""
+    if torch.compiler.is_compiling():  # randint wants sizes that are ints, and dynamic=True traces them as symbols
+        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(0.5, generator=generator) * 2 - 1
     bits = torch.randint(0, 2, shape, generator=generator, device=device)
     return bits.to(dtype) * 2 - 1
 
@@ -56,8 +58,9 @@ def rademacher(
 def gaussian(
     shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Independent standard normal entries."""
-    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    """Independent standard normal entries: ``torch.randn``'s draws, filled in place, which compiles with
+    ``dynamic=True`` (``randn`` wants sizes that are ints)."""
+    return torch.empty(shape, dtype=dtype, device=device).normal_(generator=generator)
 
 
 DISTRIBUTIONS = {"rademacher": rademacher, "gaussian": gaussian}
