@@ -367,6 +367,14 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     "norm": (lambda: Block(lambda h: h.norm(dim=-1, keepdim=True) * h), ("norm",)),
     "vector_norm": (lambda: Block(lambda h: torch.linalg.vector_norm(h, dim=-1, keepdim=True) + h), ("norm",)),
     "normalize": (lambda: Block(lambda h: F.normalize(h, dim=-1)), ("normalize", "norm")),
+    "cosine_similarity": (  # of two jets, of a jet and a constant, and along an axis one operand broadcasts
+        lambda: Block(
+            lambda h: h * F.cosine_similarity(h[:, :3], h[:, 3:].sin(), dim=-1).unsqueeze(-1)
+            + nn.CosineSimilarity(dim=1)(h, torch.linspace(-1.0, 1.0, h.shape[-1], dtype=h.dtype)).unsqueeze(-1)
+            + F.cosine_similarity(h, h[:, :1].tanh(), dim=1).unsqueeze(-1)
+        ),
+        ("cosine_similarity",),
+    ),
     "cumsum": (lambda: Block(lambda h: torch.cumsum(h.tanh(), -1)), ("cumsum",)),
     "cat-stack-index-reshape": (
         lambda: Block(
@@ -572,7 +580,7 @@ TAYLOR_RULES_ADDED = (
     "Upsample-bicubic", "Upsample-nearest", "MaxPool1d", "MaxPool2d", "MaxPool1d-indices", "MaxUnpool1d", "sort",
     "topk", "Bilinear", "gamma-family", "scaled_dot_product_attention-gqa", "cumprod", "logcumsumexp",
     "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unfold", "Fold", "det", "inv", "logdet", "slogdet", "solve",
-    "xlogy", "xlogy-at-zero", "Tensor.T",
+    "xlogy", "xlogy-at-zero", "Tensor.T", "cosine_similarity",
 )  # fmt: skip
 
 

@@ -903,3 +903,28 @@ def test_a_compiled_p_norm_laplacian_runs():
     torch.manual_seed(0)
     u, x = PNorm(3), torch.randn(5, D, dtype=torch.float64)
     assert_compiled_matches(do.Laplacian(u), (x,), u, ref.laplacian(u, x))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_cosine_similarity_below_eps_follows_torch(order):
+    """Torch clamps the norms to ``eps`` in place without grad: below ``eps`` the value takes the clamp and the
+    derivatives the unclamped norm's (a plain clamp would give other first and zero second derivatives)."""
+    torch.manual_seed(0)
+    anchor = torch.randn(3, dtype=torch.float64)
+
+    def small(x: torch.Tensor) -> torch.Tensor:
+        return 1e-10 * torch.stack([x[:, 0], x[:, 1], x[:, 0] * x[:, 1]], -1)
+
+    def u(x: torch.Tensor) -> torch.Tensor:
+        return F.cosine_similarity(small(x), anchor, dim=-1, eps=1e-8).unsqueeze(-1)
+
+    def clamped(x: torch.Tensor) -> torch.Tensor:  # the plain clamp, whose derivatives differ
+        norm = torch.linalg.vector_norm(small(x), dim=-1, keepdim=True).clamp_min(1e-8)
+        return (small(x) / norm * anchor / anchor.norm()).sum(-1, keepdim=True)
+
+    x = torch.randn(5, 2, dtype=torch.float64)
+    assert (torch.linalg.vector_norm(small(x), dim=-1) < 1e-8).all()
+    index = (0,) * order
+    actual = do.Derivative(u, wrt=index, method="taylor")(x)
+    assert_close(actual, ref.partial(u, x, index), rtol=1e-10)
+    assert not torch.allclose(actual, ref.partial(clamped, x, index), rtol=1e-3)

@@ -201,6 +201,24 @@ def normalize(func: Callable, x: Jet, p: float = 2.0, dim: int = 1, eps: float =
     return x / denominator
 
 
+@rule(torch.cosine_similarity)
+def cosine_similarity(func: Callable, x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Jet:
+    """``sum(x1 / max(||x1||, eps) * x2 / max(||x2||, eps))`` over ``dim`` of the broadcast operands, as torch
+    computes it.  Torch clamps the norms in place without grad, so the clamp sets their values alone and
+    the derivatives are the unclamped norms' (at a zero norm those of :func:`vector_norm`)."""
+    shape = torch.broadcast_shapes(x1.shape, x2.shape)  # torch expands first: a norm along a broadcast axis grows
+    x1, x2 = (x if x.shape == shape else x.expand(shape) for x in (x1, x2))
+    return total(_unit(func, x1, dim, eps) * _unit(func, x2, dim, eps), trailing(dim, len(shape)), keepdim=False)
+
+
+def _unit(func: Callable, x: Any, dim: int, eps: float) -> Any:
+    """``x / max(||x||, eps)`` along ``dim``, the clamp on the norm's value alone."""
+    if not isinstance(x, Jet):
+        return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(eps)
+    size = vector_norm(func, x, 2, dim, keepdim=True)
+    return x / size.like([c.clamp_min(eps) if k == 0 else c for k, c in enumerate(size.coefficients)])
+
+
 # -- softmax and log-sum-exp -----------------------------------------------------------------------
 
 
