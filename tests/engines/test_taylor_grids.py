@@ -50,18 +50,21 @@ def _shape(draw, dims: int) -> tuple[int, ...]:
 @st.composite
 def convolutions(draw):
     dims, channels = draw(st.integers(1, 2)), draw(st.sampled_from([1, 2]))
+    shape = _shape(draw, dims)
     groups = draw(st.sampled_from([1, channels]))
-    kernel, stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kernel, stride = draw(st.integers(1, 3)), draw(st.integers(1, 2))
     transposed = draw(st.booleans())
     if transposed:
         cls = (nn.ConvTranspose1d, nn.ConvTranspose2d)[dims - 1]
-        layer = cls(channels, 2 * groups, kernel, stride=stride, dilation=dilation, groups=groups)
+        layer = cls(channels, 2 * groups, kernel, stride=stride, dilation=draw(st.integers(1, 2)), groups=groups)
     else:
         cls = (nn.Conv1d, nn.Conv2d)[dims - 1]
         mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
         padding = draw(st.integers(0, 1)) if mode == "zeros" else 1
+        fits = (2 * (kernel - 1) + 1 <= min(shape) + 2 * padding) + 1  # the dilated kernel within the padded input
+        dilation = draw(st.integers(1, fits))
         layer = cls(channels, 2 * groups, kernel, stride, padding, dilation, groups, padding_mode=mode)
-    return channels, _shape(draw, dims), layer
+    return channels, shape, layer
 
 
 @st.composite
