@@ -367,6 +367,13 @@ BLOCKS: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     "norm": (lambda: Block(lambda h: h.norm(dim=-1, keepdim=True) * h), ("norm",)),
     "vector_norm": (lambda: Block(lambda h: torch.linalg.vector_norm(h, dim=-1, keepdim=True) + h), ("norm",)),
     "normalize": (lambda: Block(lambda h: F.normalize(h, dim=-1)), ("normalize", "norm")),
+    "pairwise_distance": (  # of two jets and of a jet and a constant, p = 2 and 1.5
+        lambda: Block(
+            lambda h: h * F.pairwise_distance(h[:, :3], h[:, 3:].sin()).unsqueeze(-1)
+            + nn.PairwiseDistance(p=1.5, keepdim=True)(h, torch.linspace(-1.0, 1.0, h.shape[-1], dtype=h.dtype))
+        ),
+        ("pairwise_distance",),
+    ),
     "cosine_similarity": (  # of two jets, of a jet and a constant, and along an axis one operand broadcasts
         lambda: Block(
             lambda h: h * F.cosine_similarity(h[:, :3], h[:, 3:].sin(), dim=-1).unsqueeze(-1)
@@ -580,7 +587,7 @@ TAYLOR_RULES_ADDED = (
     "Upsample-bicubic", "Upsample-nearest", "MaxPool1d", "MaxPool2d", "MaxPool1d-indices", "MaxUnpool1d", "sort",
     "topk", "Bilinear", "gamma-family", "scaled_dot_product_attention-gqa", "cumprod", "logcumsumexp",
     "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unfold", "Fold", "det", "inv", "logdet", "slogdet", "solve",
-    "xlogy", "xlogy-at-zero", "Tensor.T", "cosine_similarity",
+    "xlogy", "xlogy-at-zero", "Tensor.T", "cosine_similarity", "pairwise_distance",
 )  # fmt: skip
 
 

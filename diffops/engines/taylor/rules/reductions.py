@@ -201,6 +201,14 @@ def normalize(func: Callable, x: Jet, p: float = 2.0, dim: int = 1, eps: float =
     return x / denominator
 
 
+@rule(torch.pairwise_distance)
+def pairwise_distance(
+    func: Callable, x1: Any, x2: Any, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False
+) -> Jet:
+    """``||x1 - x2 + eps||_p`` over the last dimension of the broadcast operands, as torch computes it."""
+    return vector_norm(func, torch.sub(x1, x2) + eps, p, -1, keepdim)
+
+
 @rule(torch.cosine_similarity)
 def cosine_similarity(func: Callable, x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Jet:
     """``sum(x1 / max(||x1||, eps) * x2 / max(||x2||, eps))`` over ``dim`` of the broadcast operands, as torch
