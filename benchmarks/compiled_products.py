@@ -79,19 +79,19 @@ def products_table(widths: list[int], columns: list[int], repeats: int) -> None:
             print(f"| {width} | {n:,} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
 
 
-def step_mib(case: str, net_name: str, batch: int, method: str) -> float:
-    """Growth of the resident set in one step of ``method``, MiB, measured in a fresh interpreter
+def step_mib(case: str, net_name: str, batch: int, variant: str) -> float:
+    """Growth of the resident set in one step of ``variant``, MiB, measured in a fresh interpreter
     where glibc maps every block of 64 KiB or more afresh and returns it when freed, so that the
     high-water mark sees the step's own peak."""
-    command = [sys.executable, __file__, "--probe", case, net_name, str(batch), method]
+    command = [sys.executable, __file__, "--probe", case, net_name, str(batch), variant]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return int(result.stdout.split()[-1]) / 2**20
 
 
-def probe(case: str, net_name: str, batch: int, method: str) -> None:
-    """Print ``step_memory`` of one compiled step (``method``: a name of :data:`VARIANTS`)."""
-    use(method)
+def probe(case: str, net_name: str, batch: int, variant: str) -> None:
+    """Print ``step_memory`` of one compiled step (``variant``: a name of :data:`VARIANTS`)."""
+    use(variant)
     coords, outputs, _, _ = RESIDUALS[case]
     torch.manual_seed(0)
     net = NETS[net_name](len(coords), outputs)
@@ -155,12 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a smoke run: small products, one small step")
-    parser.add_argument("--probe", nargs=4, metavar=("RESIDUAL", "NET", "BATCH", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe", nargs=4, metavar=("RESIDUAL", "NET", "BATCH", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.probe:
-        case, net_name, batch, method = args.probe
-        probe(case, net_name, int(batch), method)
+        case, net_name, batch, variant = args.probe
+        probe(case, net_name, int(batch), variant)
         return
     widths, columns = ([20, 64, 128], [6000, 30000]) if not args.quick else ([64], [1 << 13])
     if args.quick:

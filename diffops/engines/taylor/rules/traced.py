@@ -133,7 +133,9 @@ class _ChainStart(Stacked):
 def traced_layer(activation: Activation, x: Stacked, weight, bias) -> Stacked:
     """``f(x)`` of a stacked jet with its pending ``Linear`` (or None), under torch.compile."""
     out = TracedLayer.apply(x.stack, weight, bias, activation, x.counts, x.degree)
-    if feature_major(x.stack) and x.stack.shape[-1] >= FEW_FEATURES:  # inside a chain (the coordinates: stored so too)
+    # Fewer features are the coordinates (stored features first too when traced) or a layer as narrow: a chain
+    # start either way, which other rules read recomputed in rows, where a transpose back would cost more.
+    if feature_major(x.stack) and x.stack.shape[-1] >= FEW_FEATURES:
         return Stacked(out, x.counts, x.order)
     start = _ChainStart(out, x.counts, x.order)
     start.source = (activation, x, weight, bias)
